@@ -1,0 +1,5 @@
+import sys
+
+from jaxfin.cli import main
+
+sys.exit(main())

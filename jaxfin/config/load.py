@@ -1,0 +1,180 @@
+"""YAML + dotted `key=value` overrides -> typed dataclasses, refusing unknown keys and bad values early."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jaxfin.config.schema import Config
+
+
+class ConfigError(ValueError):
+    """A user mistake in a config file or override; the message says what and where."""
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: (f, hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def valid_keys(cls=Config, prefix: str = "") -> list[str]:
+    """Every dotted key the config accepts (for messages and docs)."""
+    keys = []
+    for name, (_, tp) in _fields(cls).items():
+        keys.append(prefix + name)
+        if dataclasses.is_dataclass(tp):
+            keys.extend(valid_keys(tp, prefix + name + "."))
+    return keys
+
+
+def _unknown(key: str, where: str) -> ConfigError:
+    near = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
+    if not near:  # a mistyped last part: compare with the keys of the same section
+        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid_keys(), n=1, cutoff=0.6)
+    hint = f"; did you mean '{near[0]}'?" if near else ""
+    return ConfigError(f"{where}: unknown config key '{key}'{hint}")
+
+
+def _coerce(value: Any, tp, key: str, where: str):
+    """Check/convert one leaf value against its annotated type."""
+    origin = typing.get_origin(tp)
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, (str, int, float)):
+            value = [value]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
+        return [_coerce(v, item_tp, key, where) for v in value]
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], key, where)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML reads "3e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{where}: '{key}' must be a string, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str, where: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
+    fields = _fields(cls)
+    kwargs = {}
+    for name, value in data.items():
+        key = prefix + str(name)
+        if name not in fields:
+            raise _unknown(key, where)
+        _, tp = fields[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key + ".", where)
+        else:
+            kwargs[name] = _coerce(value, tp, key, where)
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override '{key}': '{p}' is not a section")
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=100)")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key not in valid_keys():
+            raise _unknown(key, "command line")
+        _set_dotted(tree, key, yaml.safe_load(raw) if raw else "")
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:
+    """Load a YAML config file (or defaults) and apply `key=value` overrides; validate everything."""
+    data: dict = {}
+    where = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        where = str(path)
+    try:
+        cfg = _build(Config, data, "", where)
+        if overrides:
+            cfg = _build(Config, _merge(dataclasses.asdict(cfg), parse_overrides(list(overrides))), "", "command line")
+    except TypeError as e:  # e.g. a section given as a scalar
+        raise ConfigError(f"{where}: {e}") from None
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict, where: str = "dict") -> Config:
+    cfg = _build(Config, data, "", where)
+    validate(cfg)
+    return cfg
+
+
+def _choice(value, choices, key):
+    if value not in choices:
+        raise ConfigError(f"'{key}' must be one of {', '.join(choices)}; got '{value}'")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks that would otherwise fail late (inside jit) or silently."""
+    from jaxfin.model.config import validate_model_config
+
+    validate_model_config(cfg.model)
+    t = cfg.train
+    if t.micro_batches < 1 or t.batch_size % t.micro_batches:
+        raise ConfigError(
+            f"'train.batch_size' ({t.batch_size}) must be a multiple of 'train.micro_batches' ({t.micro_batches})"
+        )
+    if t.steps < 0:
+        raise ConfigError("'train.steps' must be >= 0")
+    _choice(cfg.optimizer.schedule, ("cosine", "linear", "constant"), "optimizer.schedule")
+    if cfg.data.seq_len < 2:
+        raise ConfigError("'data.seq_len' must be at least 2")
+    if cfg.checkpoint.keep < 1:
+        raise ConfigError("'checkpoint.keep' must be >= 1")

@@ -1,0 +1,131 @@
+"""Typed run configuration: every key a YAML file or a `key=value` override may set.
+
+Field comments are the documentation of each key (`--print-config` shows the resolved values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+
+@dataclass
+class RopeScaling:
+    """RoPE frequency scaling. `type: llama3` is Llama 3.1/3.2's scheme; `default` means none."""
+
+    type: str = "default"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a Llama-family decoder plus runtime knobs that do not change the weights."""
+
+    family: str = "llama"  # llama | mistral | qwen2 (only affects HF export and defaults)
+    vocab_size: int = 32000
+    hidden_size: int = 4096
+    intermediate_size: int = 11008
+    num_layers: int = 32
+    num_heads: int = 32
+    num_kv_heads: int = 32  # < num_heads: GQA; 1: MQA
+    head_dim: int = 0  # 0 = hidden_size // num_heads
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling = field(default_factory=RopeScaling)
+    max_position_embeddings: int = 4096
+    tie_embeddings: bool = False
+    attention_bias: bool = False  # q/k/v projection biases (Qwen2)
+    sliding_window: int = 0  # 0 = none; a window shorter than the context is refused (not supported yet)
+    init_std: float = 0.02
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    pad_token_id: int = -1  # -1 = none
+    # Runtime knobs: they never change the parameter pytree or the checkpoint layout.
+    param_dtype: str = "float32"
+    compute_dtype: str = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
+    scan_layers: bool = True  # lax.scan over the stacked layer weights, or a Python loop over them
+    remat: str = "none"  # none | full
+    attention_backend: str = "xla"  # see jaxfin.kernels.attention
+
+    RUNTIME_KEYS = ("param_dtype", "compute_dtype", "scan_layers", "remat", "attention_backend")
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.hidden_size // self.num_heads
+
+
+@dataclass
+class DataConfig:
+    """Training and dev text. Paths are JSONL (one object per line) or .txt files, relative to the cwd."""
+
+    train: list[str] = field(default_factory=list)
+    dev: list[str] = field(default_factory=list)
+    text_field: str = "text"
+    seq_len: int = 2048
+    add_bos: bool = True
+    add_eos: bool = True
+
+
+@dataclass
+class OptimizerConfig:
+    """AdamW with warm-up then decay; no weight decay on norms and biases."""
+
+    lr: float = 3e-4
+    schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    warmup_steps: int = -1  # -1 = use warmup_ratio
+    warmup_ratio: float = 0.01
+    min_lr_ratio: float = 0.1  # final lr = lr * min_lr_ratio
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    eps: float = 1e-8
+    clip_norm: float = 1.0  # global-norm clipping; 0 = off
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    seed: int = 0
+    batch_size: int = 8  # global rows of data.seq_len tokens per optimizer step
+    micro_batches: int = 1  # gradient accumulation: batch_size is split into this many micro-batches
+    log_every: int = 10
+    dev_every: int = 100  # 0 = never
+    dev_batches: int = 4  # batches of batch_size rows per dev evaluation
+    patience: int = 0  # early stop after this many dev evaluations without improvement; 0 = off
+
+
+@dataclass
+class CheckpointConfig:
+    every: int = 500  # 0 = only on exit
+    keep: int = 3  # keep the last K
+    async_save: bool = True
+
+
+@dataclass
+class MeshConfig:
+    """Device mesh axis sizes; -1 = all remaining devices."""
+
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+
+@dataclass
+class Config:
+    output_dir: str = "runs/default"
+    init_from: str = ""  # HF dir or jaxfin checkpoint; its architecture replaces `model` (runtime knobs kept)
+    tokenizer: str = ""  # sentencepiece .model file or HF tokenizer dir; "" = from init_from
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    export_hf: str = ""  # if set, export the final model as a Hugging Face dir here
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

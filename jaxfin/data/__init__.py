@@ -1,0 +1,1 @@
+"""Data: tokenizers, packing into the one batch shape, batch iteration with a checkpointable position."""

@@ -1,0 +1,518 @@
+"""Hugging Face <-> jaxfin: config.json <-> ModelConfig and safetensors <-> the param pytree.
+
+The weight mapping is pure transposes and reshapes (no RoPE permutation: HF's q/k weights are already in
+rotate-half order, which is what our RoPE uses), so HF -> jaxfin -> HF is bitwise in the stored dtype.
+HF-only fields that ModelConfig does not model (an eos id list, generation_config.json, a few inert config
+keys) travel as `model.hf_extra` and in the `hf` entry of jaxfin_model.json, so exports stay faithful.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+import jax
+import ml_dtypes  # also registers bfloat16 with numpy, which safetensors.numpy needs
+import numpy as np
+
+from jaxfin.config import ConfigError, ModelConfig
+from jaxfin.model import Model
+from jaxfin.model.llama import param_shapes
+from jaxfin.model.store import model_config
+
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+NP_DTYPES = {
+    "float32": np.dtype(np.float32),
+    "bfloat16": np.dtype(ml_dtypes.bfloat16),
+    "float16": np.dtype(np.float16),
+}
+# inert keys copied back on export when the source had them (the export is otherwise built from ModelConfig)
+KEPT_KEYS = ("use_cache", "attention_dropout", "pretraining_tp", "max_window_layers")
+IGNORED_TENSORS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
+SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
+
+
+# ---------------------------------------------------------------------------------------------- config
+
+
+def _get(hf: dict, key: str, where: str, default=None, required: bool = False):
+    value = hf.get(key)
+    if value is None:
+        if required:
+            raise ConfigError(f"{where}: missing '{key}'")
+        return default
+    return value
+
+
+def _rope(hf: dict, where: str) -> tuple[float, dict]:
+    """(rope_theta, RopeScaling fields) from the transformers-v5 `rope_parameters` or the older layout."""
+    params = hf.get("rope_scaling") or hf.get("rope_parameters") or {}  # transformers gives rope_scaling priority
+    if not isinstance(params, dict) or any(isinstance(v, dict) for v in params.values()):
+        raise ConfigError(f"{where}: per-layer-type rope parameters are not supported")
+    theta = params.get("rope_theta") or hf.get("rope_theta") or 10000.0
+    kind = params.get("rope_type") or params.get("type") or "default"
+    if kind == "default":
+        return float(theta), {"type": "default"}
+    if kind != "llama3":
+        raise ConfigError(
+            f"{where}: rope type '{kind}' is not supported (supported: default, llama3); "
+            f"jaxfin would compute different positions than the model was trained with"
+        )
+    scaling = {"type": "llama3"}
+    for key in ("factor", "low_freq_factor", "high_freq_factor"):
+        if params.get(key) is None:
+            raise ConfigError(f"{where}: llama3 rope scaling needs '{key}'")
+        scaling[key] = params[key]
+    # transformers falls back to max_position_embeddings when this is missing; so do we
+    scaling["original_max_position_embeddings"] = params.get("original_max_position_embeddings") or hf.get(
+        "max_position_embeddings"
+    )
+    return float(theta), scaling
+
+
+def _token_id(value) -> int:
+    if isinstance(value, list):
+        value = value[0] if value else None
+    return -1 if value is None else int(value)
+
+
+def _check_supported(hf: dict, family: str, where: str) -> None:
+    act = hf.get("hidden_act") or hf.get("hidden_activation") or "silu"
+    if act != "silu":
+        raise ConfigError(f"{where}: hidden_act '{act}' is not supported (jaxfin's MLP is SwiGLU: silu)")
+    if hf.get("mlp_bias"):
+        raise ConfigError(f"{where}: mlp_bias true (biases on gate/up/down_proj) is not supported")
+    if family != "qwen2" and hf.get("attention_bias"):
+        raise ConfigError(
+            f"{where}: attention_bias true for '{family}' means biases on q/k/v *and* o_proj, and jaxfin "
+            f"has no o_proj bias; only Qwen2-style q/k/v biases are supported"
+        )
+    if hf.get("quantization_config"):
+        raise ConfigError(f"{where}: quantized checkpoints are not supported; use the unquantized weights")
+
+
+def config_from_hf(hf: dict, where: str) -> ModelConfig:
+    """A validated ModelConfig from a config.json dict (`where` names the file in messages)."""
+    family = hf.get("model_type")
+    if family not in ARCHITECTURES:
+        raise ConfigError(f"{where}: model_type '{family}' is not supported (supported: {', '.join(ARCHITECTURES)})")
+    _check_supported(hf, family, where)
+    theta, scaling = _rope(hf, where)
+    heads = _get(hf, "num_attention_heads", where, required=True)
+    if family == "mistral":
+        window = hf.get("sliding_window") or 0
+    elif family == "qwen2":
+        window = (hf.get("sliding_window") or 0) if hf.get("use_sliding_window") else 0
+    else:
+        window = 0
+    d = {
+        "family": family,
+        "vocab_size": _get(hf, "vocab_size", where, required=True),
+        "hidden_size": _get(hf, "hidden_size", where, required=True),
+        "intermediate_size": _get(hf, "intermediate_size", where, required=True),
+        "num_layers": _get(hf, "num_hidden_layers", where, required=True),
+        "num_heads": heads,
+        "num_kv_heads": _get(hf, "num_key_value_heads", where, heads),
+        "head_dim": _get(hf, "head_dim", where, 0),
+        "rms_norm_eps": _get(hf, "rms_norm_eps", where, 1e-6),
+        "rope_theta": theta,
+        "rope_scaling": scaling,
+        "max_position_embeddings": _get(hf, "max_position_embeddings", where, 2048),
+        "tie_embeddings": bool(hf.get("tie_word_embeddings", False)),
+        "attention_bias": family == "qwen2",
+        "sliding_window": window,
+        "init_std": _get(hf, "initializer_range", where, 0.02),
+        "bos_token_id": _token_id(hf.get("bos_token_id")),
+        "eos_token_id": _token_id(hf.get("eos_token_id")),
+        "pad_token_id": _token_id(hf.get("pad_token_id")),
+    }
+    return model_config(d, where)
+
+
+def config_to_hf(cfg: ModelConfig) -> dict:
+    """config.json for the family, in the layout transformers 5 writes, plus the legacy keys (rope_theta,
+    rope_scaling, torch_dtype) older transformers / serving stacks read, so they cannot silently fall back to
+    default RoPE."""
+    rope = {"rope_theta": cfg.rope_theta, "rope_type": cfg.rope_scaling.type}
+    if cfg.rope_scaling.type == "llama3":
+        rs = cfg.rope_scaling
+        rope |= {
+            "factor": rs.factor,
+            "low_freq_factor": rs.low_freq_factor,
+            "high_freq_factor": rs.high_freq_factor,
+            "original_max_position_embeddings": rs.original_max_position_embeddings,
+        }
+    legacy = {k: v for k, v in rope.items() if k != "rope_theta"} if cfg.rope_scaling.type != "default" else None
+
+    def token(i):
+        return None if i < 0 else i
+
+    hf = {
+        "architectures": [ARCHITECTURES[cfg.family]],
+        "model_type": cfg.family,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "hidden_act": "silu",
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "initializer_range": cfg.init_std,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "use_cache": True,
+        "bos_token_id": token(cfg.bos_token_id),
+        "eos_token_id": token(cfg.eos_token_id),
+        "pad_token_id": token(cfg.pad_token_id),
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "rope_parameters": rope,
+        "rope_theta": cfg.rope_theta,
+        "rope_scaling": legacy,
+        "attention_dropout": 0.0,
+        "dtype": cfg.param_dtype,
+        "torch_dtype": cfg.param_dtype,
+    }
+    if cfg.family != "qwen2" or cfg.head_dim:  # Qwen2Config derives head_dim; the others write it
+        hf["head_dim"] = cfg.head_size
+    if cfg.family == "llama":
+        hf |= {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}
+    elif cfg.family == "mistral":
+        hf["sliding_window"] = cfg.sliding_window or None
+    elif cfg.family == "qwen2":
+        hf |= {
+            "use_sliding_window": bool(cfg.sliding_window),
+            "sliding_window": cfg.sliding_window or None,
+            "max_window_layers": cfg.num_layers,
+        }
+    return hf
+
+
+def _extras(hf: dict, generation: dict | None) -> dict:
+    """HF fields ModelConfig does not hold, kept for a faithful export."""
+    config = {k: hf[k] for k in KEPT_KEYS if k in hf}
+    if isinstance(hf.get("eos_token_id"), list):
+        config["eos_token_id"] = hf["eos_token_id"]
+    if hf.get("model_type") == "qwen2" and not hf.get("use_sliding_window") and "sliding_window" in hf:
+        config["sliding_window"] = hf["sliding_window"]  # inert while use_sliding_window is false
+    extra = {"model_type": hf.get("model_type"), "config": config}
+    if generation:
+        extra["generation_config"] = {k: v for k, v in generation.items() if k != "transformers_version"}
+    return extra
+
+
+def _ids_match(value, cfg_id: int) -> bool:
+    return _token_id(value) == cfg_id
+
+
+def _export_configs(cfg: ModelConfig, extra: dict | None) -> tuple[dict, dict]:
+    """(config.json, generation_config.json) dicts: built from cfg, with the kept extras where still true."""
+    hf = config_to_hf(cfg)
+    extra = extra if extra and extra.get("model_type") == cfg.family else {}
+    kept = dict(extra.get("config", {}))
+    if not _ids_match(kept.get("eos_token_id"), cfg.eos_token_id):
+        kept.pop("eos_token_id", None)  # eos changed since import: the old list is stale
+    if cfg.sliding_window:
+        kept.pop("sliding_window", None)  # the inert Qwen2 value must not replace a live one
+    hf |= kept
+    gen = dict(extra.get("generation_config") or {"_from_model_config": True})
+    # the stored generation config wins unless the model config contradicts it
+    for name in ("bos", "eos", "pad"):
+        key, mine = f"{name}_token_id", getattr(cfg, f"{name}_token_id")
+        if mine < 0 or (key in gen and _ids_match(gen[key], mine)):
+            continue
+        gen[key] = hf[key] if _ids_match(hf.get(key), mine) else mine
+    return hf, gen
+
+
+# ---------------------------------------------------------------------------------------------- weights
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """One HF tensor: where it lives in the pytree (layer index or None) and its HF shape."""
+
+    name: str
+    path: tuple[str, ...]
+    layer: int | None
+    hf_shape: tuple[int, ...]
+    transpose: bool  # HF nn.Linear weights are [out, in]; our kernels are [in, out]
+
+
+def _specs(cfg: ModelConfig) -> list[_Spec]:
+    """Every HF tensor of the model, in the order transformers writes them."""
+    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
+    q, kv = cfg.num_heads * cfg.head_size, cfg.num_kv_heads * cfg.head_size
+    layer = [
+        ("self_attn.q_proj.weight", ("self_attn", "q_proj", "kernel"), (q, d), True),
+        ("self_attn.k_proj.weight", ("self_attn", "k_proj", "kernel"), (kv, d), True),
+        ("self_attn.v_proj.weight", ("self_attn", "v_proj", "kernel"), (kv, d), True),
+        ("self_attn.o_proj.weight", ("self_attn", "o_proj", "kernel"), (d, q), True),
+        ("mlp.gate_proj.weight", ("mlp", "gate_proj", "kernel"), (f, d), True),
+        ("mlp.up_proj.weight", ("mlp", "up_proj", "kernel"), (f, d), True),
+        ("mlp.down_proj.weight", ("mlp", "down_proj", "kernel"), (d, f), True),
+        ("input_layernorm.weight", ("input_layernorm", "scale"), (d,), False),
+        ("post_attention_layernorm.weight", ("post_attention_layernorm", "scale"), (d,), False),
+    ]
+    if cfg.attention_bias:
+        for i, (proj, n) in enumerate((("q_proj", q), ("k_proj", kv), ("v_proj", kv))):
+            layer.insert(2 * i + 1, (f"self_attn.{proj}.bias", ("self_attn", proj, "bias"), (n,), False))
+    specs = [_Spec("model.embed_tokens.weight", ("embed_tokens", "embedding"), None, (v, d), False)]
+    for i in range(cfg.num_layers):
+        specs += [_Spec(f"model.layers.{i}.{n}", ("layers", *p), i, s, t) for n, p, s, t in layer]
+    specs.append(_Spec("model.norm.weight", ("norm", "scale"), None, (d,), False))
+    if not cfg.tie_embeddings:
+        specs.append(_Spec("lm_head.weight", ("lm_head", "kernel"), None, (v, d), True))
+    return specs
+
+
+def _from_hf(w: np.ndarray, spec: _Spec, shape: tuple[int, ...]) -> np.ndarray:
+    return (w.T if spec.transpose else w).reshape(shape)
+
+
+def _to_hf(x: np.ndarray, spec: _Spec) -> np.ndarray:
+    if spec.transpose:  # [in..., out...] -> [in, out] -> [out, in]
+        return np.ascontiguousarray(x.reshape(spec.hf_shape[::-1]).T)
+    return np.ascontiguousarray(x.reshape(spec.hf_shape))
+
+
+def _leaf(tree: dict, path: tuple[str, ...]):
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _check_names(names, specs: list[_Spec], cfg: ModelConfig, where: str) -> None:
+    expected = {s.name for s in specs}
+    missing = sorted(expected - set(names))
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ValueError(f"{where}: missing tensor '{missing[0]}'{more} for this config.json")
+    skip = {"lm_head.weight"} if cfg.tie_embeddings else set()  # a tied copy some exporters still write
+    unknown = sorted(n for n in names if n not in expected and n not in skip and not IGNORED_TENSORS.fullmatch(n))
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise ValueError(
+            f"{where}: unexpected tensor '{unknown[0]}'{more}; jaxfin supports plain Llama / Mistral / Qwen2 "
+            f"decoders and would silently drop it"
+        )
+
+
+def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: str = "checkpoint") -> dict:
+    """HF tensors -> the param pytree in cfg.param_dtype, one tensor at a time (`tensors` may be lazy)."""
+    specs = _specs(cfg)
+    _check_names(list(tensors.keys()), specs, cfg, where)
+    shapes = param_shapes(cfg)
+    dtype = NP_DTYPES[cfg.param_dtype]
+    by_leaf: dict[tuple[str, ...], list[_Spec]] = {}
+    for spec in specs:
+        by_leaf.setdefault(spec.path, []).append(spec)
+    out: dict = {}
+    for path, leaf_specs in by_leaf.items():  # one stacked leaf at a time keeps host memory low
+        full = _leaf(shapes, path)
+        buf = np.empty(full, dtype)
+        for spec in leaf_specs:
+            w = np.asarray(tensors[spec.name])
+            if tuple(w.shape) != spec.hf_shape:
+                raise ValueError(
+                    f"{where}: tensor '{spec.name}' has shape {list(w.shape)}, expected {list(spec.hf_shape)}"
+                )
+            part = buf if spec.layer is None else buf[spec.layer]
+            part[...] = _from_hf(w, spec, part.shape)
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = jax.device_put(buf)
+        del buf
+    return out
+
+
+def _host(x, layer: int | None) -> np.ndarray:
+    """One layer of a (stacked) leaf on the host: a free view on CPU, else sliced on device then copied."""
+    if isinstance(x, np.ndarray) or all(d.platform == "cpu" for d in x.devices()):
+        x = np.asarray(x)
+        return x if layer is None else x[layer]
+    return np.asarray(jax.device_get(x if layer is None else x[layer]))
+
+
+def _iter_hf(params: dict, cfg: ModelConfig, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
+    """(HF name, tensor) pairs, one tensor on the host at a time."""
+    for spec in _specs(cfg):
+        x = _host(_leaf(params, spec.path), spec.layer)
+        yield spec.name, _to_hf(x.astype(dtype, copy=False), spec)
+
+
+def params_to_hf(params: dict, cfg: ModelConfig, dtype: str | None = None) -> dict[str, np.ndarray]:
+    """The param pytree -> HF tensors (in `dtype`, default the params' own)."""
+    return dict(_iter_hf(params, cfg, NP_DTYPES[dtype or cfg.param_dtype]))
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+class SafetensorsDir(Mapping):
+    """Lazy name -> numpy tensor view of `model.safetensors` or a sharded index (tensors read on access)."""
+
+    def __init__(self, path: str | Path):
+        from safetensors import safe_open
+
+        path = Path(path)
+        if (path / INDEX).is_file():
+            index = json.loads((path / INDEX).read_text())
+            self.files = {n: path / f for n, f in index["weight_map"].items()}
+            self.where = str(path / INDEX)
+        elif (path / SINGLE).is_file():
+            with safe_open(path / SINGLE, framework="numpy") as f:
+                self.files = dict.fromkeys(f.keys(), path / SINGLE)
+            self.where = str(path / SINGLE)
+        else:
+            bins = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+            hint = (
+                f"; found {bins[0]}, a pickle file, which jaxfin never loads (unpickling can run code). "
+                f"Convert it to safetensors first, e.g. AutoModelForCausalLM.from_pretrained(dir)"
+                f".save_pretrained(out, safe_serialization=True) in a trusted environment"
+                if bins
+                else ""
+            )
+            raise FileNotFoundError(f"{path}: no {SINGLE} or {INDEX}{hint}")
+        for f in set(self.files.values()):
+            if not f.is_file():
+                raise FileNotFoundError(f"{self.where} lists {f.name}, which does not exist")
+        self._open: dict[Path, object] = {}
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        f = self.files[name]
+        if f not in self._open:
+            self._open[f] = safe_open(f, framework="numpy")
+        return self._open[f].get_tensor(name)
+
+    def __iter__(self):
+        return iter(self.files)
+
+    def __len__(self):
+        return len(self.files)
+
+    def dtype(self, name: str) -> str:
+        """The stored dtype of one tensor, without reading it."""
+        from safetensors import safe_open
+
+        with safe_open(self.files[name], framework="numpy") as f:
+            stored = f.get_slice(name).get_dtype()
+        return {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(stored, stored)
+
+
+def is_hf_dir(path: str | Path) -> bool:
+    """A dir with a config.json that names a model_type."""
+    f = Path(path) / "config.json"
+    try:
+        return f.is_file() and "model_type" in json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return False
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+
+
+def stored_dtype(path: str | Path) -> str:
+    """The dtype the checkpoint's weights are stored in (its embedding's), e.g. 'bfloat16'."""
+    dtype = SafetensorsDir(path).dtype("model.embed_tokens.weight")
+    if dtype not in NP_DTYPES:
+        raise ConfigError(f"{path}: weights stored as {dtype}; supported: {', '.join(NP_DTYPES)}")
+    return dtype
+
+
+def load_hf(path: str | Path, **runtime) -> Model:
+    """Load an HF dir (config.json + safetensors). `runtime` sets ModelConfig runtime knobs; params are cast
+    to param_dtype (default float32)."""
+    from jaxfin.hf.tokenizer import has_tokenizer_files
+
+    path = Path(path)
+    hf = _read_json(path / "config.json")
+    cfg = config_from_hf(hf, str(path / "config.json"))
+    if runtime:
+        cfg = model_config(dataclasses.asdict(cfg), str(path / "config.json"), **runtime)
+    tensors = SafetensorsDir(path)
+    params = params_from_hf(tensors, cfg, tensors.where)
+    gen = path / "generation_config.json"
+    model = Model(cfg, params, str(path) if has_tokenizer_files(path) else None)
+    model.hf_extra = _extras(hf, _read_json(gen) if gen.is_file() else None)
+    return model
+
+
+def _parse_size(size: int | str) -> int:
+    """'5GB' (decimal, like transformers), '2GiB' (binary), '500MB', '20KB' or a number of bytes."""
+    if isinstance(size, int):
+        return size
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", size.upper())
+    if not m:
+        raise ValueError(f"max_shard_size '{size}' is not a size like '5GB', '500MB' or a number of bytes")
+    base = 1024 if m.group(3) else 1000
+    return int(float(m.group(1)) * base ** " KMGT".index(m.group(2) or " "))
+
+
+def _plan_shards(specs: list[_Spec], itemsize: int, limit: int) -> list[list[_Spec]]:
+    """Greedy in-order packing, a new shard when the next tensor would overflow (as transformers does)."""
+    shards: list[list[_Spec]] = [[]]
+    size = 0
+    for spec in specs:
+        n = int(np.prod(spec.hf_shape)) * itemsize
+        if shards[-1] and size + n > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(spec)
+        size += n
+    return shards
+
+
+def _write_json(path: Path, data: dict) -> None:
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def save_hf(model: Model, path: str | Path, max_shard_size: int | str = "5GB", dtype: str | None = None) -> list[str]:
+    """Write an HF dir: config.json, generation_config.json, safetensors (sharded past max_shard_size) and the
+    tokenizer. Returns the file names written."""
+    from safetensors.numpy import save_file
+
+    from jaxfin.hf.tokenizer import export_tokenizer
+
+    cfg = dataclasses.replace(model.config, param_dtype=dtype or model.config.param_dtype)
+    if cfg.param_dtype not in NP_DTYPES:
+        raise ValueError(f"dtype '{cfg.param_dtype}' is not one of {', '.join(NP_DTYPES)}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for old in path.iterdir():  # stale shards of an earlier export would confuse loaders
+        if old.name == INDEX or re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", old.name):
+            old.unlink()
+    hf, gen = _export_configs(cfg, getattr(model, "hf_extra", None))
+    _write_json(path / "config.json", hf)
+    _write_json(path / "generation_config.json", gen)
+    np_dtype = NP_DTYPES[cfg.param_dtype]
+    specs = _specs(cfg)
+    shards = _plan_shards(specs, np_dtype.itemsize, _parse_size(max_shard_size))
+    tensors = _iter_hf(model.params, cfg, np_dtype)
+    weight_map, written = {}, ["config.json", "generation_config.json"]
+    for k, shard in enumerate(shards):
+        name = SINGLE if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(dict(itertools.islice(tensors, len(shard))), path / name, metadata={"format": "pt"})
+        weight_map |= dict.fromkeys((s.name for s in shard), name)
+        written.append(name)
+    if len(shards) > 1:
+        n = sum(int(np.prod(s.hf_shape)) for s in specs)
+        index = {
+            "metadata": {"total_size": n * np_dtype.itemsize, "total_parameters": n},
+            "weight_map": weight_map,
+        }
+        _write_json(path / INDEX, index)
+        written.append(INDEX)
+    if model.tokenizer_dir:
+        written += [f for f in export_tokenizer(model.tokenizer_dir, path, cfg) if f not in written]
+    return written

@@ -1,0 +1,54 @@
+"""The one attention function. Every backend must match the `xla` reference, segment ids included.
+
+Shapes: q [B, S, Hq, D]; k, v [B, S, Hkv, D] with Hq a multiple of Hkv (GQA/MQA: K/V are never repeated in
+memory, query heads are grouped instead); segment_ids [B, S] int, 0 = padding. A query attends to a key only
+inside the same non-zero segment (and, if causal, at or before its own position). Rows with nothing to attend
+to (padding) return zeros.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+BACKENDS = ("auto", "xla")
+
+
+def attention(q, k, v, *, segment_ids=None, causal: bool = True, sm_scale: float | None = None, backend="auto"):
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend '{backend}' is not available; choose one of {', '.join(BACKENDS)}")
+    # "auto" resolves to the reference until faster backends land (they must pass the same tests).
+    return xla_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+
+
+def attention_mask(segment_ids, seq_len: int, batch: int, causal: bool):
+    """Boolean [B, S, S] (query, key) mask."""
+    mask = jnp.ones((batch, seq_len, seq_len), bool)
+    if causal:
+        mask = mask & jnp.tril(jnp.ones((seq_len, seq_len), bool))[None]
+    if segment_ids is not None:
+        same = segment_ids[:, :, None] == segment_ids[:, None, :]
+        mask = mask & same & (segment_ids != 0)[:, :, None]
+    return mask
+
+
+def xla_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None):
+    """Reference: softmax in float32, grouped-query einsum, masked rows -> 0."""
+    b, s, hq, d = q.shape
+    hkv = k.shape[2]
+    if hq % hkv:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+    scale = d**-0.5 if sm_scale is None else sm_scale
+    qg = q.reshape(b, s, hkv, hq // hkv, d)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) * scale
+    mask = attention_mask(segment_ids, s, b, causal)[:, None, None]
+    scores = jnp.where(mask, scores, -jnp.inf)
+    row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
+    probs = jnp.exp(scores - jnp.where(jnp.isfinite(row_max), row_max, 0.0))
+    denom = jnp.sum(probs, axis=-1, keepdims=True)
+    probs = probs / jnp.where(denom == 0, 1.0, denom)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out.reshape(b, s, hq, d).astype(q.dtype)
+
+
+__all__ = ["BACKENDS", "attention", "attention_mask", "xla_attention"]

@@ -1,0 +1,27 @@
+"""`python -m jaxfin.launch CONFIG.yaml [key=value ...]`: initialise multi-host JAX if asked, then train."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxfin.cli import _add_distributed_args, _add_run_args, run, run_train
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m jaxfin.launch",
+        description="Run a training config on this host (or, with the multi-host flags, as one process of many).",
+    )
+    _add_run_args(p)
+    _add_distributed_args(p)
+    p.set_defaults(func=run_train)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run(argv, build_parser())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

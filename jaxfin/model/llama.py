@@ -1,0 +1,169 @@
+"""Llama-family decoder (Llama 2/3/3.1/3.2, Mistral, Qwen2) as pure functions over one parameter pytree.
+
+The pytree (HF-aligned names; per-layer weights stacked on a leading layer axis, so scanning or looping over
+layers never changes the checkpoint layout; kernels are [in, out], attention heads kept as their own axis):
+
+    embed_tokens/embedding                 [V, D]
+    layers/input_layernorm/scale           [L, D]
+    layers/self_attn/{q,k,v}_proj/kernel   [L, D, H, Dh]     (H = num_heads for q, num_kv_heads for k, v)
+    layers/self_attn/{q,k,v}_proj/bias     [L, H, Dh]        (Qwen2 only)
+    layers/self_attn/o_proj/kernel         [L, Hq, Dh, D]
+    layers/post_attention_layernorm/scale  [L, D]
+    layers/mlp/{gate,up}_proj/kernel       [L, D, F]
+    layers/mlp/down_proj/kernel            [L, F, D]
+    norm/scale                             [D]
+    lm_head/kernel                         [D, V]            (absent when embeddings are tied)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxfin.config.schema import ModelConfig
+from jaxfin.kernels import attention
+from jaxfin.model.config import compute_dtype, param_dtype
+
+
+def param_shapes(cfg: ModelConfig) -> dict:
+    """Shape of every parameter, as the same nested dict as the params."""
+    d, f, v, n = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
+    hq, hkv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
+    attn = {
+        "q_proj": {"kernel": (n, d, hq, dh)},
+        "k_proj": {"kernel": (n, d, hkv, dh)},
+        "v_proj": {"kernel": (n, d, hkv, dh)},
+        "o_proj": {"kernel": (n, hq, dh, d)},
+    }
+    if cfg.attention_bias:
+        for name, h in (("q_proj", hq), ("k_proj", hkv), ("v_proj", hkv)):
+            attn[name]["bias"] = (n, h, dh)
+    shapes = {
+        "embed_tokens": {"embedding": (v, d)},
+        "layers": {
+            "input_layernorm": {"scale": (n, d)},
+            "self_attn": attn,
+            "post_attention_layernorm": {"scale": (n, d)},
+            "mlp": {
+                "gate_proj": {"kernel": (n, d, f)},
+                "up_proj": {"kernel": (n, d, f)},
+                "down_proj": {"kernel": (n, f, d)},
+            },
+        },
+        "norm": {"scale": (d,)},
+    }
+    if not cfg.tie_embeddings:
+        shapes["lm_head"] = {"kernel": (d, v)}
+    return shapes
+
+
+def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
+    """Normal(0, init_std) weights, ones for norms, zeros for biases; output projections scaled by 1/sqrt(2L)."""
+    shapes = param_shapes(cfg)
+    leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
+    keys = jax.random.split(key, len(leaves))
+    dtype = param_dtype(cfg)
+    out = []
+    for (path, shape), k in zip(leaves, keys):
+        names = [p.key for p in path]
+        if names[-1] == "scale":
+            out.append(jnp.ones(shape, dtype))
+        elif names[-1] == "bias":
+            out.append(jnp.zeros(shape, dtype))
+        else:
+            std = cfg.init_std / (math.sqrt(2 * cfg.num_layers) if names[-2] in ("o_proj", "down_proj") else 1)
+            out.append((std * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
+    return jax.tree.unflatten(treedef, out)
+
+
+def rms_norm(x, scale, eps):
+    """As HF: normalise in float32, cast back, then multiply by the weight."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+    return scale.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope_frequencies(cfg: ModelConfig) -> jnp.ndarray:
+    """Inverse frequencies [Dh/2], with Llama 3.1's `llama3` scaling when configured."""
+    dh = cfg.head_size
+    inv = 1.0 / (cfg.rope_theta ** (jnp.arange(0, dh, 2, dtype=jnp.float32) / dh))
+    rs = cfg.rope_scaling
+    if rs.type == "llama3":
+        low_wavelen = rs.original_max_position_embeddings / rs.low_freq_factor
+        high_wavelen = rs.original_max_position_embeddings / rs.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        smooth = (rs.original_max_position_embeddings / wavelen - rs.low_freq_factor) / (
+            rs.high_freq_factor - rs.low_freq_factor
+        )
+        smoothed = (1 - smooth) * inv / rs.factor + smooth * inv
+        inv = jnp.where(wavelen > low_wavelen, inv / rs.factor, inv)
+        is_medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        inv = jnp.where(is_medium, smoothed, inv)
+    return inv
+
+
+def apply_rope(x, positions, inv_freq):
+    """HF's rotate-half RoPE. x [B, S, H, Dh], positions [B, S]."""
+    freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, S, Dh/2]
+    cos = jnp.cos(jnp.concatenate([freqs, freqs], -1))[:, :, None, :]
+    sin = jnp.sin(jnp.concatenate([freqs, freqs], -1))[:, :, None, :]
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    rotated = jnp.concatenate([-x2, x1], axis=-1)
+    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+
+
+def _proj(x, p, dtype):
+    y = jnp.einsum("bsd,dhk->bshk", x, p["kernel"].astype(dtype))
+    return y + p["bias"].astype(dtype) if "bias" in p else y
+
+
+def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, positions, inv_freq):
+    """One pre-norm block: h + attn(norm(h)), then + mlp(norm(h))."""
+    dtype = h.dtype
+    x = rms_norm(h, lp["input_layernorm"]["scale"], cfg.rms_norm_eps)
+    a = lp["self_attn"]
+    q = apply_rope(_proj(x, a["q_proj"], dtype), positions, inv_freq)
+    k = apply_rope(_proj(x, a["k_proj"], dtype), positions, inv_freq)
+    v = _proj(x, a["v_proj"], dtype)
+    o = attention(q, k, v, segment_ids=segment_ids, causal=True, backend=cfg.attention_backend)
+    h = h + jnp.einsum("bshk,hkd->bsd", o, a["o_proj"]["kernel"].astype(dtype))
+    x = rms_norm(h, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
+    m = lp["mlp"]
+    gate = jax.nn.silu(x @ m["gate_proj"]["kernel"].astype(dtype))
+    up = x @ m["up_proj"]["kernel"].astype(dtype)
+    return h + (gate * up) @ m["down_proj"]["kernel"].astype(dtype)
+
+
+def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
+    """Final normed hidden states [B, S, D] in the compute dtype."""
+    b, s = tokens.shape
+    if positions is None:
+        positions = jnp.broadcast_to(jnp.arange(s), (b, s))
+    dtype = compute_dtype(cfg)
+    inv_freq = rope_frequencies(cfg)
+    h = jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0).astype(dtype)
+
+    def layer(h, lp):
+        return decoder_layer(cfg, lp, h, segment_ids, positions, inv_freq), None
+
+    if cfg.remat == "full":
+        layer = jax.checkpoint(layer)
+    if cfg.scan_layers:
+        h, _ = jax.lax.scan(layer, h, params["layers"])
+    else:
+        for i in range(cfg.num_layers):
+            h, _ = layer(h, jax.tree.map(lambda w, i=i: w[i], params["layers"]))
+    return rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps)
+
+
+def output_kernel(params: dict, cfg: ModelConfig):
+    """[D, V] LM head (the transposed embedding when tied)."""
+    return params["embed_tokens"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
+
+
+def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
+    """Logits [B, S, V] in float32. segment_ids/positions come from the packed batch (None = one document)."""
+    h = hidden_states(params, cfg, tokens, segment_ids, positions)
+    return jnp.einsum("bsd,dv->bsv", h, output_kernel(params, cfg).astype(h.dtype)).astype(jnp.float32)

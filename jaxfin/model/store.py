@@ -1,0 +1,120 @@
+"""jaxfin checkpoint dirs: `jaxfin_model.json` (the ModelConfig) + `params/` (Orbax) + tokenizer files.
+
+A training run dir (`jaxfin_model.json` + `checkpoints/`) loads the same way, from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+
+from jaxfin.config import ConfigError, ModelConfig, config_from_dict
+from jaxfin.model import Model
+from jaxfin.model.config import DTYPES
+from jaxfin.model.llama import param_shapes
+
+FORMAT, VERSION = "jaxfin-model", 1
+MODEL_JSON = "jaxfin_model.json"
+
+
+def model_config(d: dict, where: str, **runtime) -> ModelConfig:
+    """A validated ModelConfig from a `model:` mapping, with runtime knobs (param_dtype, ...) on top."""
+    unknown = sorted(set(runtime) - set(ModelConfig.RUNTIME_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown runtime option(s) {', '.join(unknown)} for {where}; "
+            f"allowed: {', '.join(ModelConfig.RUNTIME_KEYS)}"
+        )
+    try:
+        return config_from_dict({"model": {**d, **runtime}}, where).model
+    except ConfigError as e:  # cross-field checks do not know the file; name it
+        raise (e if str(e).startswith(where) else ConfigError(f"{where}: {e}")) from None
+
+
+def cast_params(params: dict, cfg: ModelConfig) -> dict:
+    """Params as jax arrays in cfg.param_dtype (no copy when already there)."""
+    dtype = DTYPES[cfg.param_dtype]
+    return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+
+
+def save_jaxfin(model: Model, path: str | Path) -> None:
+    """Write `model` as a jaxfin checkpoint dir (overwriting the params of an existing one)."""
+    import orbax.checkpoint as ocp
+
+    from jaxfin.hf.tokenizer import copy_tokenizer_files
+
+    path = Path(path).absolute()
+    path.mkdir(parents=True, exist_ok=True)
+    desc = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model.config)}
+    extra = getattr(model, "hf_extra", None)
+    if extra:  # HF-only fields (eos list, generation config) kept for a faithful export back to HF
+        desc["hf"] = extra
+    (path / MODEL_JSON).write_text(json.dumps(desc, indent=2) + "\n")
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(path / "params", model.params, force=True)
+    ckptr.wait_until_finished()
+    ckptr.close()
+    if model.tokenizer_dir:
+        copy_tokenizer_files(model.tokenizer_dir, path)
+
+
+def _read_desc(path: Path) -> dict:
+    where = path / MODEL_JSON
+    try:
+        desc = json.loads(where.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON ({e})") from None
+    if desc.get("format") != FORMAT or not isinstance(desc.get("model"), dict):
+        raise ConfigError(f"{where}: not a jaxfin model description (expected format '{FORMAT}' and a 'model' key)")
+    if desc.get("version", 0) > VERSION:
+        raise ConfigError(f"{where}: version {desc['version']} is newer than this jaxfin reads ({VERSION})")
+    return desc
+
+
+def _restore(params_dir: Path, cfg: ModelConfig) -> dict:
+    """Restore the param pytree saved in cfg.param_dtype onto the default device."""
+    import orbax.checkpoint as ocp
+
+    dtype = DTYPES[cfg.param_dtype]
+    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, dtype, sharding=sharding),
+        param_shapes(cfg),
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+    ckptr = ocp.StandardCheckpointer()
+    try:
+        return ckptr.restore(params_dir, target)
+    finally:
+        ckptr.close()
+
+
+def load_jaxfin(path: str | Path, **runtime) -> Model:
+    """Load a jaxfin checkpoint dir or a training run dir (its newest readable checkpoint)."""
+    from jaxfin.hf.tokenizer import has_tokenizer_files
+
+    path = Path(path).absolute()
+    if not (path / MODEL_JSON).is_file() or not ((path / "params").is_dir() or (path / "checkpoints").is_dir()):
+        raise FileNotFoundError(
+            f"{path} is not a model dir: expected a Hugging Face dir (config.json with model_type + "
+            f"*.safetensors), a jaxfin checkpoint ({MODEL_JSON} + params/) or a training run dir "
+            f"({MODEL_JSON} + checkpoints/)"
+        )
+    desc = _read_desc(path)
+    where = str(path / MODEL_JSON)
+    stored = model_config(desc["model"], where)
+    cfg = model_config(desc["model"], where, **runtime)
+    if (path / "params").is_dir():
+        params = _restore(path / "params", stored)
+    else:
+        from jaxfin.train.checkpoint import restore_params
+
+        params = restore_params(path)
+    model = Model(cfg, cast_params(params, cfg), str(path) if has_tokenizer_files(path) else None)
+    if desc.get("hf"):
+        model.hf_extra = desc["hf"]
+    return model

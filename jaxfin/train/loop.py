@@ -1,0 +1,200 @@
+"""The training loop: `train(cfg)` runs (or resumes) a CPT run described by a Config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import yaml
+
+from jaxfin.config.load import ConfigError
+from jaxfin.config.schema import Config, to_dict
+from jaxfin.data.packing import BatchIterator, load_rows
+from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
+from jaxfin.model import Model, init_params, load_model
+from jaxfin.parallel import global_batch, make_mesh, replicated
+from jaxfin.train.checkpoint import Checkpointer
+from jaxfin.train.metrics import MetricsWriter, Progress
+from jaxfin.train.optimizer import make_optimizer, make_schedule
+from jaxfin.train.step import make_eval_step, make_train_step
+
+log = logging.getLogger("jaxfin")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+)
+
+
+def _tokenizer(cfg: Config) -> Tokenizer:
+    src = cfg.tokenizer or cfg.init_from
+    if not src:
+        raise ConfigError("set 'tokenizer' (a SentencePiece .model file or an HF tokenizer dir) or 'init_from'")
+    return load_tokenizer(src)
+
+
+def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict]:
+    """The resolved config (architecture from init_from when given) and the initial params."""
+    if cfg.init_from:
+        runtime = {k: getattr(cfg.model, k) for k in cfg.model.RUNTIME_KEYS}
+        loaded = load_model(cfg.init_from, **runtime)
+        cfg = dataclasses.replace(cfg, model=loaded.config)
+        params = loaded.params
+    else:
+        params = init_params(cfg.model, jax.random.key(cfg.train.seed))
+    if tok.vocab_size > cfg.model.vocab_size:
+        raise ConfigError(
+            f"the tokenizer at {tok.path} has {tok.vocab_size} tokens but model.vocab_size is "
+            f"{cfg.model.vocab_size}"
+        )
+    return cfg, params
+
+
+def _write_run_files(cfg: Config, tok: Tokenizer, out: Path) -> None:
+    """Resolved config, model description and tokenizer: the run dir itself is a loadable model."""
+    (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    desc = {"format": "jaxfin-model", "version": 1, "model": to_dict(cfg.model)}
+    (out / "jaxfin_model.json").write_text(json.dumps(desc, indent=2))
+    src = tok.path
+    files = [src] if src.is_file() else [src / f for f in TOKENIZER_FILES if (src / f).exists()]
+    for f in files:
+        dst = out / ("tokenizer.model" if f.suffix == ".model" else f.name)
+        if f.resolve() != dst.resolve():
+            shutil.copyfile(f, dst)
+
+
+def _dev_loss(eval_step, params, rows, mesh, chunk: int, limit: int) -> float:
+    n = min(limit, len(rows["tokens"]))
+    total, count = 0.0, 0.0
+    for i in range(0, n, chunk):
+        part = {k: v[i : min(i + chunk, n)] for k, v in rows.items()}
+        pad = chunk - len(part["tokens"])  # padded rows have segment 0: no targets
+        part = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in part.items()}
+        s, c = eval_step(params, global_batch(mesh, part))
+        total, count = total + float(s), count + float(c)
+    return total / max(count, 1.0)
+
+
+class _StopFlag:
+    """SIGTERM (preemption) asks the loop to checkpoint and exit cleanly at the next step boundary."""
+
+    def __init__(self):
+        self.set = False
+        self.previous = signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        self.set = True
+
+    def restore(self):
+        signal.signal(signal.SIGTERM, self.previous)
+
+
+def train(cfg: Config) -> dict:
+    """Train (or resume) and return a summary: steps run, first/last dev loss, stop reason."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = _tokenizer(cfg)
+    cfg, params = _model(cfg, tok)
+    _write_run_files(cfg, tok, out)
+    t = cfg.train
+
+    train_rows = load_rows(cfg.data.train, tok, cfg.data)
+    dev_rows = load_rows(cfg.data.dev, tok, cfg.data) if cfg.data.dev else None
+    batches = BatchIterator(train_rows, t.batch_size, t.seed)
+
+    mesh = make_mesh(cfg.mesh)
+    optimizer = make_optimizer(cfg.optimizer, t.steps)
+    schedule = make_schedule(cfg.optimizer, t.steps)
+    rep = replicated(mesh)
+    init = jax.jit(
+        lambda p: {
+            "params": p,
+            "opt_state": optimizer.init(p),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(t.seed)),
+        },
+        out_shardings=rep,
+    )
+    state = init(params)
+    del params
+
+    ckpt = Checkpointer(out, cfg.checkpoint)
+    meta = {"dev_best": None, "dev_bad_evals": 0, "dev_first": None}
+    restored = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state))
+    if restored is not None:
+        state, meta = restored
+        batches.restore(meta["data"])
+        print(f"resumed from {out / 'checkpoints' / str(int(state['step']))}", flush=True)
+    start = int(state["step"])
+
+    train_step = jax.jit(make_train_step(cfg.model, optimizer, schedule, t.micro_batches), donate_argnums=0)
+    eval_step = jax.jit(make_eval_step(cfg.model))
+    metrics = MetricsWriter(out, start if restored is not None else None)
+    progress = Progress(t.steps, start)
+    stop = _StopFlag()
+    reason, last_dev = "steps", None
+    window_tokens, window_t0 = 0, time.time()
+    step = start
+    try:
+        for step in range(start + 1, t.steps + 1):
+            batch = next(batches)
+            window_tokens += int((batch["segment_ids"] != 0).sum())
+            state, m = train_step(state, global_batch(mesh, batch))
+            rec = None
+            if step % t.log_every == 0 or step == t.steps:
+                rec = {k: float(v) for k, v in m.items()}
+                now = time.time()
+                rec.update(step=step, tokens_per_s=window_tokens / max(now - window_t0, 1e-9))
+                window_tokens, window_t0 = 0, now
+            if dev_rows is not None and t.dev_every and (step % t.dev_every == 0 or step == t.steps):
+                chunk = t.batch_size // t.micro_batches
+                last_dev = _dev_loss(eval_step, state["params"], dev_rows, mesh, chunk, t.dev_batches * t.batch_size)
+                rec = rec or {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"])}
+                rec["dev_loss"] = last_dev
+                meta["dev_first"] = meta["dev_first"] if meta["dev_first"] is not None else last_dev
+                if meta["dev_best"] is None or last_dev < meta["dev_best"]:
+                    meta["dev_best"], meta["dev_bad_evals"] = last_dev, 0
+                else:
+                    meta["dev_bad_evals"] += 1
+                window_t0 = time.time()  # keep eval time out of tokens/s
+            if rec is not None:
+                metrics.write({"step": rec.pop("step"), **rec})
+                print(progress.line(step, rec), flush=True)
+            if t.patience and meta["dev_bad_evals"] >= t.patience:
+                reason = f"early stop: dev loss has not improved for {t.patience} evaluations"
+            elif stop.set:
+                reason = "SIGTERM"
+            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 or reason != "steps":
+                ckpt.save(step, state, {**meta, "data": batches.state(), "step": step})
+            if reason != "steps":
+                break
+        if step == t.steps:
+            ckpt.save(step, state, {**meta, "data": batches.state(), "step": step}, force=True)
+    finally:
+        stop.restore()
+        ckpt.close()
+        metrics.close()
+    print(f"{reason}: stopped at step {step}; checkpoints in {out / 'checkpoints'}", flush=True)
+    if reason == "SIGTERM":
+        print("rerun the same command to resume", flush=True)
+    elif cfg.export_hf:
+        Model(cfg.model, jax.device_get(state["params"]), str(out)).save(cfg.export_hf, format="hf")
+        print(f"exported a Hugging Face model to {cfg.export_hf}", flush=True)
+    return {
+        "steps": step,
+        "stop_reason": reason,
+        "dev_loss_first": meta["dev_first"],
+        "dev_loss_last": last_dev,
+        "dev_loss_best": meta["dev_best"],
+        "output_dir": str(out),
+    }

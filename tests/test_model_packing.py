@@ -1,0 +1,278 @@
+"""The Llama forward on packed rows, layer scan/loop/remat equivalence, tied embeddings, biases, init and RoPE."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxfin.config.schema import ModelConfig, RopeScaling
+from jaxfin.model import forward, hidden_states, init_params
+from jaxfin.model.llama import apply_rope, param_shapes, rope_frequencies
+
+CFG = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
+LEN_A, LEN_B, S = 5, 4, 12  # packed row: doc A, doc B, 3 padding tokens
+
+
+def _random_params(cfg, seed=0):
+    """Random weights of the documented shapes, large enough that logits differ visibly (numpy: no compiles)."""
+    rng = np.random.default_rng(seed)
+    leaves, tdef = jax.tree.flatten_with_path(param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple))
+    out = []
+    for path, shape in leaves:
+        if path[-1].key == "scale":
+            out.append(1.0 + 0.1 * rng.standard_normal(shape))
+        else:
+            out.append(0.2 * rng.standard_normal(shape))
+    return jax.tree.unflatten(tdef, [jnp.asarray(x, jnp.float32) for x in out])
+
+
+@pytest.fixture(scope="module")
+def params():
+    return _random_params(CFG)
+
+
+def _packed():
+    rng = np.random.default_rng(0)
+    doc_a = rng.integers(1, CFG.vocab_size, LEN_A)
+    doc_b = rng.integers(1, CFG.vocab_size, LEN_B)
+    pad = S - LEN_A - LEN_B
+    tokens = np.concatenate([doc_a, doc_b, np.zeros(pad, int)])[None].astype(np.int32)
+    seg = np.array([[1] * LEN_A + [2] * LEN_B + [0] * pad], np.int32)
+    pos = np.array([list(range(LEN_A)) + list(range(LEN_B)) + [0] * pad], np.int32)
+    return doc_a, doc_b, tokens, seg, pos
+
+
+def _fwd(cfg):
+    return jax.jit(lambda p, t, s, q: forward(p, cfg, t, s, q))
+
+
+def test_packed_row_equals_documents_run_alone(params):
+    doc_a, doc_b, tokens, seg, pos = _packed()
+    packed = np.asarray(_fwd(CFG)(params, jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(pos)))
+    assert packed.shape == (1, S, CFG.vocab_size) and packed.dtype == np.float32
+    assert np.isfinite(packed).all()  # padding rows included
+
+    # Oracle: each document alone, from position 0, no segment ids: forward(params, cfg, doc[None]).
+    alone = jax.jit(lambda p, t: forward(p, CFG, t))
+    want_a = np.asarray(alone(params, jnp.asarray(doc_a[None], jnp.int32)))[0]
+    want_b = np.asarray(alone(params, jnp.asarray(doc_b[None], jnp.int32)))[0]
+    np.testing.assert_allclose(packed[0, :LEN_A], want_a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(packed[0, LEN_A : LEN_A + LEN_B], want_b, rtol=1e-5, atol=1e-5)
+
+    # the comparison is discriminating: with one segment for the whole row, doc B would see doc A
+    no_seg = np.asarray(_fwd(CFG)(params, jnp.asarray(tokens), jnp.ones_like(jnp.asarray(seg)), jnp.asarray(pos)))
+    assert np.abs(no_seg[0, LEN_A : LEN_A + LEN_B] - want_b).max() > 1e-3
+
+
+def test_rope_makes_logits_depend_on_relative_positions_only(params):
+    _, _, tokens, _, _ = _packed()
+    seg = jnp.ones((1, S), jnp.int32)
+    fwd = _fwd(CFG)
+    base = np.asarray(fwd(params, jnp.asarray(tokens), seg, jnp.arange(S)[None]))
+    shifted = np.asarray(fwd(params, jnp.asarray(tokens), seg, jnp.arange(S)[None] + 13))
+    np.testing.assert_allclose(shifted, base, rtol=1e-4, atol=1e-4)
+
+
+def _grads_and_logits(cfg, params, tokens, seg, pos, proj):
+    def f(p):
+        logits = forward(p, cfg, tokens, seg, pos)
+        return jnp.sum(logits * proj), logits
+
+    return jax.jit(jax.grad(f, has_aux=True))(params)
+
+
+def test_scan_loop_and_remat_agree(params):
+    _, _, tokens, seg, pos = (jnp.asarray(x) for x in _packed())
+    proj = jnp.asarray(np.random.default_rng(1).standard_normal((1, S, CFG.vocab_size)), jnp.float32)
+    g_scan, l_scan = _grads_and_logits(CFG, params, tokens, seg, pos, proj)
+    g_loop, l_loop = _grads_and_logits(dataclasses.replace(CFG, scan_layers=False), params, tokens, seg, pos, proj)
+    g_remat, l_remat = _grads_and_logits(dataclasses.replace(CFG, remat="full"), params, tokens, seg, pos, proj)
+    np.testing.assert_allclose(np.asarray(l_loop), np.asarray(l_scan), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(l_remat), np.asarray(l_scan), rtol=1e-5, atol=1e-5)
+    for other in (g_loop, g_remat):
+        assert jax.tree.structure(other) == jax.tree.structure(g_scan)
+        for (path, a), b in zip(jax.tree.leaves_with_path(g_scan), jax.tree.leaves(other)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5, err_msg=str(path))
+    # each layer gets its own gradient (the loop indexes the right layer)
+    gq = np.asarray(g_scan["layers"]["self_attn"]["q_proj"]["kernel"])
+    assert np.abs(gq[0]).max() > 0 and np.abs(gq[1]).max() > 0 and not np.allclose(gq[0], gq[1])
+
+
+def _init_shapes(cfg):
+    """Shapes of init_params' pytree without running it (eval_shape traces, compiles nothing)."""
+    return jax.tree.map(lambda x: tuple(x.shape), jax.eval_shape(lambda k: init_params(cfg, k), jax.random.key(0)))
+
+
+def test_tied_embeddings():
+    cfg = dataclasses.replace(CFG, tie_embeddings=True)
+    shapes = _init_shapes(cfg)
+    assert "lm_head" not in shapes
+    assert set(shapes) == {"embed_tokens", "layers", "norm"}
+    p = _random_params(cfg, seed=3)
+    _, _, tokens, seg, pos = (jnp.asarray(x) for x in _packed())
+
+    @jax.jit
+    def run(p):
+        return forward(p, cfg, tokens, seg, pos), hidden_states(p, cfg, tokens, seg, pos)
+
+    logits, h = run(p)
+    want = np.asarray(h, np.float64) @ np.asarray(p["embed_tokens"]["embedding"], np.float64).T
+    np.testing.assert_allclose(np.asarray(logits), want, rtol=1e-5, atol=1e-6)
+
+
+def test_attention_bias_leaves():
+    cfg = dataclasses.replace(CFG, attention_bias=True)
+    attn = _init_shapes(cfg)["layers"]["self_attn"]
+    L, dh = CFG.num_layers, CFG.head_size
+    assert attn["q_proj"]["bias"] == (L, CFG.num_heads, dh)
+    assert attn["k_proj"]["bias"] == (L, CFG.num_kv_heads, dh)
+    assert attn["v_proj"]["bias"] == (L, CFG.num_kv_heads, dh)
+    assert "bias" not in attn["o_proj"]
+    plain = _init_shapes(CFG)["layers"]["self_attn"]
+    assert all("bias" not in plain[n] for n in ("q_proj", "k_proj", "v_proj", "o_proj"))  # the default has none
+
+    _, _, tokens, seg, pos = (jnp.asarray(x) for x in _packed())
+    big = _random_params(cfg, seed=1)
+    zero_bias = jax.tree.map_with_path(lambda path, w: jnp.zeros_like(w) if path[-1].key == "bias" else w, big)
+    no_bias = jax.tree.map(lambda x: x, zero_bias)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        del no_bias["layers"]["self_attn"][name]["bias"]
+    with_b = _fwd(cfg)
+    l_zero = np.asarray(with_b(zero_bias, tokens, seg, pos))
+    l_none = np.asarray(_fwd(CFG)(no_bias, tokens, seg, pos))
+    np.testing.assert_allclose(l_zero, l_none, rtol=1e-6, atol=1e-6)  # zero bias == no bias
+    for name in ("q_proj", "k_proj", "v_proj"):  # each bias is used
+        one = jax.tree.map(lambda x: x, zero_bias)
+        one["layers"]["self_attn"][name]["bias"] = jnp.full_like(zero_bias["layers"]["self_attn"][name]["bias"], 0.5)
+        one["layers"]["self_attn"][name]["bias"] = one["layers"]["self_attn"][name]["bias"].at[:, 0].set(-1.0)
+        changed = np.asarray(with_b(one, tokens, seg, pos))
+        assert np.abs(changed - l_zero)[0, : LEN_A + LEN_B].max() > 1e-3, name
+
+
+def test_param_shapes_match_documented_layout():
+    V, D, L, F, Hq, Hkv, Dh = 97, 32, 2, 48, 4, 2, 8
+    want = {
+        "embed_tokens": {"embedding": (V, D)},
+        "layers": {
+            "input_layernorm": {"scale": (L, D)},
+            "self_attn": {
+                "q_proj": {"kernel": (L, D, Hq, Dh)},
+                "k_proj": {"kernel": (L, D, Hkv, Dh)},
+                "v_proj": {"kernel": (L, D, Hkv, Dh)},
+                "o_proj": {"kernel": (L, Hq, Dh, D)},
+            },
+            "post_attention_layernorm": {"scale": (L, D)},
+            "mlp": {
+                "gate_proj": {"kernel": (L, D, F)},
+                "up_proj": {"kernel": (L, D, F)},
+                "down_proj": {"kernel": (L, F, D)},
+            },
+        },
+        "norm": {"scale": (D,)},
+        "lm_head": {"kernel": (D, V)},
+    }
+    assert _init_shapes(CFG) == want
+    abstract = jax.eval_shape(lambda k: init_params(CFG, k), jax.random.key(0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(abstract))
+
+
+def test_init_values():
+    cfg = dataclasses.replace(CFG, init_std=0.05, attention_bias=True)
+    # rbg keys: same init code, ~4x less CPU compile time than threefry (one compile per leaf shape)
+    key = jax.random.key(7, impl="rbg")
+    p = init_params(cfg, key)
+    for name in ("q_proj", "k_proj", "v_proj"):
+        assert (np.asarray(p["layers"]["self_attn"][name]["bias"]) == 0).all()
+    for scale in (
+        p["norm"]["scale"],
+        p["layers"]["input_layernorm"]["scale"],
+        p["layers"]["post_attention_layernorm"]["scale"],
+    ):
+        assert (np.asarray(scale) == 1.0).all()
+    out_std = 0.05 / math.sqrt(2 * cfg.num_layers)
+    la, mlp = p["layers"]["self_attn"], p["layers"]["mlp"]
+    expected = {
+        "embedding": (p["embed_tokens"]["embedding"], 0.05),
+        "lm_head": (p["lm_head"]["kernel"], 0.05),
+        "q": (la["q_proj"]["kernel"], 0.05),
+        "k": (la["k_proj"]["kernel"], 0.05),
+        "v": (la["v_proj"]["kernel"], 0.05),
+        "gate": (mlp["gate_proj"]["kernel"], 0.05),
+        "up": (mlp["up_proj"]["kernel"], 0.05),
+        "o": (la["o_proj"]["kernel"], out_std),
+        "down": (mlp["down_proj"]["kernel"], out_std),
+    }
+    for name, (w, std) in expected.items():
+        w = np.asarray(w, np.float64)
+        assert abs(w.std() - std) < 0.12 * std, (name, w.std(), std)
+        assert abs(w.mean()) < 4 * std / math.sqrt(w.size), name
+    # independent draws per leaf (and per layer)
+    assert not np.allclose(np.asarray(mlp["gate_proj"]["kernel"]), np.asarray(mlp["up_proj"]["kernel"]))
+    assert not np.allclose(np.asarray(la["k_proj"]["kernel"]), np.asarray(la["v_proj"]["kernel"]))
+    q = np.asarray(la["q_proj"]["kernel"])
+    assert not np.allclose(q[0], q[1])
+    # deterministic in the key
+    p2 = init_params(cfg, jax.random.key(7, impl="rbg"))
+    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p2)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def _llama3_inv_freq_numpy(theta, head_dim, factor, low, high, orig):
+    """Llama 3.1 RoPE scaling, written out from its published description, in float64."""
+    inv = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+    low_wavelen, high_wavelen = orig / low, orig / high
+    out = np.empty_like(inv)
+    kinds = []
+    for i, f in enumerate(inv):
+        wavelen = 2 * math.pi / f
+        if wavelen > low_wavelen:
+            out[i] = f / factor
+            kinds.append("low")
+        elif wavelen < high_wavelen:
+            out[i] = f
+            kinds.append("high")
+        else:
+            smooth = (orig / wavelen - low) / (high - low)
+            out[i] = (1 - smooth) * f / factor + smooth * f
+            kinds.append("mid")
+    return out, kinds
+
+
+def test_llama3_rope_frequencies():
+    cfg = ModelConfig(
+        hidden_size=64 * 4,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=64,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling(
+            type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0, original_max_position_embeddings=8192
+        ),
+    )
+    want, kinds = _llama3_inv_freq_numpy(500000.0, 64, 8.0, 1.0, 4.0, 8192)
+    assert {"low", "mid", "high"} <= set(kinds)  # the case exercises all three branches
+    got = np.asarray(rope_frequencies(cfg), np.float64)
+    assert got.shape == (32,)
+    np.testing.assert_allclose(got, want, rtol=2e-5)
+    # the default type is plain RoPE
+    plain = np.asarray(rope_frequencies(dataclasses.replace(cfg, rope_scaling=RopeScaling())), np.float64)
+    np.testing.assert_allclose(plain, 1.0 / 500000.0 ** (np.arange(0, 64, 2) / 64), rtol=2e-5)
+
+
+def test_apply_rope_is_rotate_half_rotation():
+    """HF's rotate-half layout: pair (x[i], x[i + Dh/2]) is rotated by angle position * inv_freq[i]."""
+    rng = np.random.default_rng(0)
+    b, s, h, dh = 2, 5, 3, 8
+    x = rng.standard_normal((b, s, h, dh)).astype(np.float32)
+    pos = rng.integers(0, 50, (b, s)).astype(np.int32)
+    inv = 1.0 / 10000.0 ** (np.arange(0, dh, 2) / dh)
+    z = x[..., : dh // 2].astype(np.float64) + 1j * x[..., dh // 2 :].astype(np.float64)
+    z = z * np.exp(1j * pos[:, :, None, None] * inv[None, None, None, :])
+    want = np.concatenate([z.real, z.imag], axis=-1)
+    got = np.asarray(apply_rope(jnp.asarray(x), jnp.asarray(pos), jnp.asarray(inv, jnp.float32)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
