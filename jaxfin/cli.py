@@ -17,7 +17,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("multi-host (bare nodes; also JAXFIN_COORDINATOR, JAXFIN_NUM_PROCESSES, JAXFIN_PROCESS_ID)")
+    g = p.add_argument_group(
+        "multi-host (bare nodes; also JAXFIN_COORDINATOR, JAXFIN_NUM_PROCESSES, JAXFIN_PROCESS_ID)"
+    )
     g.add_argument("--coordinator", default=os.environ.get("JAXFIN_COORDINATOR"), help="HOST:PORT of process 0")
     g.add_argument("--num-processes", type=int, default=os.environ.get("JAXFIN_NUM_PROCESSES"))
     g.add_argument("--process-id", type=int, default=os.environ.get("JAXFIN_PROCESS_ID"))
@@ -45,8 +47,8 @@ def run_train(args) -> int:
     init_distributed(args)
     from jaxfin.train import train
 
-    summary = train(cfg)
-    return 0 if summary["stop_reason"] != "error" else 1
+    train(cfg)
+    return 0
 
 
 def run_convert(args) -> int:

@@ -34,16 +34,22 @@ def plot_losses(metrics_path: Path, png: Path) -> None:
     plt.close(fig)
 
 
-def generate_with_transformers(hf_dir: Path, prompt: str, new_tokens: int = 20) -> str:
+def check_with_transformers(hf_dir: Path, prompt: str, new_tokens: int = 20) -> tuple[str, float]:
+    """Greedy generation by transformers from the export, and max |logits diff| vs jaxfin on the result."""
+    import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    import jaxfin
 
     tok = AutoTokenizer.from_pretrained(hf_dir)
     model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
     ids = tok(prompt, return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=new_tokens, do_sample=False)
-    return tok.decode(out[0], skip_special_tokens=True)
+        hf_logits = model(out).logits.numpy()
+    ours = np.asarray(jaxfin.load_model(hf_dir).logits(out.numpy()))
+    return tok.decode(out[0], skip_special_tokens=True), float(np.abs(ours - hf_logits).max())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     plot_losses(out / "metrics.jsonl", png)
     print(f"loss curve: {png}")
     prompt = "The Federal Reserve"
-    text = generate_with_transformers(out / "hf", prompt)
+    text, diff = check_with_transformers(out / "hf", prompt)
     print(f"transformers loaded {out / 'hf'} and generated: {text!r}")
+    print(f"jaxfin vs transformers logits on that text: max |diff| = {diff:.2e}")
     if not last < first - 0.5:
         print("demo FAILED: the dev loss did not fall clearly", file=sys.stderr)
         return 1

@@ -3,7 +3,31 @@ the same programs pay for compilation once per machine."""
 
 import os
 import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
 
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "jaxfin-test-xla-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def small_config(tmp_path_factory):
+    """A very small model on a slice of the shipped demo corpus, logging every step."""
+    d = tmp_path_factory.mktemp("cfg")
+    lines = (REPO / "demo_data/finance_train.jsonl").read_text().splitlines()
+    (d / "train.jsonl").write_text("\n".join(lines[:150]) + "\n")
+    (d / "dev.jsonl").write_text("\n".join(lines[150:170]) + "\n")
+    cfg = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
+    cfg["tokenizer"] = str(REPO / "demo_data/tokenizer.model")
+    cfg["model"].update(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
+    cfg["data"].update(train=[str(d / "train.jsonl")], dev=[str(d / "dev.jsonl")], seq_len=32)
+    cfg["train"].update(steps=60, batch_size=4, log_every=1, dev_every=10, dev_batches=1)
+    cfg["checkpoint"].update(every=4, keep=3, async_save=True)
+    path = d / "small.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path

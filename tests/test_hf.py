@@ -74,22 +74,7 @@ VARIANTS = {  # name -> (config class, kwargs, save_pretrained kwargs)
 def _train_spm(tmp: Path, model_type: str) -> Path:
     """A tiny SentencePiece model with the demo's special ids (pad 0, unk 1, bos 2, eos 3)."""
     rng = np.random.default_rng(1)
-    words = [
-        "the",
-        "bank",
-        "raised",
-        "interest",
-        "rates",
-        "while",
-        "credit",
-        "markets",
-        "priced",
-        "inflation",
-        "risk",
-        "and",
-        "equity",
-        "fell",
-    ]
+    words = "the bank raised interest rates while credit markets priced risk and equity fell".split()  # noqa: SIM905
     lines = [" ".join(rng.choice(words, rng.integers(3, 12))) for _ in range(300)] + ["Zürich café 2024: $1,234.56"]
     (tmp / "corpus.txt").write_text("\n".join(lines))
     spm.SentencePieceTrainer.train(

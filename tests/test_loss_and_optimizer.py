@@ -182,26 +182,53 @@ def test_decay_mask_excludes_exactly_scales_and_biases():
     assert got["embed_tokens/embedding"] is True and got["lm_head/kernel"] is True
 
 
+_STEPS: dict = {}
+
+
 def _one_update(ocfg, params, grads, total_steps=10):
-    opt = make_optimizer(ocfg, total_steps)
+    """One optimizer step from a fresh state (jitted once per optimizer config)."""
+    key = (repr(ocfg), total_steps)
+    if key not in _STEPS:
+        opt = make_optimizer(ocfg, total_steps)
 
-    @jax.jit
-    def step(params, grads):
-        updates, _ = opt.update(grads, opt.init(params), params)
-        return optax.apply_updates(params, updates)
+        def step(params, grads):
+            updates, _ = opt.update(grads, opt.init(params), params)
+            return optax.apply_updates(params, updates)
 
-    return step(params, grads)
+        _STEPS[key] = jax.jit(step)
+    return _STEPS[key](params, grads)
+
+
+# a small pytree with the model's path names: decayed kernels/embeddings, undecayed scales and biases
+TREE_SHAPES = {
+    "embed_tokens": {"embedding": (5, 3)},
+    "layers": {
+        "input_layernorm": {"scale": (2, 3)},
+        "self_attn": {"q_proj": {"kernel": (2, 3, 2, 2), "bias": (2, 2, 2)}},
+    },
+    "norm": {"scale": (3,)},
+}
+
+
+def _tree(seed=0, scale=0.5):
+    rng = np.random.default_rng(seed)
+    leaves, tdef = jax.tree.flatten_with_path(TREE_SHAPES, is_leaf=lambda x: isinstance(x, tuple))
+    out = []
+    for path, shape in leaves:
+        base = 1.0 if path[-1].key == "scale" else 0.0
+        out.append(jnp.asarray(base + scale * rng.standard_normal(shape), jnp.float32))
+    return jax.tree.unflatten(tdef, out)
 
 
 def test_weight_decay_on_zero_gradients():
     lr, wd = 0.1, 0.5
     ocfg = OptimizerConfig(lr=lr, schedule="constant", warmup_steps=0, weight_decay=wd, clip_norm=1.0)
-    params = _np_params(SMALL)
+    params = _tree()
     zeros = jax.tree.map(jnp.zeros_like, params)
     new = _one_update(ocfg, params, zeros)
     for (path, w), w_new in zip(jax.tree.leaves_with_path(params), jax.tree.leaves(new)):
         w, w_new = np.asarray(w, np.float64), np.asarray(w_new, np.float64)
-        if path[-1].key == "scale":
+        if path[-1].key in ("scale", "bias"):
             np.testing.assert_array_equal(w_new, w, err_msg=_path_str(path))
         else:
             np.testing.assert_allclose(w_new, w - lr * wd * w, rtol=1e-6, atol=1e-7, err_msg=_path_str(path))
@@ -218,7 +245,7 @@ def _numpy_adamw_first_step(w, g, lr, b1, b2, eps, wd, decay):
 def test_clipping_then_adamw_matches_numpy():
     # eps comparable to the clipped gradients, so that Adam's first step depends on the gradient scale
     lr, b1, b2, eps, wd = 0.05, 0.9, 0.95, 0.05, 0.1
-    params = _np_params(SMALL, seed=1)
+    params = _tree(seed=1)
     rng = np.random.default_rng(2)
     raw = jax.tree.map(lambda p: rng.standard_normal(p.shape), params)
     norm = math.sqrt(sum(float((g**2).sum()) for g in jax.tree.leaves(raw)))

@@ -443,9 +443,8 @@ def load_hf(path: str | Path, **runtime) -> Model:
     tensors = SafetensorsDir(path)
     params = params_from_hf(tensors, cfg, tensors.where)
     gen = path / "generation_config.json"
-    model = Model(cfg, params, str(path) if has_tokenizer_files(path) else None)
-    model.hf_extra = _extras(hf, _read_json(gen) if gen.is_file() else None)
-    return model
+    extra = _extras(hf, _read_json(gen) if gen.is_file() else None)
+    return Model(cfg, params, str(path) if has_tokenizer_files(path) else None, hf_extra=extra)
 
 
 def _parse_size(size: int | str) -> int:
@@ -492,7 +491,7 @@ def save_hf(model: Model, path: str | Path, max_shard_size: int | str = "5GB", d
     for old in path.iterdir():  # stale shards of an earlier export would confuse loaders
         if old.name == INDEX or re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", old.name):
             old.unlink()
-    hf, gen = _export_configs(cfg, getattr(model, "hf_extra", None))
+    hf, gen = _export_configs(cfg, model.hf_extra)
     _write_json(path / "config.json", hf)
     _write_json(path / "generation_config.json", gen)
     np_dtype = NP_DTYPES[cfg.param_dtype]

@@ -47,8 +47,12 @@ def _spm_file(src: Path) -> Path | None:
 
 
 def _copy(f: Path, dst: Path) -> None:
-    if f.resolve() != dst.resolve():
-        shutil.copyfile(f, dst) if f.is_file() else shutil.copytree(f, dst, dirs_exist_ok=True)
+    if f.resolve() == dst.resolve():
+        return
+    if f.is_dir():
+        shutil.copytree(f, dst, dirs_exist_ok=True)
+    else:
+        shutil.copyfile(f, dst)
 
 
 def _no_tokenizer(src: Path) -> FileNotFoundError:

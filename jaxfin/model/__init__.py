@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 
 from jaxfin.config.schema import ModelConfig
@@ -13,16 +14,23 @@ from jaxfin.model.llama import forward, hidden_states, init_params, output_kerne
 
 @dataclass
 class Model:
-    """What `jaxfin.load_model` returns. `tokenizer_dir` is where tokenizer files came from (or None)."""
+    """What `jaxfin.load_model` returns.
+
+    `tokenizer_dir`: where the tokenizer files are (or None). `hf_extra`: Hugging Face fields that do not
+    change the weights (eos list, generation config), kept so an export back to HF stays faithful.
+    """
 
     config: ModelConfig
     params: dict
     tokenizer_dir: str | None = None
+    hf_extra: dict | None = None
+    _logits_fn: object = field(default=None, init=False, repr=False, compare=False)
 
     def logits(self, tokens) -> jnp.ndarray:
         """int [B, S] -> float32 logits [B, S, V]; positions 0..S-1, one document per row."""
-        tokens = jnp.asarray(tokens, jnp.int32)
-        return forward(self.params, self.config, tokens)
+        if self._logits_fn is None:  # compiled once per Model (and per input shape)
+            self._logits_fn = jax.jit(lambda p, t: forward(p, self.config, t))
+        return self._logits_fn(self.params, jnp.asarray(tokens, jnp.int32))
 
     def save(self, path: str | Path, format: str = "jaxfin") -> None:
         """Write a jaxfin checkpoint dir (`format="jaxfin"`) or a Hugging Face dir (`format="hf"`)."""

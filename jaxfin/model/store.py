@@ -50,9 +50,8 @@ def save_jaxfin(model: Model, path: str | Path) -> None:
     path = Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
     desc = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model.config)}
-    extra = getattr(model, "hf_extra", None)
-    if extra:  # HF-only fields (eos list, generation config) kept for a faithful export back to HF
-        desc["hf"] = extra
+    if model.hf_extra:  # HF-only fields (eos list, generation config) kept for a faithful export back to HF
+        desc["hf"] = model.hf_extra
     (path / MODEL_JSON).write_text(json.dumps(desc, indent=2) + "\n")
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", model.params, force=True)
@@ -114,7 +113,5 @@ def load_jaxfin(path: str | Path, **runtime) -> Model:
         from jaxfin.train.checkpoint import restore_params
 
         params = restore_params(path)
-    model = Model(cfg, cast_params(params, cfg), str(path) if has_tokenizer_files(path) else None)
-    if desc.get("hf"):
-        model.hf_extra = desc["hf"]
-    return model
+    tokenizer_dir = str(path) if has_tokenizer_files(path) else None
+    return Model(cfg, cast_params(params, cfg), tokenizer_dir, hf_extra=desc.get("hf"))

@@ -22,10 +22,10 @@ log = logging.getLogger("jaxfin")
 
 def _manager(run_dir: Path, cfg: CheckpointConfig | None = None) -> ocp.CheckpointManager:
     cfg = cfg or CheckpointConfig(async_save=False)
-    options = ocp.CheckpointManagerOptions(
-        max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True
+    options = ocp.CheckpointManagerOptions(max_to_keep=cfg.keep, enable_async_checkpointing=cfg.async_save, create=True)
+    return ocp.CheckpointManager(
+        Path(run_dir).absolute() / "checkpoints", options=options, item_names=("state", "meta")
     )
-    return ocp.CheckpointManager(Path(run_dir).absolute() / "checkpoints", options=options, item_names=("state", "meta"))
 
 
 class Checkpointer:
@@ -48,9 +48,7 @@ class Checkpointer:
         """(state, meta) from the newest checkpoint that restores, or None when there is none."""
         for step in sorted(self.manager.all_steps(), reverse=True):
             try:
-                args = ocp.args.Composite(
-                    state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()
-                )
+                args = ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
                 out = self.manager.restore(step, args=args)
                 return out["state"], out["meta"]
             except Exception as e:  # noqa: BLE001 - any failure to read means this checkpoint is unusable
@@ -62,7 +60,10 @@ class Checkpointer:
         dst = self.run_dir.absolute() / "checkpoints_corrupt" / str(step)
         log.warning(
             "checkpoint %s could not be restored (%s: %s); moved to %s and trying the previous one",
-            src, type(error).__name__, str(error).splitlines()[0][:200] if str(error) else "", dst,
+            src,
+            type(error).__name__,
+            str(error).splitlines()[0][:200] if str(error) else "",
+            dst,
         )
         dst.parent.mkdir(parents=True, exist_ok=True)
         if dst.exists():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 import signal
 import time
 from pathlib import Path
@@ -19,7 +18,9 @@ from jaxfin.config.load import ConfigError
 from jaxfin.config.schema import Config, to_dict
 from jaxfin.data.packing import BatchIterator, load_rows
 from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
+from jaxfin.hf.tokenizer import copy_tokenizer_files
 from jaxfin.model import Model, init_params, load_model
+from jaxfin.model.store import FORMAT, MODEL_JSON, VERSION
 from jaxfin.parallel import global_batch, make_mesh, replicated
 from jaxfin.train.checkpoint import Checkpointer
 from jaxfin.train.metrics import MetricsWriter, Progress
@@ -27,13 +28,6 @@ from jaxfin.train.optimizer import make_optimizer, make_schedule
 from jaxfin.train.step import make_eval_step, make_train_step
 
 log = logging.getLogger("jaxfin")
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "chat_template.jinja",
-)
 
 
 def _tokenizer(cfg: Config) -> Tokenizer:
@@ -43,34 +37,31 @@ def _tokenizer(cfg: Config) -> Tokenizer:
     return load_tokenizer(src)
 
 
-def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict]:
-    """The resolved config (architecture from init_from when given) and the initial params."""
+def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict, dict | None]:
+    """The resolved config (architecture from init_from when given), the initial params and HF extras."""
+    hf_extra = None
     if cfg.init_from:
         runtime = {k: getattr(cfg.model, k) for k in cfg.model.RUNTIME_KEYS}
         loaded = load_model(cfg.init_from, **runtime)
         cfg = dataclasses.replace(cfg, model=loaded.config)
-        params = loaded.params
+        params, hf_extra = loaded.params, loaded.hf_extra
     else:
         params = init_params(cfg.model, jax.random.key(cfg.train.seed))
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
-            f"the tokenizer at {tok.path} has {tok.vocab_size} tokens but model.vocab_size is "
-            f"{cfg.model.vocab_size}"
+            f"the tokenizer at {tok.path} has {tok.vocab_size} tokens but model.vocab_size is {cfg.model.vocab_size}"
         )
-    return cfg, params
+    return cfg, params, hf_extra
 
 
-def _write_run_files(cfg: Config, tok: Tokenizer, out: Path) -> None:
+def _write_run_files(cfg: Config, tok: Tokenizer, hf_extra: dict | None, out: Path) -> None:
     """Resolved config, model description and tokenizer: the run dir itself is a loadable model."""
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    desc = {"format": "jaxfin-model", "version": 1, "model": to_dict(cfg.model)}
-    (out / "jaxfin_model.json").write_text(json.dumps(desc, indent=2))
-    src = tok.path
-    files = [src] if src.is_file() else [src / f for f in TOKENIZER_FILES if (src / f).exists()]
-    for f in files:
-        dst = out / ("tokenizer.model" if f.suffix == ".model" else f.name)
-        if f.resolve() != dst.resolve():
-            shutil.copyfile(f, dst)
+    desc = {"format": FORMAT, "version": VERSION, "model": to_dict(cfg.model)}
+    if hf_extra:
+        desc["hf"] = hf_extra
+    (out / MODEL_JSON).write_text(json.dumps(desc, indent=2))
+    copy_tokenizer_files(tok.path, out)
 
 
 def _dev_loss(eval_step, params, rows, mesh, chunk: int, limit: int) -> float:
@@ -104,8 +95,8 @@ def train(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer(cfg)
-    cfg, params = _model(cfg, tok)
-    _write_run_files(cfg, tok, out)
+    cfg, params, hf_extra = _model(cfg, tok)
+    _write_run_files(cfg, tok, hf_extra, out)
     t = cfg.train
 
     train_rows = load_rows(cfg.data.train, tok, cfg.data)
@@ -188,7 +179,7 @@ def train(cfg: Config) -> dict:
     if reason == "SIGTERM":
         print("rerun the same command to resume", flush=True)
     elif cfg.export_hf:
-        Model(cfg.model, jax.device_get(state["params"]), str(out)).save(cfg.export_hf, format="hf")
+        Model(cfg.model, jax.device_get(state["params"]), str(out), hf_extra).save(cfg.export_hf, format="hf")
         print(f"exported a Hugging Face model to {cfg.export_hf}", flush=True)
     return {
         "steps": step,

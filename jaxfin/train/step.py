@@ -46,7 +46,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer, schedule, micro_batches: 
         }
         metrics = {
             "loss": loss / count,
-            "grad_norm": optax.global_norm(grads),
+            "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
             "target_tokens": count,
         }
