@@ -140,7 +140,6 @@ def test_all_padding_row():
     [
         pytest.param(4, 4, True, id="mha-causal"),
         pytest.param(4, 2, False, id="gqa-bidir"),
-        pytest.param(4, 2, True, id="gqa-causal"),
         pytest.param(4, 1, True, id="mqa-causal"),
     ],
 )

@@ -212,3 +212,22 @@ def test_missing_file_is_reported(tmp_path):
     with pytest.raises(DataError) as ei:
         read_documents([str(missing)])
     assert "nowhere.jsonl" in str(ei.value) and "not found" in str(ei.value)
+
+
+def test_pack_refuses_rows_too_short_for_a_target():
+    with pytest.raises(DataError, match="seq_len"):
+        pack([[1, 2, 3]], 1)
+
+
+def test_read_documents_bom_and_unsupported_suffix(tmp_path):
+    p = tmp_path / "bom.jsonl"
+    p.write_bytes(b'\xef\xbb\xbf{"text": "a"}\n{"text": "b"}\n')
+    assert read_documents([str(p)]) == ["a", "b"]
+    gz = tmp_path / "x.jsonl.gz"
+    gz.write_bytes(b"\x1f\x8b\x08\x00")
+    with pytest.raises(DataError, match=r"x\.jsonl\.gz.*unsupported"):
+        read_documents([str(gz)])
+    bad = tmp_path / "latin1.jsonl"
+    bad.write_bytes(b'{"text": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin1\.jsonl: not UTF-8"):
+        read_documents([str(bad)])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import types
@@ -34,9 +35,12 @@ def valid_keys(cls=Config, prefix: str = "") -> list[str]:
 
 
 def _unknown(key: str, where: str) -> ConfigError:
-    near = difflib.get_close_matches(key, valid_keys(), n=1, cutoff=0.5)
-    if not near:  # a mistyped last part: compare with the keys of the same section
-        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], valid_keys(), n=1, cutoff=0.6)
+    keys = valid_keys()
+    near = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+    if not near:  # e.g. `trian.stpes`: match the last part against the last part of every key
+        last = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}
+        hit = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(last), n=1, cutoff=0.6)
+        near = [last[hit[0]]] if hit else []
     hint = f"; did you mean '{near[0]}'?" if near else ""
     return ConfigError(f"{where}: unknown config key '{key}'{hint}")
 
@@ -46,6 +50,8 @@ def _coerce(value: Any, tp, key: str, where: str):
     origin = typing.get_origin(tp)
     if origin is list:
         (item_tp,) = typing.get_args(tp)
+        if value is None or value == "":  # `data.dev=` on the command line: an empty list
+            return []
         if isinstance(value, (str, int, float)):
             value = [value]
         if not isinstance(value, list):
@@ -58,20 +64,18 @@ def _coerce(value: Any, tp, key: str, where: str):
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{where}: '{key}' must be true or false, got {value!r}")
+    if tp in (int, float) and isinstance(value, str):  # YAML reads "3e-4" and "1e3" as strings
+        with contextlib.suppress(ValueError):
+            value = float(value)
     if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
         raise ConfigError(f"{where}: '{key}' must be an integer, got {value!r}")
     if tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
-        if isinstance(value, str):  # YAML reads "3e-4" as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
         raise ConfigError(f"{where}: '{key}' must be a number, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):

@@ -29,20 +29,30 @@ def read_documents(paths: list[str], text_field: str = "text") -> list[str]:
     for p in map(Path, paths):
         if not p.is_file():
             raise DataError(f"data file not found: {p}")
-        if p.suffix == ".txt":
-            docs.append(p.read_text(encoding="utf-8"))
-            continue
-        with p.open(encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
-                    raise DataError(f"{p}:{n}: expected an object with a string field '{text_field}'")
-                docs.append(obj[text_field])
+        if p.suffix not in (".txt", ".jsonl", ".json"):
+            raise DataError(f"{p}: unsupported data file type '{p.suffix}' (use .jsonl with a text field, or .txt)")
+        try:
+            docs.extend(_read_file(p, text_field))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    return docs
+
+
+def _read_file(p: Path, text_field: str) -> list[str]:
+    if p.suffix == ".txt":
+        return [p.read_text(encoding="utf-8-sig")]
+    docs = []
+    with p.open(encoding="utf-8-sig") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_field), str):
+                raise DataError(f"{p}:{n}: expected an object with a string field '{text_field}'")
+            docs.append(obj[text_field])
     return docs
 
 
@@ -60,6 +70,8 @@ def pack(docs: list[list[int]], seq_len: int) -> dict[str, np.ndarray]:
 
     Every piece of a split document starts at position 0, so no attention or label crosses a row or document.
     """
+    if seq_len < 2:
+        raise DataError(f"seq_len must be at least 2 (got {seq_len}): a row needs an input and a target")
     rows: list[dict[str, list[int]]] = []
     row = {k: [] for k in FIELDS}
 

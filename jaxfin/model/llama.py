@@ -61,6 +61,10 @@ def param_shapes(cfg: ModelConfig) -> dict:
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
     """Normal(0, init_std) weights, ones for norms, zeros for biases; output projections scaled by 1/sqrt(2L)."""
+    return jax.jit(lambda k: _init_params(cfg, k))(key)  # one compile instead of one per leaf shape
+
+
+def _init_params(cfg: ModelConfig, key: jax.Array) -> dict:
     shapes = param_shapes(cfg)
     leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
     keys = jax.random.split(key, len(leaves))
