@@ -331,8 +331,6 @@ def test_training_run_dir_converts(make_variant, tmp_path):
 @pytest.mark.parametrize("kind", ["bpe", "unigram", "demo"])
 def test_sentencepiece_export_encodes_like_sentencepiece(kind, tmp_path):
     if kind == "demo":
-        if not DEMO_SPM.is_file():
-            pytest.skip("demo_data/tokenizer.model not written yet")
         src = DEMO_SPM
     else:
         src = _train_spm(tmp_path, kind)

@@ -136,3 +136,27 @@ def test_run_outputs(reference_run):
     assert devs[-1] < devs[0] - 0.5, devs  # it learns
     # keep the last 3 checkpoints
     assert sorted(int(p.name) for p in (run / "checkpoints").iterdir()) == [52, 56, 60]
+
+
+def test_convert_run_dir_to_hf_with_cli(reference_run, tmp_path):
+    """`jaxfin convert RUN_DIR HF_DIR` exports the latest checkpoint; transformers gives jaxfin's logits."""
+    import numpy as np
+    import torch
+    import transformers
+
+    import jaxfin
+
+    run, _ = reference_run
+    p = subprocess.run(
+        [sys.executable, "-m", "jaxfin.cli", "convert", str(run), str(tmp_path / "hf")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert p.returncode == 0, p.stderr[-2000:]
+    tokens = np.arange(5, 29)[None]
+    ours = np.asarray(jaxfin.load_model(run).logits(tokens))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        theirs = hf(torch.tensor(tokens)).logits.numpy()
+    assert np.abs(ours - theirs).max() < 1e-4
+    tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert tok.decode(tok("Revenue rose 12%").input_ids, skip_special_tokens=True) == "Revenue rose 12%"

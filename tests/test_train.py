@@ -35,3 +35,53 @@ def test_jaxfin_train_cli_matches_launch(small_config, tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
         runs.append([json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()])
     assert len(runs[0]) == 5 and runs[0] == runs[1]
+
+
+def test_cpt_from_hf_checkpoint(small_config, tmp_path):
+    """The user's path: init_from an HF Llama, train, export HF. The first logged loss equals the loss that
+    transformers computes document by document on the same packed batch (packing, masks, normalisation and
+    the model all checked at once); with lr 0 the exported weights are bitwise the imported ones."""
+    import numpy as np
+    import torch
+    import transformers
+    from safetensors.numpy import load_file
+
+    from jaxfin.data.packing import BatchIterator, load_rows
+    from jaxfin.data.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, rope_theta=500000.0, bos_token_id=2, eos_token_id=3,
+    )  # fmt: skip
+    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    hf.save_pretrained(tmp_path / "hf_in")
+
+    out = tmp_path / "run"
+    cfg = load_config(
+        small_config,
+        [f"output_dir={out}", f"init_from={tmp_path / 'hf_in'}", f"export_hf={tmp_path / 'hf_out'}",
+         "optimizer.lr=0", "train.steps=2", "checkpoint.every=0"],
+    )  # fmt: skip
+    train(cfg)
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 1
+
+    tok = load_tokenizer(cfg.tokenizer)
+    batch = next(BatchIterator(load_rows(cfg.data.train, tok, cfg.data), cfg.train.batch_size, cfg.train.seed))
+    nll, count = 0.0, 0
+    for r in range(cfg.train.batch_size):
+        for s in set(batch["segment_ids"][r].tolist()) - {0}:
+            doc = batch["tokens"][r][batch["segment_ids"][r] == s]
+            with torch.no_grad():
+                logp = torch.log_softmax(hf(torch.tensor(doc[None].astype(np.int64))).logits[0].double(), -1)
+            nll -= logp[torch.arange(len(doc) - 1), torch.tensor(doc[1:].astype(np.int64))].sum().item()
+            count += len(doc) - 1
+    assert abs(first["loss"] - nll / count) < 1e-4
+
+    src, dst = load_file(tmp_path / "hf_in" / "model.safetensors"), load_file(tmp_path / "hf_out" / "model.safetensors")
+    assert sorted(src) == sorted(dst) and all(np.array_equal(src[k], dst[k]) for k in src)
+    again = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf_out").eval()
+    probe = torch.arange(4, 40)[None]
+    with torch.no_grad():  # same weights and same config (rope_theta etc.) -> same logits
+        assert torch.equal(again(probe).logits, hf(probe).logits)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import warnings
 from pathlib import Path
 
 import jax
@@ -86,7 +87,9 @@ def restore_params(run_dir: str | Path) -> dict:
     try:
         for step in sorted(ckpt.manager.all_steps(), reverse=True):
             try:
-                out = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
+                with warnings.catch_warnings():  # no target sharding: params come back as saved, which we want
+                    warnings.filterwarnings("ignore", message="Sharding info not provided")
+                    out = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
                 return jax.tree.map(lambda x: x, out["state"]["params"])
             except Exception as e:  # noqa: BLE001
                 log.warning("checkpoint %s of %s could not be restored (%s); trying the previous one", step, run_dir, e)
