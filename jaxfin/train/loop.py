@@ -16,12 +16,12 @@ import yaml
 
 from jaxfin.config.load import ConfigError
 from jaxfin.config.schema import Config, to_dict
-from jaxfin.data.packing import BatchIterator, load_rows
+from jaxfin.data.packing import FIELDS, BatchIterator, load_rows
 from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
 from jaxfin.hf.tokenizer import copy_tokenizer_files
 from jaxfin.model import Model, init_params, load_model
 from jaxfin.model.store import FORMAT, MODEL_JSON, VERSION
-from jaxfin.parallel import global_batch, make_mesh, replicated
+from jaxfin.parallel import batch_sharding, global_batch, make_mesh, replicated
 from jaxfin.train.checkpoint import Checkpointer
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
@@ -128,7 +128,14 @@ def train(cfg: Config) -> dict:
         print(f"resumed from {out / 'checkpoints' / str(int(state['step']))}", flush=True)
     start = int(state["step"])
 
-    train_step = jax.jit(make_train_step(cfg.model, optimizer, schedule, t.micro_batches), donate_argnums=0)
+    t0 = time.time()  # compile ahead, so the first tokens/s is not the compile time
+    batch_shape = jax.ShapeDtypeStruct((t.batch_size, cfg.data.seq_len), jnp.int32, sharding=batch_sharding(mesh))
+    train_step = (
+        jax.jit(make_train_step(cfg.model, optimizer, schedule, t.micro_batches), donate_argnums=0)
+        .lower(state, dict.fromkeys(FIELDS, batch_shape))
+        .compile()
+    )
+    print(f"compiled the train step in {time.time() - t0:.1f} s", flush=True)
     eval_step = jax.jit(make_eval_step(cfg.model))
     metrics = MetricsWriter(out, start if restored is not None else None)
     progress = Progress(t.steps, start)
