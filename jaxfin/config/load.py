@@ -34,8 +34,9 @@ def valid_keys(cls=Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown(key: str, where: str) -> ConfigError:
-    keys = valid_keys()
+def _unknown(key: str, where: str, section_keys: list[str] | None = None) -> ConfigError:
+    """`section_keys`: the valid keys next to the bad one (e.g. inside one `data.sources` item)."""
+    keys = section_keys or valid_keys()
     near = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     if not near:  # e.g. `trian.stpes`: match the last part against the last part of every key
         last = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}
@@ -56,7 +57,14 @@ def _coerce(value: Any, tp, key: str, where: str):
             value = [value]
         if not isinstance(value, list):
             raise ConfigError(f"{where}: '{key}' must be a list, got {value!r}")
-        return [_coerce(v, item_tp, key, where) for v in value]
+        return [_coerce(v, item_tp, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        _, value_tp = typing.get_args(tp)
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
+        return {str(k): _coerce(v, value_tp, f"{key}.{k}", where) for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):  # e.g. one item of data.sources
+        return _build(tp, value, key + ".", where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], key, where)
@@ -92,7 +100,7 @@ def _build(cls, data: dict, prefix: str, where: str):
     for name, value in data.items():
         key = prefix + str(name)
         if name not in fields:
-            raise _unknown(key, where)
+            raise _unknown(key, where, None if cls is Config or "[" not in prefix else valid_keys(cls, prefix))
         _, tp = fields[name]
         if dataclasses.is_dataclass(tp):
             kwargs[name] = _build(tp, value or {}, key + ".", where)

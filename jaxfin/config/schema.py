@@ -58,6 +58,39 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One named data source (an item of `data.sources`). Paths are relative to the cwd."""
+
+    name: str = ""
+    path: str = ""  # a file, a folder, or a glob
+    format: str = "auto"  # auto | jsonl | parquet | csv | text | hf_disk (a datasets save_to_disk folder)
+    kind: str = "text"  # text (CPT) | chat (SFT) | pairs (preference)
+    fields: dict[str, str] = field(default_factory=dict)  # our field -> the source's column, e.g. {text: body}
+    weight: float = 1.0  # share of the mixture (by tokens or examples: data.mix_by)
+    domain: bool = True  # counts as domain data for the data intensity; false for general replay
+
+
+@dataclass
+class FilterConfig:
+    """Document filters and dedup, applied in this order; each reports what it dropped."""
+
+    min_chars: int = 1  # shorter documents are dropped ("too_short"); empty ones always are
+    max_chars: int = 10_000_000  # longer ones are dropped ("too_long")
+    keywords: list[str] = field(default_factory=list)  # words/phrases, or "@finance" for the built-in lexicon
+    min_keyword_hits: int = 0  # 0 = keyword filter off
+    quality: bool = False  # Gopher-style heuristics below
+    max_symbol_ratio: float = 0.1  # ('#' + '...') per word
+    min_mean_word_length: float = 3.0
+    max_mean_word_length: float = 10.0
+    max_duplicate_line_fraction: float = 0.3
+    max_top_ngram_fraction: float = 0.2  # share of characters in the most frequent word 2-gram
+    exact_dedup: bool = True
+    near_dedup: bool = False  # MinHash + LSH
+    near_dedup_threshold: float = 0.8  # estimated Jaccard similarity of word 5-gram shingles
+    minhash_perms: int = 128
+
+
+@dataclass
 class DataConfig:
     """Training and dev text. Paths are JSONL (one object per line) or .txt files, relative to the cwd."""
 
