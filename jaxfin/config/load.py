@@ -109,6 +109,11 @@ def _build(cls, data: dict, prefix: str, where: str):
     return cls(**kwargs)
 
 
+def build_section(cls, data: dict, where: str):
+    """One config section (e.g. FilterConfig) from a mapping, with the same checks as a whole config."""
+    return _build(cls, data, "", where)
+
+
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
