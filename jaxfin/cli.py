@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -58,6 +59,68 @@ def run_convert(args) -> int:
     return 0
 
 
+def _source(arg: str, kind: str, fields: dict):
+    """`[NAME=]PATH` -> a SourceConfig (the name defaults to the file or folder name)."""
+    from jaxfin.config.schema import SourceConfig
+    from jaxfin.data.sources import default_source_name
+
+    name, _, path = arg.rpartition("=")
+    return SourceConfig(name=name or default_source_name(path), path=path, kind=kind, fields=fields)
+
+
+def run_data_prepare(args) -> int:
+    import yaml
+
+    from jaxfin.config.load import build_section
+    from jaxfin.config.schema import FilterConfig
+    from jaxfin.data.prepare import format_report, prepare
+    from jaxfin.data.tokenizer import load_tokenizer
+
+    fields = dict(f.split("=", 1) for f in args.field)
+    filters = {}
+    for item in args.filter:
+        if "=" not in item:
+            raise ValueError(f"--filter '{item}' must look like key=value (e.g. min_keyword_hits=3)")
+        k, v = item.split("=", 1)
+        try:
+            filters[k] = yaml.safe_load(v)
+        except yaml.YAMLError:  # e.g. [@finance]: '@' cannot start a plain YAML scalar
+            filters[k] = [x.strip() for x in v.strip("[]").split(",")] if v.startswith("[") else v
+    filter_cfg = build_section(FilterConfig, filters, "--filter")
+    sources = [_source(s, args.kind, fields) for s in args.sources]
+    tok = load_tokenizer(args.tokenizer, threads=args.threads)
+    reports = prepare(sources, tok, args.out, filter_cfg, max_bad_fraction=args.max_bad_fraction)
+    print(json.dumps(reports, indent=2) if args.json else format_report(reports))
+    return 0
+
+
+def _add_data_parser(sub) -> None:
+    data = sub.add_parser("data", help="data preparation", description="Data preparation commands.")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    p = dsub.add_parser(
+        "prepare",
+        help="filter, dedup and tokenize sources into the token cache, with a report",
+        description="Read each SOURCE ([NAME=]PATH: a JSONL / Parquet / CSV / .txt file, a folder of .txt files or "
+        "a datasets save_to_disk folder, or a glob), drop bad input and filtered documents, dedup, tokenize into "
+        "OUT/<name>-<key>/ and print what was read, kept and dropped (by reason), per source. A second run with "
+        "the same inputs, tokenizer and settings reuses the cache.",
+    )
+    p.add_argument("sources", nargs="+", metavar="SOURCE")
+    p.add_argument("--tokenizer", required=True, help="SentencePiece .model file or HF tokenizer folder")
+    p.add_argument("--out", required=True, help="cache folder")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--kind", default="text", choices=["text"], help="document kind (chat/pairs: with SFT/DPO)")
+    p.add_argument("--field", action="append", default=[], metavar="OURS=THEIRS", help="field mapping, e.g. text=body")
+    p.add_argument(
+        "--filter", action="append", default=[], metavar="KEY=VALUE",
+        help="filter setting (jaxfin/config/schema.py FilterConfig), e.g. min_keyword_hits=3 keywords=[@finance] "
+        "quality=true near_dedup=true",
+    )  # fmt: skip
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, help="stop if more bad records than this")
+    p.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: all cores)")
+    p.set_defaults(func=run_data_prepare)
+
+
 def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="jaxfin: adapt Llama-family models to finance in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +137,7 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     p.add_argument("src")
     p.add_argument("dst")
     p.set_defaults(func=run_convert)
+    _add_data_parser(sub)
     return parser
 
 

@@ -25,9 +25,19 @@ def small_config(tmp_path_factory):
     cfg = yaml.safe_load((REPO / "configs/tiny.yaml").read_text())
     cfg["tokenizer"] = str(REPO / "demo_data/tokenizer.model")
     cfg["model"].update(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2)
-    cfg["data"].update(train=[str(d / "train.jsonl")], dev=[str(d / "dev.jsonl")], seq_len=32)
+    cfg["data"].update(sources=[str(d / "train.jsonl")], dev=[str(d / "dev.jsonl")], seq_len=32)
+    cfg["data"]["cache_dir"] = str(d / "cache")
     cfg["train"].update(steps=60, batch_size=4, log_every=1, dev_every=10, dev_batches=1)
     cfg["checkpoint"].update(every=4, keep=3, async_save=True)
     path = d / "small.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def shared_data() -> Path:
+    """The team's real test data ($JAXFIN_SHARED_DATA, default <repo>/../shared/data). Missing data fails the tests
+    that need it instead of skipping them, so an empty checkout never passes as green."""
+    path = Path(os.environ.get("JAXFIN_SHARED_DATA", REPO.parent / "shared" / "data"))
+    if not path.is_dir():
+        pytest.fail(f"shared test data not found at {path}: set JAXFIN_SHARED_DATA to the shared data folder")
     return path

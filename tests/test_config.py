@@ -32,7 +32,7 @@ def test_defaults_load_and_equal_dataclass_defaults():
     assert cfg.train.steps == 1000 and type(cfg.train.steps) is int
     assert cfg.optimizer.lr == pytest.approx(3e-4) and type(cfg.optimizer.lr) is float
     assert cfg.model.scan_layers is True
-    assert cfg.data.train == []
+    assert cfg.data.sources == []
 
 
 def test_yaml_file_plus_overrides_are_typed(tmp_path):
@@ -41,20 +41,21 @@ def test_yaml_file_plus_overrides_are_typed(tmp_path):
         "output_dir: runs/x\n"
         "train: {steps: 5, batch_size: 4}\n"
         "optimizer: {lr: 3e-4, weight_decay: 0}\n"  # YAML 1.1 reads 3e-4 as a *string*
-        "data: {train: only.jsonl, seq_len: 64}\n",
+        "data: {sources: only.jsonl, seq_len: 64}\n",
     )
     base = load_config(path)
     assert base.train.steps == 5 and type(base.train.steps) is int
     assert type(base.optimizer.lr) is float and base.optimizer.lr == pytest.approx(3e-4)
     assert type(base.optimizer.weight_decay) is float and base.optimizer.weight_decay == 0.0
-    assert base.data.train == ["only.jsonl"]  # a scalar where a list is expected becomes a 1-list
+    # a scalar where a list is expected becomes a 1-list; a plain path is a source {path: ...}
+    assert [(s.path, s.name, s.kind) for s in base.data.sources] == [("only.jsonl", "", "text")]
 
     cfg = load_config(
         path,
         [
             "train.steps=7",
             "optimizer.lr=1e-3",
-            "data.train=[a.jsonl,b.jsonl]",
+            "data.sources=[a.jsonl,{name: b, path: b.parquet, weight: 3, domain: false}]",
             "model.rope_scaling.type=llama3",
             "model.rope_scaling.factor=16",
             "optimizer.b1=1",
@@ -63,7 +64,10 @@ def test_yaml_file_plus_overrides_are_typed(tmp_path):
     assert cfg.train.steps == 7 and type(cfg.train.steps) is int
     assert cfg.optimizer.lr == pytest.approx(1e-3) and type(cfg.optimizer.lr) is float
     assert cfg.optimizer.b1 == 1.0 and type(cfg.optimizer.b1) is float  # int given to a float key -> float
-    assert cfg.data.train == ["a.jsonl", "b.jsonl"]
+    assert [(s.path, s.weight, s.domain) for s in cfg.data.sources] == [
+        ("a.jsonl", 1.0, True),
+        ("b.parquet", 3.0, False),
+    ]
     assert cfg.model.rope_scaling.type == "llama3"
     assert cfg.model.rope_scaling.factor == 16.0 and type(cfg.model.rope_scaling.factor) is float
     # values from the file that were not overridden survive; untouched defaults too
@@ -298,3 +302,12 @@ def test_integer_keys_accept_exponent_notation():
     assert load_config(None, ["train.steps=1e3"]).train.steps == 1000
     with pytest.raises(ConfigError, match="train.steps"):
         load_config(None, ["train.steps=1.5e0"])
+
+
+def test_unknown_key_inside_a_source_names_the_nearest_source_key():
+    with pytest.raises(ConfigError, match=r"data.sources\[0\].wieght.*did you mean 'data.sources\[0\].weight'"):
+        load_config(None, ["data.sources=[{path: a.jsonl, wieght: 2}]"])
+    with pytest.raises(ConfigError, match="data.sources\\[0\\].kind"):
+        load_config(None, ["data.sources=[{path: a.jsonl, kind: prose}]"])
+    with pytest.raises(ConfigError, match="data.mix_by"):
+        load_config(None, ["data.mix_by=docs"])

@@ -46,8 +46,8 @@ def test_cpt_from_hf_checkpoint(small_config, tmp_path):
     import transformers
     from safetensors.numpy import load_file
 
-    from jaxfin.data.packing import BatchIterator, load_rows
     from jaxfin.data.tokenizer import load_tokenizer
+    from jaxfin.train.data_stream import DataStream
 
     torch.manual_seed(0)
     hf_cfg = transformers.LlamaConfig(
@@ -68,7 +68,7 @@ def test_cpt_from_hf_checkpoint(small_config, tmp_path):
     assert first["step"] == 1
 
     tok = load_tokenizer(cfg.tokenizer)
-    batch = next(BatchIterator(load_rows(cfg.data.train, tok, cfg.data), cfg.train.batch_size, cfg.train.seed))
+    batch = DataStream(cfg, tok).loader.batch(0)  # the first step's rows (the loader is a function of the step)
     nll, count = 0.0, 0
     for r in range(cfg.train.batch_size):
         for s in set(batch["segment_ids"][r].tolist()) - {0}:

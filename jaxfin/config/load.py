@@ -64,6 +64,8 @@ def _coerce(value: Any, tp, key: str, where: str):
             raise ConfigError(f"{where}: '{key}' must be a mapping, got {value!r}")
         return {str(k): _coerce(v, value_tp, f"{key}.{k}", where) for k, v in value.items()}
     if dataclasses.is_dataclass(tp):  # e.g. one item of data.sources
+        if isinstance(value, str) and "path" in _fields(tp):  # a plain path is shorthand for {path: ...}
+            value = {"path": value}
         return _build(tp, value, key + ".", where)
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
@@ -191,7 +193,16 @@ def validate(cfg: Config) -> None:
     if t.steps < 0:
         raise ConfigError("'train.steps' must be >= 0")
     _choice(cfg.optimizer.schedule, ("cosine", "linear", "constant"), "optimizer.schedule")
-    if cfg.data.seq_len < 2:
+    d = cfg.data
+    if d.seq_len < 2:
         raise ConfigError("'data.seq_len' must be at least 2")
+    _choice(d.packing, ("best_fit", "first_fit"), "data.packing")
+    _choice(d.mix_by, ("tokens", "examples"), "data.mix_by")
+    for key, sources in (("data.sources", d.sources), ("data.dev", d.dev)):
+        for i, src in enumerate(sources):
+            _choice(src.kind, ("text", "chat", "pairs"), f"{key}[{i}].kind")
+            _choice(src.format, ("auto", "jsonl", "parquet", "csv", "text", "hf_disk"), f"{key}[{i}].format")
+            if not src.path:
+                raise ConfigError(f"'{key}[{i}].path' is required")
     if cfg.checkpoint.keep < 1:
         raise ConfigError("'checkpoint.keep' must be >= 1")

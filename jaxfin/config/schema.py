@@ -91,15 +91,28 @@ class FilterConfig:
 
 
 @dataclass
-class DataConfig:
-    """Training and dev text. Paths are JSONL (one object per line) or .txt files, relative to the cwd."""
+class StageConfig:
+    """One curriculum stage: a token budget and the source weights during it."""
 
-    train: list[str] = field(default_factory=list)
-    dev: list[str] = field(default_factory=list)
-    text_field: str = "text"
+    tokens: int = 0  # this stage's budget; the last stage runs until train.steps
+    weights: dict[str, float] = field(default_factory=dict)  # source name -> weight; {} = the sources' weights
+
+
+@dataclass
+class DataConfig:
+    """Where tokens come from. A source given as a plain path is shorthand for `{path: PATH}`."""
+
+    sources: list[SourceConfig] = field(default_factory=list)  # training sources
+    dev: list[SourceConfig] = field(default_factory=list)  # dev sets: dev_loss (token mean) and dev_loss/<name>
     seq_len: int = 2048
-    add_bos: bool = True
-    add_eos: bool = True
+    cache_dir: str = "data_cache"  # token caches, keyed by content: shared by runs and `jaxfin data prepare`
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    max_bad_fraction: float = 0.01  # more bad records (malformed, empty, ...) than this stops with an error
+    packing: str = "best_fit"  # best_fit | first_fit
+    pack_window: int = 1000  # documents packed together (a larger window packs tighter)
+    mix_by: str = "tokens"  # tokens | examples (documents; FinDAP style)
+    stages: list[StageConfig] = field(default_factory=list)  # curriculum; [] = one stage, the sources' weights
+    loader_threads: int = 2  # Grain threads gathering batches ahead of the train step
 
 
 @dataclass

@@ -36,14 +36,15 @@ def file_digest(path: Path, chunk: int = 1 << 23) -> str:
 
 def cache_key(files: list[Path], tokenizer_fingerprint: str, policy: dict) -> tuple[str, dict]:
     """(key, the inputs it was computed from). `policy`: everything else that changes the tokens."""
+    files = sorted(files)
     inputs = {
         "version": CACHE_VERSION,
-        "files": [{"name": f.name, "bytes": f.stat().st_size, "xxh3_128": file_digest(f)} for f in sorted(files)],
+        "content": [{"bytes": f.stat().st_size, "xxh3_128": file_digest(f)} for f in files],
         "tokenizer": tokenizer_fingerprint,
         "policy": policy,
     }
     key = xxhash.xxh3_128(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
-    return key, inputs
+    return key, {**inputs, "files": [str(f) for f in files]}  # names recorded, not hashed
 
 
 class TokenCache:

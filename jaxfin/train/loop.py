@@ -11,18 +11,17 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import yaml
 
 from jaxfin.config.load import ConfigError
 from jaxfin.config.schema import Config, to_dict
-from jaxfin.data.packing import FIELDS, BatchIterator, load_rows
 from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
 from jaxfin.hf.tokenizer import copy_tokenizer_files
 from jaxfin.model import Model, init_params, load_model
 from jaxfin.model.store import FORMAT, MODEL_JSON, VERSION
 from jaxfin.parallel import batch_sharding, global_batch, make_mesh, replicated
 from jaxfin.train.checkpoint import Checkpointer
+from jaxfin.train.data_stream import DataStream
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
 from jaxfin.train.step import make_eval_step, make_train_step
@@ -64,16 +63,18 @@ def _write_run_files(cfg: Config, tok: Tokenizer, hf_extra: dict | None, out: Pa
     copy_tokenizer_files(tok.path, out)
 
 
-def _dev_loss(eval_step, params, rows, mesh, chunk: int, limit: int) -> float:
-    n = min(limit, len(rows["tokens"]))
-    total, count = 0.0, 0.0
-    for i in range(0, n, chunk):
-        part = {k: v[i : min(i + chunk, n)] for k, v in rows.items()}
-        pad = chunk - len(part["tokens"])  # padded rows have segment 0: no targets
-        part = {k: np.pad(v, ((0, pad), (0, 0))) for k, v in part.items()}
-        s, c = eval_step(params, global_batch(mesh, part))
-        total, count = total + float(s), count + float(c)
-    return total / max(count, 1.0)
+def _dev_losses(eval_step, params, data: DataStream, mesh, rows_per_batch: int, limit_rows: int) -> dict:
+    """dev_loss (token mean over all dev sets) and dev_loss/<name> per dev set."""
+    out, total, count = {}, 0.0, 0.0
+    for name, batches in data.dev_batches(rows_per_batch, limit_rows):
+        s = c = 0.0
+        for b in batches:
+            bs, bc = eval_step(params, global_batch(mesh, b))
+            s, c = s + float(bs), c + float(bc)
+        out[f"dev_loss/{name}"] = s / max(c, 1.0)
+        total, count = total + s, count + c
+    out["dev_loss"] = total / max(count, 1.0)
+    return out
 
 
 class _StopFlag:
@@ -99,9 +100,10 @@ def train(cfg: Config) -> dict:
     _write_run_files(cfg, tok, hf_extra, out)
     t = cfg.train
 
-    train_rows = load_rows(cfg.data.train, tok, cfg.data)
-    dev_rows = load_rows(cfg.data.dev, tok, cfg.data) if cfg.data.dev else None
-    batches = BatchIterator(train_rows, t.batch_size, t.seed)
+    data = DataStream(cfg, tok)
+    for st in data.planned_intensity():
+        print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
+              f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
 
     mesh = make_mesh(cfg.mesh)
     optimizer = make_optimizer(cfg.optimizer, t.steps)
@@ -124,7 +126,7 @@ def train(cfg: Config) -> dict:
     restored = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state))
     if restored is not None:
         state, meta = restored
-        batches.restore(meta["data"])
+        data.restore(meta["data"])
         print(f"resumed from {out / 'checkpoints' / str(int(state['step']))}", flush=True)
     start = int(state["step"])
 
@@ -132,7 +134,7 @@ def train(cfg: Config) -> dict:
     batch_shape = jax.ShapeDtypeStruct((t.batch_size, cfg.data.seq_len), jnp.int32, sharding=batch_sharding(mesh))
     train_step = (
         jax.jit(make_train_step(cfg.model, optimizer, schedule, t.micro_batches), donate_argnums=0)
-        .lower(state, dict.fromkeys(FIELDS, batch_shape))
+        .lower(state, dict.fromkeys(("tokens", "segment_ids", "positions", "loss_mask"), batch_shape))
         .compile()
     )
     print(f"compiled the train step in {time.time() - t0:.1f} s", flush=True)
@@ -143,6 +145,7 @@ def train(cfg: Config) -> dict:
     reason, last_dev = "steps", None
     window_tokens, window_t0 = 0, time.time()
     step = start
+    batches = data.iterate(start, t.steps)
     try:
         for step in range(start + 1, t.steps + 1):
             batch = next(batches)
@@ -153,12 +156,14 @@ def train(cfg: Config) -> dict:
                 rec = {k: float(v) for k, v in m.items()}
                 now = time.time()
                 rec.update(step=step, tokens_per_s=window_tokens / max(now - window_t0, 1e-9))
+                rec.update(data.mixture_metrics(step))
                 window_tokens, window_t0 = 0, now
-            if dev_rows is not None and t.dev_every and (step % t.dev_every == 0 or step == t.steps):
+            if data.dev and t.dev_every and (step % t.dev_every == 0 or step == t.steps):
                 chunk = t.batch_size // t.micro_batches
-                last_dev = _dev_loss(eval_step, state["params"], dev_rows, mesh, chunk, t.dev_batches * t.batch_size)
+                devs = _dev_losses(eval_step, state["params"], data, mesh, chunk, t.dev_batches * t.batch_size)
+                last_dev = devs["dev_loss"]
                 rec = rec or {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"])}
-                rec["dev_loss"] = last_dev
+                rec.update(devs)
                 meta["dev_first"] = meta["dev_first"] if meta["dev_first"] is not None else last_dev
                 if meta["dev_best"] is None or last_dev < meta["dev_best"]:
                     meta["dev_best"], meta["dev_bad_evals"] = last_dev, 0
@@ -173,11 +178,11 @@ def train(cfg: Config) -> dict:
             elif stop.set:
                 reason = "SIGTERM"
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 or reason != "steps":
-                ckpt.save(step, state, {**meta, "data": batches.state(), "step": step})
+                ckpt.save(step, state, {**meta, "data": data.state(), "step": step})
             if reason != "steps":
                 break
         if step == t.steps:
-            ckpt.save(step, state, {**meta, "data": batches.state(), "step": step}, force=True)
+            ckpt.save(step, state, {**meta, "data": data.state(), "step": step}, force=True)
     finally:
         stop.restore()
         ckpt.close()

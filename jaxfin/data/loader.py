@@ -1,0 +1,217 @@
+"""The training loader: token caches -> packed rows -> a mixed, staged stream of global batches, on Grain.
+
+The stream is a pure function of (seed, global row index), which is what makes it exact to resume and
+independent of the number of processes:
+- each source is an endless sequence of packed rows: epoch e shuffles that source's documents with
+  (seed, source, e) and plans rows with first-/best-fit (jaxfin.data.binpack);
+- global row i belongs to the stage whose row budget covers it (a stage's `tokens` / seq_len rows; the last
+  stage goes on for ever) and is drawn from a source with that stage's probabilities, using a uniform number
+  from (seed, chunk of i); it is that source's k-th row, k being how often the source was drawn before i;
+- step t's global batch is rows [t*B, (t+1)*B); process p of P gathers rows [t*B + p*B/P, t*B + (p+1)*B/P).
+The only loader state is therefore the step, saved with every checkpoint; Grain runs the gathering on
+background threads with prefetch.
+
+Mixing `by tokens` draws rows with probability proportional to the weights (rows hold ~seq_len tokens each);
+`by examples` (FinDAP style) divides each weight by the source's mean documents per row, so the expected
+number of documents per source follows the weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import xxhash
+
+from jaxfin.data.binpack import gather_row, plan_rows, split_pieces
+from jaxfin.data.cache import TokenCache
+
+CHUNK = 1 << 16  # rows per block of source draws
+
+
+class SourceRows:
+    """One source's endless stream of packed rows; epochs are planned lazily (and thread-safely)."""
+
+    def __init__(self, name: str, cache: TokenCache, seq_len: int, seed: int, method: str, window: int):
+        self.name, self.cache, self.seq_len = name, cache, seq_len
+        self.seed, self.method, self.window = seed, method, window
+        self._lengths = cache.doc_lengths()
+        self._lock = threading.RLock()  # Grain gathers rows on several threads
+        self._plans: dict[int, list] = {}
+        self._ends: list[int] = []  # cumulative rows at the end of each planned epoch
+        if not len(self._plan(0)):
+            raise ValueError(f"source '{name}' has no document with a training target")
+
+    def _plan(self, epoch: int) -> list:
+        with self._lock:
+            if epoch not in self._plans:
+                rng = np.random.default_rng([self.seed, _stable_hash(self.name), epoch])
+                pieces = split_pieces(self._lengths, self.seq_len, rng.permutation(len(self._lengths)))
+                self._plans[epoch] = list(plan_rows(pieces, self.seq_len, self.method, self.window))
+                for old in [e for e in self._plans if e < epoch - 1]:  # keep memory flat
+                    del self._plans[old]
+            return self._plans[epoch]
+
+    def _epoch_of(self, k: int) -> tuple[int, int]:
+        with self._lock:
+            while not self._ends or self._ends[-1] <= k:
+                e = len(self._ends)
+                self._ends.append((self._ends[-1] if self._ends else 0) + len(self._plan(e)))
+            e = int(np.searchsorted(self._ends, k, side="right"))
+        return e, k - (self._ends[e - 1] if e else 0)
+
+    def row(self, k: int) -> dict[str, np.ndarray]:
+        epoch, j = self._epoch_of(k)
+        return gather_row(self._plan(epoch)[j], self.cache, self.seq_len)
+
+    def rows_in_epoch(self, epoch: int = 0) -> int:
+        return len(self._plan(epoch))
+
+    @functools.cached_property
+    def docs_per_row(self) -> float:
+        plans = self._plan(0)
+        return sum(len(p) for p in plans) / len(plans)
+
+
+def _stable_hash(name: str) -> int:
+    return xxhash.xxh64_intdigest(name.encode())
+
+
+@dataclass
+class Stage:
+    rows: int  # rows in this stage (math.inf for the last)
+    probs: np.ndarray  # per source
+
+
+class Mixture:
+    """Which source (and which of its rows) each global row index comes from."""
+
+    def __init__(self, sources: list[SourceRows], stages: list[tuple[int, dict[str, float]]], mix_by: str, seed: int):
+        names = [s.name for s in sources]
+        self.sources, self.seed = sources, seed
+        self.stages = []
+        for i, (tokens, weights) in enumerate(stages):
+            unknown = set(weights) - set(names)
+            if unknown:
+                raise ValueError(f"data.stages[{i}].weights names unknown sources {sorted(unknown)}; have {names}")
+            w = np.array([float(weights.get(n, 0.0)) for n in names])
+            if mix_by == "examples":
+                w = w / np.array([s.docs_per_row for s in sources])
+            if w.sum() <= 0:
+                raise ValueError(f"data.stages[{i}]: the weights must not all be zero")
+            last = i == len(stages) - 1
+            rows = math.inf if last else math.ceil(tokens / sources[0].seq_len)
+            self.stages.append(Stage(rows, w / w.sum()))
+        starts = np.cumsum([0] + [s.rows for s in self.stages[:-1]])
+        self.stage_starts = starts
+        self._cum = np.cumsum(np.stack([s.probs for s in self.stages]), axis=1)
+        self._prefix: list[np.ndarray] = [np.zeros(len(sources), np.int64)]  # draws before each chunk
+        self._lock = threading.Lock()
+
+    def stage_of(self, rows: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.stage_starts, rows, side="right") - 1
+
+    @functools.lru_cache(maxsize=8)  # noqa: B019 - a handful of chunks, for the Mixture's lifetime
+    def _chunk(self, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """(source of each row, its ordinal within the chunk) for rows [c*CHUNK, (c+1)*CHUNK)."""
+        rows = np.arange(c * CHUNK, (c + 1) * CHUNK)
+        u = np.random.default_rng([self.seed, c]).random(CHUNK)
+        src = (u[:, None] >= self._cum[self.stage_of(rows)]).sum(1).clip(0, len(self.sources) - 1)
+        ordinal = np.zeros(CHUNK, np.int64)
+        for s in range(len(self.sources)):
+            idx = np.flatnonzero(src == s)
+            ordinal[idx] = np.arange(len(idx))
+        return src, ordinal
+
+    def _prefix_at(self, c: int) -> np.ndarray:
+        with self._lock:
+            while len(self._prefix) <= c:
+                src, _ = self._chunk(len(self._prefix) - 1)
+                self._prefix.append(self._prefix[-1] + np.bincount(src, minlength=len(self.sources)))
+            return self._prefix[c]
+
+    def locate(self, i: int) -> tuple[int, int]:
+        """Global row i -> (source index, that source's row number)."""
+        c, j = divmod(i, CHUNK)
+        src, ordinal = self._chunk(c)
+        s = int(src[j])
+        return s, int(self._prefix_at(c)[s] + ordinal[j])
+
+    def planned_intensity(self, domain: np.ndarray, total_rows: int) -> list[dict]:
+        """Requested domain share per stage and cumulative (domain tokens / all tokens so far)."""
+        out, dom, tot = [], 0.0, 0.0
+        for k, st in enumerate(self.stages):
+            rows = min(st.rows, max(total_rows - self.stage_starts[k], 0))
+            share = float(st.probs @ domain)
+            dom, tot = dom + share * rows, tot + rows
+            out.append({"stage": k, "rows": int(rows), "domain_share": share, "cumulative": dom / max(tot, 1)})
+        return out
+
+
+class Loader:
+    """Local batches for step t (this process's slice of the global batch), prefetched by Grain from `start`."""
+
+    def __init__(self, mixture: Mixture, global_batch: int, process_index: int = 0, process_count: int = 1):
+        if global_batch % process_count:
+            raise ValueError(f"train.batch_size {global_batch} is not divisible by {process_count} processes")
+        self.mixture, self.global_batch = mixture, global_batch
+        self.local = global_batch // process_count
+        self.offset = process_index * self.local
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """Rows of step `step` (0-based), plus `source` (the source index of each row)."""
+        rows, sources = [], []
+        for i in range(step * self.global_batch + self.offset, step * self.global_batch + self.offset + self.local):
+            s, k = self.mixture.locate(i)
+            rows.append(self.mixture.sources[s].row(k))
+            sources.append(s)
+        out = {key: np.stack([r[key] for r in rows]) for key in rows[0]}
+        out["source"] = np.asarray(sources, np.int32)
+        return out
+
+    def iterate(self, start: int, stop: int, threads: int = 2, prefetch: int = 4):
+        """Batches for steps start..stop-1, gathered on Grain worker threads ahead of the train step."""
+        import grain
+
+        ds = grain.MapDataset.range(start, stop).map(self.batch)
+        return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch)))
+
+
+def named(sources: list, key: str) -> list:
+    """Sources with a name (default: the file or folder name without suffix); names must be unique."""
+    from jaxfin.data.sources import default_source_name
+
+    out = [s if s.name else dataclasses.replace(s, name=default_source_name(s.path)) for s in sources]
+    names = [s.name for s in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"'{key}' has several sources named {dup}; give them distinct `name`s")
+    return out
+
+
+def open_sources(sources: list, tok, data_cfg, seed: int, key: str = "data.sources") -> list[SourceRows]:
+    """Prepare (or reuse) each source's token cache and open it as a stream of packed rows."""
+    from jaxfin.data.prepare import prepare_source
+
+    rows = []
+    for src in named(sources, key):
+        rep = prepare_source(
+            src, tok, Path(data_cfg.cache_dir), data_cfg.filters, max_bad_fraction=data_cfg.max_bad_fraction
+        )
+        dropped = ", ".join(f"{r} {n:,}" for r, n in sorted(rep["dropped"].items())) or "none"
+        state = "cached" if rep["reused"] else "tokenized"
+        print(f"{key} {src.name}: {rep['documents']:,} docs, {rep['tokens']:,} tokens ({state}); dropped: {dropped}")
+        rows.append(SourceRows(src.name, TokenCache(rep["cache"]), data_cfg.seq_len, seed, data_cfg.packing,
+                               data_cfg.pack_window))  # fmt: skip
+    return rows
+
+
+def stage_weights(data_cfg, sources: list) -> list[tuple[int, dict[str, float]]]:
+    """(token budget, weights) per stage; no stages = one stage with each source's own weight."""
+    own = {s.name: s.weight for s in named(sources, "data.sources")}
+    return [(st.tokens, st.weights or own) for st in data_cfg.stages] or [(0, own)]

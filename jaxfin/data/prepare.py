@@ -1,0 +1,102 @@
+"""`jaxfin data prepare`: read sources, filter and dedup, tokenize into the token cache, report per source.
+
+Each source gets its own cache folder `OUT/<name>-<key>/` (see jaxfin.data.cache); the key hashes the source
+files' contents, the tokenizer, and every setting that changes the tokens (kind, field mapping, BOS/EOS,
+filters), so a second run with the same inputs reuses the folder and prints the stored report. Dedup runs
+within a source (a source's cache must not depend on which other sources were prepared with it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from jaxfin.config.schema import FilterConfig, SourceConfig
+from jaxfin.data import DataError
+from jaxfin.data.cache import META, TokenCache, build_cache, cache_key
+from jaxfin.data.filters import DocumentFilter
+from jaxfin.data.sources import SourceReport, check_bad_fraction, read_source, source_files
+from jaxfin.data.tokenizer import Tokenizer
+
+# BOS/EOS policy per kind: CPT documents get both, so a packed row marks where each document starts and ends.
+SPECIAL_TOKENS = {"text": (True, True)}
+
+
+def prepare_source(
+    src: SourceConfig,
+    tok: Tokenizer,
+    out: Path,
+    filters: FilterConfig,
+    *,
+    max_bad_fraction: float = 0.01,
+    max_chars: int = 10_000_000,
+) -> dict:
+    """Build (or reuse) one source's cache; returns its report with the cache path and token counts."""
+    if src.kind not in SPECIAL_TOKENS:
+        raise DataError(
+            f"source '{src.name}': kind '{src.kind}' is not tokenized by `data prepare` yet (only text); chat and "
+            f"pairs sources are rendered by the SFT/DPO objectives"
+        )
+    add_bos, add_eos = SPECIAL_TOKENS[src.kind]
+    policy = {
+        "kind": src.kind,
+        "fields": src.fields,
+        "format": src.format,
+        "add_bos": add_bos,
+        "add_eos": add_eos,
+        "max_chars": max_chars,
+        "filters": dataclasses.asdict(filters),
+    }
+    key, inputs = cache_key(source_files(src), tok.fingerprint, policy)
+    folder = out / f"{src.name}-{key}"
+    if (folder / META).is_file():
+        cache = TokenCache(folder)
+        return {**cache.meta["report"], "cache": str(folder), "reused": True, **_counts(cache)}
+
+    report = SourceReport(src.name)
+    doc_filter = DocumentFilter(filters)
+
+    def texts():
+        for doc in read_source(src, report, max_chars=max_chars, max_bad_fraction=max_bad_fraction):
+            reason = doc_filter.reason(doc.text_for_filters())
+            if reason:
+                report.drop(reason, doc.loc)
+                continue
+            yield doc.data["text"]
+        check_bad_fraction(report, max_bad_fraction)
+
+    def meta():
+        return {"key": key, "inputs": inputs, "source": dataclasses.asdict(src), "report": report.to_dict()}
+
+    cache = build_cache(texts(), tok, folder, add_bos=add_bos, add_eos=add_eos, meta=meta, label=src.name)
+    return {**report.to_dict(), "cache": str(folder), "reused": False, **_counts(cache)}
+
+
+def _counts(cache: TokenCache) -> dict:
+    return {"documents": len(cache), "tokens": cache.num_tokens}
+
+
+def prepare(
+    sources: list[SourceConfig], tok: Tokenizer, out: str | Path, filters: FilterConfig, **kwargs
+) -> dict[str, dict]:
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names) or not all(names):
+        raise DataError(f"source names must be unique and non-empty, got {names}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    reports = {s.name: prepare_source(s, tok, out, filters, **kwargs) for s in sources}
+    (out / "report.json").write_text(json.dumps(reports, indent=2) + "\n")
+    return reports
+
+
+def format_report(reports: dict[str, dict]) -> str:
+    """A plain table: one line per source, then the drop reasons."""
+    lines = [f"{'source':<24} {'read':>9} {'kept':>9} {'tokens':>13}  cache"]
+    for name, r in reports.items():
+        reused = " (reused)" if r["reused"] else ""
+        lines.append(f"{name:<24} {r['read']:>9,} {r['kept']:>9,} {r['tokens']:>13,}  {r['cache']}{reused}")
+        for reason, n in sorted(r["dropped"].items()):
+            where = ", ".join(e["loc"] for e in r.get("examples", {}).get(reason, [])[:3])
+            lines.append(f"{'':<4}dropped {reason}: {n:,}" + (f"  e.g. {where}" if where else ""))
+    return "\n".join(lines)

@@ -1,0 +1,85 @@
+"""The trainer's view of the data: batches by step, dev sets, and the mixture / data-intensity record.
+
+Its checkpointed state is small: the step (the loader is a function of it), token counts per source so far
+(for the realised mixture and the data intensity), and a fingerprint of the data plan, so a resumed run
+refuses data that changed under it.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import xxhash
+
+from jaxfin.config.schema import Config
+from jaxfin.data import DataError
+from jaxfin.data.loader import Loader, Mixture, named, open_sources, stage_weights
+
+
+class DataStream:
+    def __init__(self, cfg: Config, tok):
+        d, t = cfg.data, cfg.train
+        if not d.sources:
+            raise DataError("no training data: set data.sources (e.g. data.sources=[corpus.jsonl])")
+        self.sources = open_sources(d.sources, tok, d, t.seed)
+        self.names = [s.name for s in self.sources]
+        self.domain = np.array([s.domain for s in named(d.sources, "data.sources")], float)
+        self.mixture = Mixture(self.sources, stage_weights(d, d.sources), d.mix_by, t.seed)
+        self.loader = Loader(self.mixture, t.batch_size, jax.process_index(), jax.process_count())
+        self.threads = d.loader_threads
+        self.dev = {s.name: s for s in open_sources(d.dev, tok, d, t.seed, "data.dev")} if d.dev else {}
+        plan = [(s.name, str(s.cache.path.name)) for s in self.sources] + [t.seed, d.seq_len, d.mix_by, d.packing]
+        self.fingerprint = xxhash.xxh3_64_hexdigest(
+            repr((plan, [s.probs.tolist() for s in self.mixture.stages])).encode()
+        )
+        self.tokens = np.zeros(len(self.sources), np.int64)  # non-pad tokens trained on, per source
+        self.total_rows = t.steps * t.batch_size
+
+    # ------------------------------------------------------------------------------------------- batches
+    def iterate(self, start_step: int, stop_step: int):
+        """Local batches for steps start_step+1 .. stop_step (1-based steps; loader steps are 0-based)."""
+        for batch in self.loader.iterate(start_step, stop_step, threads=self.threads):
+            src = batch.pop("source")
+            # process-local counts; the mixture is the same on every process in expectation
+            self.tokens += np.bincount(src, (batch["segment_ids"] != 0).sum(1), len(self.sources)).astype(np.int64)
+            yield batch
+
+    # ------------------------------------------------------------------------------------------- metrics
+    def mixture_metrics(self, step: int) -> dict:
+        """Realised token shares so far vs the requested shares of the current stage, and data intensity."""
+        total = max(int(self.tokens.sum()), 1)
+        stage = int(self.mixture.stage_of(np.array([step * self.loader.global_batch - 1]))[0])
+        out = {"stage": stage, "data_intensity": float(self.tokens @ self.domain / total)}
+        for i, name in enumerate(self.names):
+            out[f"mix/{name}"] = float(self.tokens[i] / total)
+            out[f"mix_target/{name}"] = float(self.mixture.stages[stage].probs[i])
+        return out
+
+    def planned_intensity(self) -> list[dict]:
+        return self.mixture.planned_intensity(self.domain, self.total_rows)
+
+    # ------------------------------------------------------------------------------------------- dev
+    def dev_batches(self, rows_per_batch: int, limit_rows: int):
+        """(name, list of [rows_per_batch, S] batches) per dev set: its first rows, a fixed set."""
+        for name, src in self.dev.items():
+            n = min(limit_rows, src.rows_in_epoch())
+            rows = [src.row(k) for k in range(n)]
+            batches = []
+            for i in range(0, n, rows_per_batch):
+                part = rows[i : i + rows_per_batch]
+                part += [{k: np.zeros_like(v) for k, v in part[0].items()}] * (rows_per_batch - len(part))
+                batches.append({k: np.stack([r[k] for r in part]) for k in part[0]})  # padding rows: no targets
+            yield name, batches
+
+    # ------------------------------------------------------------------------------------------- state
+    def state(self) -> dict:
+        return {"fingerprint": self.fingerprint, "tokens": dict(zip(self.names, self.tokens.tolist()))}
+
+    def restore(self, state: dict) -> None:
+        if state.get("fingerprint") != self.fingerprint:
+            raise DataError(
+                "the training data or its mixture changed since the checkpoint was written (sources, their "
+                "contents, tokenizer, seed, seq_len, packing or weights); start a new output_dir, or restore "
+                "the data"
+            )
+        self.tokens = np.array([state["tokens"][n] for n in self.names], np.int64)
