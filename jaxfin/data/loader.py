@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from jaxfin.data.binpack import gather_row, plan_rows, split_pieces
+from jaxfin.data.binpack import efficiency, gather_row, plan_rows, split_pieces
 from jaxfin.data.cache import TokenCache
 
 CHUNK = 1 << 16  # rows per block of source draws
@@ -71,6 +71,11 @@ class SourceRows:
 
     def rows_in_epoch(self, epoch: int = 0) -> int:
         return len(self._plan(epoch))
+
+    @functools.cached_property
+    def packing_efficiency(self) -> float:
+        """Non-pad fraction of the first epoch's rows."""
+        return efficiency(self._plan(0), self.seq_len)
 
     @functools.cached_property
     def docs_per_row(self) -> float:
@@ -205,9 +210,11 @@ def open_sources(sources: list, tok, data_cfg, seed: int, key: str = "data.sourc
         )
         dropped = ", ".join(f"{r} {n:,}" for r, n in sorted(rep["dropped"].items())) or "none"
         state = "cached" if rep["reused"] else "tokenized"
-        print(f"{key} {src.name}: {rep['documents']:,} docs, {rep['tokens']:,} tokens ({state}); dropped: {dropped}")
         rows.append(SourceRows(src.name, TokenCache(rep["cache"]), data_cfg.seq_len, seed, data_cfg.packing,
                                data_cfg.pack_window))  # fmt: skip
+        packed = f"{rows[-1].rows_in_epoch():,} rows/epoch, packing efficiency {rows[-1].packing_efficiency:.3f}"
+        counts = f"{rep['documents']:,} docs, {rep['tokens']:,} tokens ({state})"
+        print(f"{key} {src.name}: {counts}; dropped: {dropped}; {packed}")
     return rows
 
 

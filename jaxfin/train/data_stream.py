@@ -55,8 +55,19 @@ class DataStream:
             out[f"mix_target/{name}"] = float(self.mixture.stages[stage].probs[i])
         return out
 
-    def planned_intensity(self) -> list[dict]:
-        return self.mixture.planned_intensity(self.domain, self.total_rows)
+    def plan(self) -> dict:
+        """The requested data plan (written to OUTPUT_DIR/data_plan.json and printed at the start)."""
+        return {
+            "sources": [
+                {"name": s.name, "domain": bool(d), "tokens": s.cache.num_tokens, "documents": len(s.cache),
+                 "rows_per_epoch": s.rows_in_epoch(), "packing_efficiency": s.packing_efficiency}
+                for s, d in zip(self.sources, self.domain)
+            ],
+            "stages": [
+                {**st, "probs": dict(zip(self.names, self.mixture.stages[st["stage"]].probs.tolist()))}
+                for st in self.mixture.planned_intensity(self.domain, self.total_rows)
+            ],
+        }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- dev
     def dev_batches(self, rows_per_batch: int, limit_rows: int):

@@ -101,7 +101,9 @@ def train(cfg: Config) -> dict:
     t = cfg.train
 
     data = DataStream(cfg, tok)
-    for st in data.planned_intensity():
+    plan = data.plan()
+    (out / "data_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    for st in plan["stages"]:
         print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
               f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
 
