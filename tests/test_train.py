@@ -85,3 +85,55 @@ def test_cpt_from_hf_checkpoint(small_config, tmp_path):
     probe = torch.arange(4, 40)[None]
     with torch.no_grad():  # same weights and same config (rope_theta etc.) -> same logits
         assert torch.equal(again(probe).logits, hf(probe).logits)
+
+
+def test_two_sources_two_stages_resume_mid_run(tmp_path):
+    """A rising domain share (50% -> 90%) over a general replay source: stages switch at their token budget,
+    the realised mixture and data intensity are logged, and a run preempted (SIGTERM) and restarted logs
+    exactly what an uninterrupted run logs."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from conftest import REPO, shared_data
+
+    data = shared_data()
+    fin, gen = tmp_path / "fin.jsonl", tmp_path / "gen.jsonl"
+    fin.write_text("\n".join((data / "finance_corpus_en/beige_book_2014_2020.jsonl").read_text().splitlines()[:60]))
+    books = (data / "general_corpus_en/gutenberg_train.jsonl").read_text().splitlines()[:2]
+    gen.write_text("\n".join(json.dumps({"text": json.loads(b)["text"][:50_000]}) for b in books))
+    rows_per_step, seq, stage1 = 4, 32, "{fin: 9, gen: 1}"
+    overrides = [
+        f"tokenizer={REPO / 'demo_data/tokenizer.model'}",
+        "model.vocab_size=1024", "model.hidden_size=32", "model.intermediate_size=64", "model.num_layers=2",
+        "model.num_heads=4", "model.num_kv_heads=2", "model.bos_token_id=2", "model.eos_token_id=3",
+        f"data.sources=[{{name: fin, path: {fin}}}, {{name: gen, path: {gen}, domain: false}}]",
+        f"data.stages=[{{tokens: {20 * rows_per_step * seq}, weights: {{fin: 1, gen: 1}}}}, {{weights: {stage1}}}]",
+        f"data.seq_len={seq}", f"data.cache_dir={tmp_path / 'cache'}", f"train.batch_size={rows_per_step}",
+        "train.steps=40", "train.log_every=1", "train.dev_every=0", "checkpoint.every=5", "optimizer.lr=3e-3",
+    ]  # fmt: skip
+
+    def records(run):
+        recs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in recs]
+
+    train(load_config(None, [f"output_dir={tmp_path / 'a'}", *overrides]))
+    ref = records(tmp_path / "a")
+    assert [r["stage"] for r in ref] == [0] * 20 + [1] * 20
+    assert {r["mix_target/fin"] for r in ref[:20]} == {0.5} and {r["mix_target/fin"] for r in ref[20:]} == {0.9}
+    assert all(r["data_intensity"] == r["mix/fin"] for r in ref)  # fin is the only domain source
+    assert ref[19]["data_intensity"] < ref[-1]["data_intensity"]  # the domain share rises in stage 1
+
+    run_b = tmp_path / "b"
+
+    def preempt():  # SIGTERM this process once step 27 is logged, as a scheduler would
+        while not (run_b / "metrics.jsonl").exists() or len((run_b / "metrics.jsonl").read_text().splitlines()) < 27:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=preempt, daemon=True).start()
+    first = train(load_config(None, [f"output_dir={run_b}", *overrides]))
+    assert first["stop_reason"] == "SIGTERM" and 27 <= first["steps"] < 40
+    train(load_config(None, [f"output_dir={run_b}", *overrides]))
+    assert records(run_b) == ref
