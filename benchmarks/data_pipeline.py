@@ -67,10 +67,13 @@ def pack_bench(data: Path, tokenizer: str, seq_len: int, batch: int, work: Path)
 
     from jaxfin.data.binpack import efficiency, gather_row, plan_rows, split_pieces
     from jaxfin.data.cache import build_cache
+    from jaxfin.data.render import sequences
+    from jaxfin.data.sources import Document
     from jaxfin.data.tokenizer import load_tokenizer
 
     tok = load_tokenizer(tokenizer)
-    cache = build_cache(_texts(data), tok, work / "cache", add_bos=True, add_eos=True, meta=dict)
+    docs = [Document("corpus", "", "text", {"text": t}) for t in _texts(data)]
+    cache = build_cache(sequences(docs, "text", tok), tok.vocab_size, work / "cache", meta=dict)
     t0 = time.perf_counter()
     order = np.random.default_rng(0).permutation(len(cache))
     plans = list(plan_rows(split_pieces(cache.doc_lengths(), seq_len, order), seq_len, "best_fit", 1000))

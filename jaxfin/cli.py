@@ -59,13 +59,14 @@ def run_convert(args) -> int:
     return 0
 
 
-def _source(arg: str, kind: str, fields: dict):
+def _source(arg: str, args, fields: dict):
     """`[NAME=]PATH` -> a SourceConfig (the name defaults to the file or folder name)."""
     from jaxfin.config.schema import SourceConfig
     from jaxfin.data.sources import default_source_name
 
     name, _, path = arg.rpartition("=")
-    return SourceConfig(name=name or default_source_name(path), path=path, kind=kind, fields=fields)
+    name = name or default_source_name(path)
+    return SourceConfig(name=name, path=path, kind=args.kind, fields=fields, chat_template=args.chat_template)
 
 
 def run_data_prepare(args) -> int:
@@ -87,7 +88,7 @@ def run_data_prepare(args) -> int:
         except yaml.YAMLError:  # e.g. [@finance]: '@' cannot start a plain YAML scalar
             filters[k] = [x.strip() for x in v.strip("[]").split(",")] if v.startswith("[") else v
     filter_cfg = build_section(FilterConfig, filters, "--filter")
-    sources = [_source(s, args.kind, fields) for s in args.sources]
+    sources = [_source(s, args, fields) for s in args.sources]
     tok = load_tokenizer(args.tokenizer, threads=args.threads)
     reports = prepare(sources, tok, args.out, filter_cfg, max_bad_fraction=args.max_bad_fraction)
     print(json.dumps(reports, indent=2) if args.json else format_report(reports))
@@ -109,7 +110,11 @@ def _add_data_parser(sub) -> None:
     p.add_argument("--tokenizer", required=True, help="SentencePiece .model file or HF tokenizer folder")
     p.add_argument("--out", required=True, help="cache folder")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--kind", default="text", choices=["text"], help="document kind (chat/pairs: with SFT/DPO)")
+    p.add_argument("--kind", default="text", choices=["text", "chat", "pairs"], help="document kind of every SOURCE")
+    p.add_argument(
+        "--chat-template", default="tokenizer", choices=["tokenizer", "llama3", "chatml"],
+        help="for chat sources: the tokenizer's own chat_template or a built-in one",
+    )  # fmt: skip
     p.add_argument("--field", action="append", default=[], metavar="OURS=THEIRS", help="field mapping, e.g. text=body")
     p.add_argument(
         "--filter", action="append", default=[], metavar="KEY=VALUE",

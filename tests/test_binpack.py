@@ -67,7 +67,8 @@ def test_bigger_window_packs_at_least_as_tight_on_average():
 def test_gather_rows_from_cache(tmp_path):
     texts = [" ".join(f"w{i}_{j}" for j in range(n)) for i, n in enumerate([5, 40, 3, 17, 90, 1, 12])]
     tok = _WordTokenizer()
-    cache = build_cache(texts, tok, tmp_path / "c", add_bos=True, add_eos=True, meta=lambda: {"test": 1})
+    seqs = [([1, *ids, 2], None) for ids in tok.encode_batch(texts)]
+    cache = build_cache(seqs, tok.vocab_size, tmp_path / "c", meta=lambda: {"test": 1})
     again = TokenCache(tmp_path / "c")
     assert len(again) == len(texts) and again.meta["test"] == 1
     for i, t in enumerate(texts):  # oracle: encode each text alone

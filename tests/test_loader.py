@@ -23,7 +23,9 @@ def _source(tmp_path, name: str, n_docs: int, words: tuple[int, int], seed: int 
     rng = np.random.default_rng(seed)
     base = 1000 * (1 + ["a", "b", "c"].index(name))
     texts = [" ".join([f"w{base + d}"] * int(rng.integers(*words))) for d in range(n_docs)]
-    cache = build_cache(texts, _WordTokenizer(), tmp_path / name, add_bos=True, add_eos=True, meta=dict)
+    tok = _WordTokenizer()
+    cache = build_cache([([1, *ids, 2], None) for ids in tok.encode_batch(texts)], tok.vocab_size, tmp_path / name,
+                        meta=dict)  # fmt: skip
     return SourceRows(name, cache, SEQ, seed=0, method="best_fit", window=100)
 
 

@@ -39,7 +39,7 @@ def test_report_tokens_and_reuse(tmp_path, capsys):
     assert not rep["beige"]["reused"]
     # the cache holds exactly the kept documents, tokenized as sentencepiece does, with BOS and EOS
     cache = TokenCache(rep["beige"]["cache"])
-    assert len(cache) == rep["beige"]["kept"] == rep["beige"]["documents"]
+    assert len(cache) == rep["beige"]["kept"] == rep["beige"]["sequences"]
     sp = spm.SentencePieceProcessor(model_file=str(TOK))
     first = json.loads(_lines(beige)[0])["text"]
     assert cache.doc(0).tolist() == [sp.bos_id(), *sp.encode(first), sp.eos_id()]

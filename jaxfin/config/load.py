@@ -202,6 +202,7 @@ def validate(cfg: Config) -> None:
         for i, src in enumerate(sources):
             _choice(src.kind, ("text", "chat", "pairs"), f"{key}[{i}].kind")
             _choice(src.format, ("auto", "jsonl", "parquet", "csv", "text", "hf_disk"), f"{key}[{i}].format")
+            _choice(src.chat_template, ("tokenizer", "llama3", "chatml"), f"{key}[{i}].chat_template")
             if not src.path:
                 raise ConfigError(f"'{key}[{i}].path' is required")
     if cfg.checkpoint.keep < 1:

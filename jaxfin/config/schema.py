@@ -68,6 +68,7 @@ class SourceConfig:
     fields: dict[str, str] = field(default_factory=dict)  # our field -> the source's column, e.g. {text: body}
     weight: float = 1.0  # share of the mixture (by tokens or examples: data.mix_by)
     domain: bool = True  # counts as domain data for the data intensity; false for general replay
+    chat_template: str = "tokenizer"  # chat kind: tokenizer (its own chat_template) | llama3 | chatml
 
 
 @dataclass

@@ -82,6 +82,8 @@ def gather_row(plan: list[Piece], cache, seq_len: int) -> dict[str, np.ndarray]:
     positions = np.zeros(seq_len, np.int32)
     positions[:used] = np.arange(used) - starts
     loss_mask = (segment_ids != 0).astype(np.int32)
+    if cache.mask is not None:  # chat / pairs: only some tokens are targets
+        loss_mask[:used] = np.concatenate([cache.loss_mask(d)[start:stop] for d, start, stop in plan])
     return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions, "loss_mask": loss_mask}
 
 

@@ -1,9 +1,11 @@
 """On-disk token cache: one folder per (source content, tokenizer, policy), written once, then memory-mapped.
 
 Layout of `CACHE_DIR/<name>-<key>/` (the layout of Megatron-style indexed datasets, in plain numpy):
-    tokens.bin    every kept document's token ids back to back, BOS/EOS included (uint16 when the vocab fits,
-                  else uint32), so reading a document is a slice of a memory map: no parsing, no copy
-    offsets.npy   int64 [num_docs + 1]; document i is tokens[offsets[i] : offsets[i + 1]]
+    tokens.bin    every kept sequence's token ids back to back, BOS/EOS included (uint16 when the vocab fits,
+                  else uint32), so reading a sequence is a slice of a memory map: no parsing, no copy
+    offsets.npy   int64 [num_sequences + 1]; sequence i is tokens[offsets[i] : offsets[i + 1]]
+    loss_mask.bin uint8, one per token, 1 = training target (chat and pairs sources; absent for text, where
+                  every token is a target). See jaxfin.data.render for what each kind stores.
     meta.json     the key's inputs (files with size and content hash, tokenizer fingerprint, policy), counts
                   and the source report; written last, so a folder without it is an unfinished build
 The folder is built under a temporary name and renamed into place, so a killed build never looks complete.
@@ -16,7 +18,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +61,8 @@ class TokenCache:
         n = int(self.offsets[-1])
         dtype = np.dtype(self.meta["dtype"])
         self.tokens = np.memmap(self.path / "tokens.bin", dtype, "r", shape=(n,)) if n else np.zeros(0, dtype)
+        mask = self.path / "loss_mask.bin"
+        self.mask = np.memmap(mask, np.uint8, "r", shape=(n,)) if mask.is_file() and n else None
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -70,58 +74,58 @@ class TokenCache:
     def doc(self, i: int) -> np.ndarray:
         return self.tokens[self.offsets[i] : self.offsets[i + 1]]
 
+    def loss_mask(self, i: int) -> np.ndarray | None:
+        """1 where the token is a training target; None when every token is."""
+        return None if self.mask is None else self.mask[self.offsets[i] : self.offsets[i + 1]]
+
     def doc_lengths(self) -> np.ndarray:
         return np.diff(np.asarray(self.offsets))
 
 
-def _batches(texts: Iterable[str], size: int) -> Iterator[list[str]]:
-    batch = []
-    for t in texts:
-        batch.append(t)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def build_cache(
-    texts: Iterable[str],
-    tokenizer,
+    sequences: Iterable[tuple[list[int], list[int] | None]],
+    vocab_size: int,
     out: str | Path,
     *,
-    add_bos: bool,
-    add_eos: bool,
     meta: Callable[[], dict],
-    batch_size: int = 512,
     progress_every_s: float = 10.0,
     label: str = "",
 ) -> TokenCache:
-    """Tokenize `texts` (in order) into a new cache folder `out`; `meta()` (called once `texts` is exhausted, so
-    it may report what the reading and filtering saw) is stored in meta.json."""
+    """Write token sequences (with an optional per-token loss mask) in order into a new cache folder `out`.
+
+    `meta()` is called once `sequences` is exhausted (so it may report what reading and filtering saw) and
+    stored in meta.json. A loss mask is stored (loss_mask.bin, uint8) as soon as any sequence has one.
+    """
     out = Path(out)
     tmp = out.with_name(f"{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32
-    bos = [tokenizer.bos_id] if add_bos else []
-    eos = [tokenizer.eos_id] if add_eos else []
+    dtype = np.uint16 if vocab_size <= 1 << 16 else np.uint32
     lengths: list[int] = []
+    masked = False
     t0 = last = time.time()
-    with (tmp / "tokens.bin").open("wb") as f:
-        for batch in _batches(texts, batch_size):
-            ids = [bos + x + eos for x in tokenizer.encode_batch(batch)]
-            lengths.extend(map(len, ids))
-            np.fromiter((t for x in ids for t in x), dtype, sum(map(len, ids))).tofile(f)
+    with (tmp / "tokens.bin").open("wb") as f, (tmp / "loss_mask.bin").open("wb") as fm:
+        for ids, mask in sequences:
+            np.asarray(ids, dtype).tofile(f)
+            if mask is not None and not masked:  # the earlier sequences were all targets
+                np.ones(sum(lengths), np.uint8).tofile(fm)
+                masked = True
+            if masked:
+                np.asarray(mask if mask is not None else [1] * len(ids), np.uint8).tofile(fm)
+            lengths.append(len(ids))
             if progress_every_s and time.time() - last > progress_every_s:
                 last = time.time()
                 n = sum(lengths)
-                print(f"  {label}: {len(lengths):,} docs, {n:,} tokens, {n / (last - t0):,.0f} tokens/s", flush=True)
+                print(
+                    f"  {label}: {len(lengths):,} sequences, {n:,} tokens, {n / (last - t0):,.0f} tokens/s", flush=True
+                )
+    if not masked:
+        (tmp / "loss_mask.bin").unlink()
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     np.save(tmp / "offsets.npy", offsets)
     info = {**meta(), "dtype": np.dtype(dtype).name, "num_docs": len(lengths), "num_tokens": int(offsets[-1])}
-    info["seconds"] = round(time.time() - t0, 3)
+    info["loss_mask"], info["seconds"] = masked, round(time.time() - t0, 3)
     (tmp / META).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
     if out.exists():  # an unfinished build under the final name (no meta.json): replace it
         shutil.rmtree(out)

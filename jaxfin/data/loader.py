@@ -213,7 +213,7 @@ def open_sources(sources: list, tok, data_cfg, seed: int, key: str = "data.sourc
         rows.append(SourceRows(src.name, TokenCache(rep["cache"]), data_cfg.seq_len, seed, data_cfg.packing,
                                data_cfg.pack_window))  # fmt: skip
         packed = f"{rows[-1].rows_in_epoch():,} rows/epoch, packing efficiency {rows[-1].packing_efficiency:.3f}"
-        counts = f"{rep['documents']:,} docs, {rep['tokens']:,} tokens ({state})"
+        counts = f"{rep['kept']:,} docs, {rep['sequences']:,} sequences, {rep['tokens']:,} tokens ({state})"
         print(f"{key} {src.name}: {counts}; dropped: {dropped}; {packed}")
     return rows
 

@@ -16,11 +16,9 @@ from jaxfin.config.schema import FilterConfig, SourceConfig
 from jaxfin.data import DataError
 from jaxfin.data.cache import META, TokenCache, build_cache, cache_key
 from jaxfin.data.filters import DocumentFilter
+from jaxfin.data.render import RENDER_VERSION, sequences
 from jaxfin.data.sources import SourceReport, check_bad_fraction, read_source, source_files
 from jaxfin.data.tokenizer import Tokenizer
-
-# BOS/EOS policy per kind: CPT documents get both, so a packed row marks where each document starts and ends.
-SPECIAL_TOKENS = {"text": (True, True)}
 
 
 def prepare_source(
@@ -33,18 +31,12 @@ def prepare_source(
     max_chars: int = 10_000_000,
 ) -> dict:
     """Build (or reuse) one source's cache; returns its report with the cache path and token counts."""
-    if src.kind not in SPECIAL_TOKENS:
-        raise DataError(
-            f"source '{src.name}': kind '{src.kind}' is not tokenized by `data prepare` yet (only text); chat and "
-            f"pairs sources are rendered by the SFT/DPO objectives"
-        )
-    add_bos, add_eos = SPECIAL_TOKENS[src.kind]
     policy = {
         "kind": src.kind,
         "fields": src.fields,
         "format": src.format,
-        "add_bos": add_bos,
-        "add_eos": add_eos,
+        "chat_template": src.chat_template if src.kind == "chat" else None,
+        "render": RENDER_VERSION,
         "max_chars": max_chars,
         "filters": dataclasses.asdict(filters),
     }
@@ -57,24 +49,25 @@ def prepare_source(
     report = SourceReport(src.name)
     doc_filter = DocumentFilter(filters)
 
-    def texts():
+    def kept_docs():
         for doc in read_source(src, report, max_chars=max_chars, max_bad_fraction=max_bad_fraction):
             reason = doc_filter.reason(doc.text_for_filters())
             if reason:
                 report.drop(reason, doc.loc)
                 continue
-            yield doc.data["text"]
+            yield doc
         check_bad_fraction(report, max_bad_fraction)
 
     def meta():
         return {"key": key, "inputs": inputs, "source": dataclasses.asdict(src), "report": report.to_dict()}
 
-    cache = build_cache(texts(), tok, folder, add_bos=add_bos, add_eos=add_eos, meta=meta, label=src.name)
+    seqs = sequences(kept_docs(), src.kind, tok, src.chat_template)
+    cache = build_cache(seqs, tok.vocab_size, folder, meta=meta, label=src.name)
     return {**report.to_dict(), "cache": str(folder), "reused": False, **_counts(cache)}
 
 
 def _counts(cache: TokenCache) -> dict:
-    return {"documents": len(cache), "tokens": cache.num_tokens}
+    return {"sequences": len(cache), "tokens": cache.num_tokens}
 
 
 def prepare(

@@ -24,6 +24,7 @@ class Tokenizer:
     pad_id: int | None
     path: Path  # the file or folder it came from; exported next to the model
     fingerprint: str  # hash of the tokenizer files: part of every token-cache key
+    hf: object = None  # the transformers tokenizer, when it is one (for its chat template)
 
 
 def _fingerprint(files: list[Path]) -> str:
@@ -54,7 +55,14 @@ def _sentencepiece(path: Path, threads: int) -> Tokenizer:
     )
 
 
-HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model", "vocab.json")
+HF_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "chat_template.jinja",
+)
 
 
 def _hf(path: Path, threads: int) -> Tokenizer:
@@ -79,6 +87,7 @@ def _hf(path: Path, threads: int) -> Tokenizer:
         pad_id=tok.pad_token_id,
         path=path,
         fingerprint=_fingerprint([path / f for f in HF_FILES if (path / f).is_file()]),
+        hf=tok,
     )
 
 

@@ -21,6 +21,10 @@ class DataStream:
         d, t = cfg.data, cfg.train
         if not d.sources:
             raise DataError("no training data: set data.sources (e.g. data.sources=[corpus.jsonl])")
+        pairs = [s.name or s.path for s in (*d.sources, *d.dev) if s.kind == "pairs"]
+        if pairs:  # next-token training on both completions of a pair would teach the rejected one too
+            raise DataError(f"sources {pairs} are preference pairs, which the next-token trainer cannot use; "
+                            "they are for the preference objectives (DPO, reward model)")  # fmt: skip
         self.sources = open_sources(d.sources, tok, d, t.seed)
         self.names = [s.name for s in self.sources]
         self.domain = np.array([s.domain for s in named(d.sources, "data.sources")], float)
@@ -59,7 +63,7 @@ class DataStream:
         """The requested data plan (written to OUTPUT_DIR/data_plan.json and printed at the start)."""
         return {
             "sources": [
-                {"name": s.name, "domain": bool(d), "tokens": s.cache.num_tokens, "documents": len(s.cache),
+                {"name": s.name, "domain": bool(d), "tokens": s.cache.num_tokens, "sequences": len(s.cache),
                  "rows_per_epoch": s.rows_in_epoch(), "packing_efficiency": s.packing_efficiency}
                 for s, d in zip(self.sources, self.domain)
             ],
