@@ -110,3 +110,12 @@ def test_other_formats_give_the_same_tokens(tmp_path, capsys, fmt):
     a = _prepare(capsys, f"j={src}", f"o={path}", "--out", str(tmp_path / "c"))
     ca, co = TokenCache(a["j"]["cache"]), TokenCache(a["o"]["cache"])
     assert np.array_equal(np.asarray(ca.tokens), np.asarray(co.tokens))
+
+
+def test_wikitext_file_is_one_general_document(tmp_path, capsys):
+    """A .txt file is one document (WikiText-2 valid as a general-domain dev set): BOS + text + EOS."""
+    wiki = shared_data() / "wikitext2_general" / "wikitext2_valid.txt"
+    rep = _prepare(capsys, f"wiki={wiki}", "--out", str(tmp_path / "c"))["wiki"]
+    sp = spm.SentencePieceProcessor(model_file=str(TOK))
+    assert rep["read"] == rep["kept"] == 1
+    assert rep["tokens"] == len(sp.encode(wiki.read_text(encoding="utf-8"))) + 2

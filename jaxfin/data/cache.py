@@ -127,7 +127,12 @@ def build_cache(
     info = {**meta(), "dtype": np.dtype(dtype).name, "num_docs": len(lengths), "num_tokens": int(offsets[-1])}
     info["loss_mask"], info["seconds"] = masked, round(time.time() - t0, 3)
     (tmp / META).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-    if out.exists():  # an unfinished build under the final name (no meta.json): replace it
+    if out.exists() and not (out / META).is_file():  # an unfinished build under the final name: replace it
         shutil.rmtree(out)
-    tmp.rename(out)
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished the same cache first (same key, same content): use theirs
+        if not (out / META).is_file():
+            raise
+        shutil.rmtree(tmp)
     return TokenCache(out)
