@@ -1,4 +1,5 @@
-"""The training loop: `train(cfg)` runs (or resumes) a CPT run described by a Config."""
+"""The training loop: `train(cfg)` runs (or resumes) next-token training described by a Config: CPT on text
+sources, instruction tuning on chat sources (assistant tokens only), or both mixed in one stream."""
 
 from __future__ import annotations
 
@@ -96,11 +97,10 @@ def train(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tok = _tokenizer(cfg)
+    t = cfg.train
+    data = DataStream(cfg, tok)  # before the model: a data mistake should not wait for a big model to load
     cfg, params, hf_extra = _model(cfg, tok)
     _write_run_files(cfg, tok, hf_extra, out)
-    t = cfg.train
-
-    data = DataStream(cfg, tok)
     plan = data.plan()
     (out / "data_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     for st in plan["stages"]:
