@@ -143,6 +143,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     p.add_argument("dst")
     p.set_defaults(func=run_convert)
     _add_data_parser(sub)
+    from jaxfin.scaling.cli import add_scaling_parser
+
+    add_scaling_parser(sub)
     return parser
 
 
