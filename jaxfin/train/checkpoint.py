@@ -13,7 +13,6 @@ import shutil
 import warnings
 from pathlib import Path
 
-import jax
 import orbax.checkpoint as ocp
 
 from jaxfin.config.schema import CheckpointConfig
@@ -82,7 +81,7 @@ class Checkpointer:
 
 
 def restore_params(run_dir: str | Path) -> dict:
-    """The params of the newest readable checkpoint of a training run (as host numpy arrays)."""
+    """The params of the newest readable checkpoint of a training run."""
     ckpt = Checkpointer(run_dir, CheckpointConfig(async_save=False))
     try:
         for step in sorted(ckpt.manager.all_steps(), reverse=True):
@@ -90,7 +89,7 @@ def restore_params(run_dir: str | Path) -> dict:
                 with warnings.catch_warnings():  # no target sharding: params come back as saved, which we want
                     warnings.filterwarnings("ignore", message="Sharding info not provided")
                     out = ckpt.manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore()))
-                return jax.tree.map(lambda x: x, out["state"]["params"])
+                return out["state"]["params"]
             except Exception as e:  # noqa: BLE001
                 log.warning("checkpoint %s of %s could not be restored (%s); trying the previous one", step, run_dir, e)
         raise FileNotFoundError(f"no readable checkpoint under {Path(run_dir) / 'checkpoints'}")

@@ -25,13 +25,15 @@ class DataStream:
         if pairs:  # next-token training on both completions of a pair would teach the rejected one too
             raise DataError(f"sources {pairs} are preference pairs, which the next-token trainer cannot use; "
                             "they are for the preference objectives (DPO, reward model)")  # fmt: skip
-        self.sources = open_sources(d.sources, tok, d, t.seed)
+        sources = named(d.sources, "data.sources")
+        self.sources = open_sources(sources, tok, d, t.seed)
         self.names = [s.name for s in self.sources]
-        self.domain = np.array([s.domain for s in named(d.sources, "data.sources")], float)
-        self.mixture = Mixture(self.sources, stage_weights(d, d.sources), d.mix_by, t.seed)
+        self.domain = np.array([s.domain for s in sources], float)
+        self.mixture = Mixture(self.sources, stage_weights(d, sources), d.mix_by, t.seed)
         self.loader = Loader(self.mixture, t.batch_size, jax.process_index(), jax.process_count())
         self.threads = d.loader_threads
         self.dev = {s.name: s for s in open_sources(d.dev, tok, d, t.seed, "data.dev")} if d.dev else {}
+        self._dev_batches: dict[str, list[dict]] | None = None
         plan = [(s.name, str(s.cache.path.name)) for s in self.sources] + [t.seed, d.seq_len, d.mix_by, d.packing]
         self.fingerprint = xxhash.xxh3_64_hexdigest(
             repr((plan, [s.probs.tolist() for s in self.mixture.stages])).encode()
@@ -74,17 +76,20 @@ class DataStream:
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- dev
-    def dev_batches(self, rows_per_batch: int, limit_rows: int):
-        """(name, list of [rows_per_batch, S] batches) per dev set: its first rows, a fixed set."""
-        for name, src in self.dev.items():
-            n = min(limit_rows, src.rows_in_epoch())
-            rows = [src.row(k) for k in range(n)]
-            batches = []
-            for i in range(0, n, rows_per_batch):
-                part = rows[i : i + rows_per_batch]
-                part += [{k: np.zeros_like(v) for k, v in part[0].items()}] * (rows_per_batch - len(part))
-                batches.append({k: np.stack([r[k] for r in part]) for k in part[0]})  # padding rows: no targets
-            yield name, batches
+    def dev_batches(self, rows_per_batch: int, limit_rows: int) -> dict[str, list[dict]]:
+        """{name: [rows_per_batch, S] batches} per dev set: its first rows, a fixed set gathered once."""
+        if self._dev_batches is None:
+            self._dev_batches = {}
+            for name, src in self.dev.items():
+                n = min(limit_rows, src.rows_in_epoch())
+                rows = [src.row(k) for k in range(n)]
+                batches = []
+                for i in range(0, n, rows_per_batch):
+                    part = rows[i : i + rows_per_batch]
+                    part += [{k: np.zeros_like(v) for k, v in part[0].items()}] * (rows_per_batch - len(part))
+                    batches.append({k: np.stack([r[k] for r in part]) for k in part[0]})  # padding: no targets
+                self._dev_batches[name] = batches
+        return self._dev_batches
 
     # ------------------------------------------------------------------------------------------- state
     def state(self) -> dict:

@@ -67,7 +67,7 @@ def _write_run_files(cfg: Config, tok: Tokenizer, hf_extra: dict | None, out: Pa
 def _dev_losses(eval_step, params, data: DataStream, mesh, rows_per_batch: int, limit_rows: int) -> dict:
     """dev_loss (token mean over all dev sets) and dev_loss/<name> per dev set."""
     out, total, count = {}, 0.0, 0.0
-    for name, batches in data.dev_batches(rows_per_batch, limit_rows):
+    for name, batches in data.dev_batches(rows_per_batch, limit_rows).items():
         s = c = 0.0
         for b in batches:
             bs, bc = eval_step(params, global_batch(mesh, b))
