@@ -19,21 +19,20 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
 
 def _add_distributed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
-        "multi-host (bare nodes; also JAXFIN_COORDINATOR, JAXFIN_NUM_PROCESSES, JAXFIN_PROCESS_ID)"
+        "multi-host",
+        "Bare nodes: give all three (or JAXFIN_COORDINATOR, JAXFIN_NUM_PROCESSES, JAXFIN_PROCESS_ID). TPU pods, "
+        "SLURM and Kubernetes Indexed Jobs are detected (see launch/README.md).",
     )
-    g.add_argument("--coordinator", default=os.environ.get("JAXFIN_COORDINATOR"), help="HOST:PORT of process 0")
-    g.add_argument("--num-processes", type=int, default=os.environ.get("JAXFIN_NUM_PROCESSES"))
-    g.add_argument("--process-id", type=int, default=os.environ.get("JAXFIN_PROCESS_ID"))
+    g.add_argument("--coordinator", help="HOST:PORT of process 0")
+    g.add_argument("--num-processes", type=int)
+    g.add_argument("--process-id", type=int)
 
 
 def init_distributed(args) -> None:
-    """Start jax.distributed when this is one process of several (explicit flags or environment variables)."""
-    if args.coordinator or (args.num_processes or 1) > 1:
-        import jax
+    """Start jax.distributed when this is one process of several (flags, environment, or a detected cluster)."""
+    from jaxfin.parallel.distributed import initialize
 
-        if args.coordinator is None or args.num_processes is None or args.process_id is None:
-            raise ValueError("multi-host needs --coordinator, --num-processes and --process-id together")
-        jax.distributed.initialize(args.coordinator, int(args.num_processes), int(args.process_id))
+    initialize(args.coordinator, args.num_processes, args.process_id)
 
 
 def run_train(args) -> int:

@@ -99,8 +99,8 @@ def test_rising_domain_share_intensity_formula(sources):
 def test_processes_slice_the_same_global_batch(sources):
     mix = Mixture(sources, [(0, {"a": 1, "b": 1})], "tokens", seed=0)
     one = Loader(mix, 8)
-    two = [Loader(mix, 8, p, 2) for p in range(2)]
-    four = [Loader(mix, 8, p, 4) for p in range(4)]
+    two = [Loader(mix, 8, (4 * p, 4 * p + 4)) for p in range(2)]
+    four = [Loader(mix, 8, (2 * p, 2 * p + 2)) for p in range(4)]
     for step in (0, 1, 7):
         ref = one.batch(step)
         for split in (two, four):

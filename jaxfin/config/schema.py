@@ -47,7 +47,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     compute_dtype: str = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
     scan_layers: bool = True  # lax.scan over the stacked layer weights, or a Python loop over them
-    remat: str = "none"  # none | full
+    remat: str = "none"  # none | full | save_matmuls | save_projections (what backward keeps; jaxfin/model/llama.py)
     attention_backend: str = "xla"  # see jaxfin.kernels.attention
 
     RUNTIME_KEYS = ("param_dtype", "compute_dtype", "scan_layers", "remat", "attention_backend")

@@ -161,12 +161,11 @@ class Mixture:
 class Loader:
     """Local batches for step t (this process's slice of the global batch), prefetched by Grain from `start`."""
 
-    def __init__(self, mixture: Mixture, global_batch: int, process_index: int = 0, process_count: int = 1):
-        if global_batch % process_count:
-            raise ValueError(f"train.batch_size {global_batch} is not divisible by {process_count} processes")
+    def __init__(self, mixture: Mixture, global_batch: int, rows: tuple[int, int] | None = None):
+        """`rows` = [lo, hi): the rows of each global batch this process loads (default: all of them)."""
         self.mixture, self.global_batch = mixture, global_batch
-        self.local = global_batch // process_count
-        self.offset = process_index * self.local
+        lo, hi = rows or (0, global_batch)
+        self.offset, self.local = lo, hi - lo
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """Rows of step `step` (0-based), plus `source` (the source index of each row)."""

@@ -39,12 +39,17 @@ def validate_model_config(m: ModelConfig) -> None:
             raise ConfigError(f"'model.{key}' must be one of {', '.join(DTYPES)}")
     if m.compute_dtype not in (*DTYPES, "auto"):
         raise ConfigError(f"'model.compute_dtype' must be auto or one of {', '.join(DTYPES)}")
-    if m.remat not in ("none", "full"):
-        raise ConfigError(f"'model.remat' must be none or full; got '{m.remat}'")
+    if m.remat not in REMAT:
+        raise ConfigError(f"'model.remat' must be one of {', '.join(REMAT)}; got '{m.remat}'")
     from jaxfin.kernels.attention import BACKENDS
 
     if m.attention_backend not in BACKENDS:
         raise ConfigError(f"'model.attention_backend' must be one of {', '.join(BACKENDS)}")
+
+
+# What the backward pass keeps from each layer's forward (the rest is recomputed): nothing (`full`), every matmul
+# output including attention scores (`save_matmuls`), only the q/k/v/o and MLP projections (`save_projections`).
+REMAT = ("none", "full", "save_matmuls", "save_projections")
 
 
 def param_dtype(m: ModelConfig):

@@ -21,10 +21,27 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from jaxfin.config.schema import ModelConfig
 from jaxfin.kernels import attention
 from jaxfin.model.config import compute_dtype, param_dtype
+from jaxfin.parallel.rules import constrain
+
+# Activation layouts (logical names; jaxfin/parallel/rules.py maps them to mesh axes).
+HIDDEN = ("batch", "seq", "act_embed")
+HEADS = ("batch", "seq", "heads", "head_dim")
+KV_HEADS = ("batch", "seq", "kv_heads", "head_dim")
+MLP = ("batch", "seq", "mlp")
+LOGITS = ("batch", "seq", "vocab")
+
+# Names of the projection outputs that `remat: save_projections` keeps for the backward pass.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "save_matmuls": jax.checkpoint_policies.checkpoint_dots,
+    "save_projections": jax.checkpoint_policies.save_only_these_names(*PROJECTIONS),
+}
 
 
 def param_shapes(cfg: ModelConfig) -> dict:
@@ -118,9 +135,10 @@ def apply_rope(x, positions, inv_freq):
     return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
 
 
-def _proj(x, p, dtype):
+def _proj(x, p, dtype, name, layout):
     y = jnp.einsum("bsd,dhk->bshk", x, p["kernel"].astype(dtype))
-    return y + p["bias"].astype(dtype) if "bias" in p else y
+    y = y + p["bias"].astype(dtype) if "bias" in p else y
+    return checkpoint_name(constrain(y, layout), name)
 
 
 def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, positions, inv_freq):
@@ -128,16 +146,18 @@ def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, positions, inv_fre
     dtype = h.dtype
     x = rms_norm(h, lp["input_layernorm"]["scale"], cfg.rms_norm_eps)
     a = lp["self_attn"]
-    q = apply_rope(_proj(x, a["q_proj"], dtype), positions, inv_freq)
-    k = apply_rope(_proj(x, a["k_proj"], dtype), positions, inv_freq)
-    v = _proj(x, a["v_proj"], dtype)
+    q = apply_rope(_proj(x, a["q_proj"], dtype, "q_proj", HEADS), positions, inv_freq)
+    k = apply_rope(_proj(x, a["k_proj"], dtype, "k_proj", KV_HEADS), positions, inv_freq)
+    v = _proj(x, a["v_proj"], dtype, "v_proj", KV_HEADS)
     o = attention(q, k, v, segment_ids=segment_ids, causal=True, backend=cfg.attention_backend)
-    h = h + jnp.einsum("bshk,hkd->bsd", o, a["o_proj"]["kernel"].astype(dtype))
+    o = jnp.einsum("bshk,hkd->bsd", constrain(o, HEADS), a["o_proj"]["kernel"].astype(dtype))
+    h = constrain(h + checkpoint_name(o, "o_proj"), HIDDEN)
     x = rms_norm(h, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
     m = lp["mlp"]
-    gate = jax.nn.silu(x @ m["gate_proj"]["kernel"].astype(dtype))
-    up = x @ m["up_proj"]["kernel"].astype(dtype)
-    return h + (gate * up) @ m["down_proj"]["kernel"].astype(dtype)
+    gate = checkpoint_name(constrain(x @ m["gate_proj"]["kernel"].astype(dtype), MLP), "gate_proj")
+    up = checkpoint_name(constrain(x @ m["up_proj"]["kernel"].astype(dtype), MLP), "up_proj")
+    down = checkpoint_name((jax.nn.silu(gate) * up) @ m["down_proj"]["kernel"].astype(dtype), "down_proj")
+    return constrain(h + down, HIDDEN)
 
 
 def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
@@ -147,13 +167,13 @@ def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, posi
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
     dtype = compute_dtype(cfg)
     inv_freq = rope_frequencies(cfg)
-    h = jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0).astype(dtype)
+    h = constrain(jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0).astype(dtype), HIDDEN)
 
     def layer(h, lp):
         return decoder_layer(cfg, lp, h, segment_ids, positions, inv_freq), None
 
-    if cfg.remat == "full":
-        layer = jax.checkpoint(layer)
+    if cfg.remat != "none":
+        layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
         h, _ = jax.lax.scan(layer, h, params["layers"])
     else:
@@ -170,4 +190,5 @@ def output_kernel(params: dict, cfg: ModelConfig):
 def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
     """Logits [B, S, V] in float32. segment_ids/positions come from the packed batch (None = one document)."""
     h = hidden_states(params, cfg, tokens, segment_ids, positions)
-    return jnp.einsum("bsd,dv->bsv", h, output_kernel(params, cfg).astype(h.dtype)).astype(jnp.float32)
+    logits = jnp.einsum("bsd,dv->bsv", h, output_kernel(params, cfg).astype(h.dtype))
+    return constrain(logits, LOGITS).astype(jnp.float32)

@@ -1,7 +1,6 @@
-"""Device mesh with named axes (data, fsdp, tensor) and the shardings the trainer uses.
+"""Device mesh with named axes (data, fsdp, tensor), batch shardings and process-local batch assembly.
 
-For now parameters are replicated and batches are split over data x fsdp; the scale-out work adds
-logical-axis rules here (one place) without changing the trainer.
+How arrays are laid out on the mesh is decided in one place, `jaxfin/parallel/rules.py`.
 """
 
 from __future__ import annotations
@@ -10,13 +9,13 @@ import math
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxfin.config.load import ConfigError
 from jaxfin.config.schema import MeshConfig
+from jaxfin.parallel.rules import RULES
 
 AXES = ("data", "fsdp", "tensor")
-BATCH_AXES = ("data", "fsdp")
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
@@ -33,9 +32,11 @@ def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
 
 
 def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
+    """The mesh over all devices (of all processes); device order follows the hardware topology (jax.make_mesh),
+    with `tensor` innermost so tensor-parallel groups sit on the fastest links."""
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(cfg, len(devices))
-    return Mesh(np.asarray(devices).reshape(shape), AXES)
+    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
@@ -43,11 +44,32 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows of a [B, S] batch split over the data-parallel axes."""
-    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    """Rows of a [B, S] batch split over the data-parallel axes (data x fsdp)."""
+    return NamedSharding(mesh, PartitionSpec(RULES["batch"]))
 
 
-def global_batch(mesh: Mesh, local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    """Assemble a global batch from this process's rows (the seam for multi-host data loading)."""
+def batch_parallelism(mesh: Mesh) -> int:
+    return math.prod(mesh.shape[a] for a in RULES["batch"])
+
+
+def process_rows(mesh: Mesh, global_rows: int) -> tuple[int, int]:
+    """The rows [lo, hi) of a global batch that this process's devices hold: the only rows it has to load."""
+    index = batch_sharding(mesh).addressable_devices_indices_map((global_rows, 1))
+    spans = sorted({(i[0].start or 0, global_rows if i[0].stop is None else i[0].stop) for i in index.values()})
+    lo, hi = spans[0][0], max(s[1] for s in spans)
+    covered = lo
+    for a, b in spans:  # the mesh keeps each process's rows contiguous; anything else is a bug worth stopping on
+        if a > covered:
+            raise RuntimeError(f"process {jax.process_index()} holds non-contiguous batch rows {spans}")
+        covered = max(covered, b)
+    return lo, hi
+
+
+def global_batch(mesh: Mesh, local: dict[str, np.ndarray], global_rows: int | None = None) -> dict[str, jax.Array]:
+    """Assemble a global batch from this process's rows (those of `process_rows`)."""
     sharding = batch_sharding(mesh)
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local.items()}
+    out = {}
+    for k, v in local.items():
+        shape = None if global_rows is None else (global_rows, *v.shape[1:])
+        out[k] = jax.make_array_from_process_local_data(sharding, v, shape)
+    return out

@@ -7,7 +7,6 @@ refuses data that changed under it.
 
 from __future__ import annotations
 
-import jax
 import numpy as np
 import xxhash
 
@@ -17,7 +16,8 @@ from jaxfin.data.loader import Loader, Mixture, named, open_sources, stage_weigh
 
 
 class DataStream:
-    def __init__(self, cfg: Config, tok):
+    def __init__(self, cfg: Config, tok, rows: tuple[int, int] | None = None):
+        """`rows`: the rows [lo, hi) of each global batch this process loads (default all; see process_rows)."""
         d, t = cfg.data, cfg.train
         if not d.sources:
             raise DataError("no training data: set data.sources (e.g. data.sources=[corpus.jsonl])")
@@ -30,7 +30,7 @@ class DataStream:
         self.names = [s.name for s in self.sources]
         self.domain = np.array([s.domain for s in sources], float)
         self.mixture = Mixture(self.sources, stage_weights(d, sources), d.mix_by, t.seed)
-        self.loader = Loader(self.mixture, t.batch_size, jax.process_index(), jax.process_count())
+        self.loader = Loader(self.mixture, t.batch_size, rows)
         self.threads = d.loader_threads
         self.dev = {s.name: s for s in open_sources(d.dev, tok, d, t.seed, "data.dev")} if d.dev else {}
         self._dev_batches: dict[str, list[dict]] | None = None

@@ -18,14 +18,16 @@ from jaxfin.config.load import ConfigError
 from jaxfin.config.schema import Config, to_dict
 from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
 from jaxfin.hf.tokenizer import copy_tokenizer_files
-from jaxfin.model import Model, init_params, load_model
+from jaxfin.model import Model, load_model
 from jaxfin.model.store import FORMAT, MODEL_JSON, VERSION
-from jaxfin.parallel import batch_sharding, global_batch, make_mesh, replicated
+from jaxfin.parallel import global_batch, make_mesh, process_rows
+from jaxfin.parallel.distributed import barrier, is_main, to_host
 from jaxfin.train.checkpoint import Checkpointer
 from jaxfin.train.data_stream import DataStream
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
-from jaxfin.train.step import make_eval_step, make_train_step
+from jaxfin.train.state import abstract_state, check_layout, compile_eval_step, compile_train_step, init_state
+from jaxfin.train.step import make_eval_step
 
 log = logging.getLogger("jaxfin")
 
@@ -37,16 +39,15 @@ def _tokenizer(cfg: Config) -> Tokenizer:
     return load_tokenizer(src)
 
 
-def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict, dict | None]:
-    """The resolved config (architecture from init_from when given), the initial params and HF extras."""
-    hf_extra = None
+def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict | None, dict | None]:
+    """The resolved config (architecture from init_from when given), the loaded params (None: initialise from
+    train.seed on the mesh) and HF extras."""
+    params = hf_extra = None
     if cfg.init_from:
         runtime = {k: getattr(cfg.model, k) for k in cfg.model.RUNTIME_KEYS}
         loaded = load_model(cfg.init_from, **runtime)
         cfg = dataclasses.replace(cfg, model=loaded.config)
         params, hf_extra = loaded.params, loaded.hf_extra
-    else:
-        params = init_params(cfg.model, jax.random.key(cfg.train.seed))
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"the tokenizer at {tok.path} has {tok.vocab_size} tokens but model.vocab_size is {cfg.model.vocab_size}"
@@ -67,10 +68,12 @@ def _write_run_files(cfg: Config, tok: Tokenizer, hf_extra: dict | None, out: Pa
 def _dev_losses(eval_step, params, data: DataStream, mesh, rows_per_batch: int, limit_rows: int) -> dict:
     """dev_loss (token mean over all dev sets) and dev_loss/<name> per dev set."""
     out, total, count = {}, 0.0, 0.0
+    lo, hi = process_rows(mesh, rows_per_batch)
     for name, batches in data.dev_batches(rows_per_batch, limit_rows).items():
         s = c = 0.0
         for b in batches:
-            bs, bc = eval_step(params, global_batch(mesh, b))
+            local = {k: v[lo:hi] for k, v in b.items()}
+            bs, bc = eval_step(params, global_batch(mesh, local, rows_per_batch))
             s, c = s + float(bs), c + float(bc)
         out[f"dev_loss/{name}"] = s / max(c, 1.0)
         total, count = total + s, count + c
@@ -92,56 +95,60 @@ class _StopFlag:
         signal.signal(signal.SIGTERM, self.previous)
 
 
+def _open_data(cfg: Config, tok: Tokenizer, rows: tuple[int, int]) -> DataStream:
+    """Process 0 builds any missing token caches first; the others then open them (no duplicate tokenizing)."""
+    if is_main():
+        data = DataStream(cfg, tok, rows)
+        barrier("jaxfin-data-ready")
+        return data
+    barrier("jaxfin-data-ready")
+    return DataStream(cfg, tok, rows)
+
+
 def train(cfg: Config) -> dict:
     """Train (or resume) and return a summary: steps run, first/last dev loss, stop reason."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    main = is_main()
     tok = _tokenizer(cfg)
     t = cfg.train
-    data = DataStream(cfg, tok)  # before the model: a data mistake should not wait for a big model to load
-    cfg, params, hf_extra = _model(cfg, tok)
-    _write_run_files(cfg, tok, hf_extra, out)
-    plan = data.plan()
-    (out / "data_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
-    for st in plan["stages"]:
-        print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
-              f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
-
     mesh = make_mesh(cfg.mesh)
+    rows = process_rows(mesh, t.batch_size)
+    data = _open_data(cfg, tok, rows)  # before the model: a data mistake should not wait for a big model to load
+    cfg, params, hf_extra = _model(cfg, tok)
+    check_layout(cfg, mesh)
+    plan = data.plan()
+    if main:
+        _write_run_files(cfg, tok, hf_extra, out)
+        (out / "data_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+        print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+              f"{jax.process_count()} process(es)")  # fmt: skip
+        for st in plan["stages"]:
+            print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
+                  f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
+
     optimizer = make_optimizer(cfg.optimizer, t.steps)
     schedule = make_schedule(cfg.optimizer, t.steps)
-    rep = replicated(mesh)
-    init = jax.jit(
-        lambda p: {
-            "params": p,
-            "opt_state": optimizer.init(p),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(t.seed)),
-        },
-        out_shardings=rep,
-    )
-    state = init(params)
+    state = init_state(cfg, optimizer, mesh, params)
     del params
 
     ckpt = Checkpointer(out, cfg.checkpoint)
     meta = {"dev_best": None, "dev_bad_evals": 0, "dev_first": None}
-    restored = ckpt.restore(jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep), state))
+    restored = ckpt.restore(abstract_state(state))
     if restored is not None:
         state, meta = restored
         data.restore(meta["data"])
-        print(f"resumed from {out / 'checkpoints' / str(int(state['step']))}", flush=True)
+        if main:
+            print(f"resumed from {out / 'checkpoints' / str(int(state['step']))}", flush=True)
     start = int(state["step"])
 
     t0 = time.time()  # compile ahead, so the first tokens/s is not the compile time
-    batch_shape = jax.ShapeDtypeStruct((t.batch_size, cfg.data.seq_len), jnp.int32, sharding=batch_sharding(mesh))
-    train_step = (
-        jax.jit(make_train_step(cfg.model, optimizer, schedule, t.micro_batches), donate_argnums=0)
-        .lower(state, dict.fromkeys(("tokens", "segment_ids", "positions", "loss_mask"), batch_shape))
-        .compile()
-    )
-    print(f"compiled the train step in {time.time() - t0:.1f} s", flush=True)
-    eval_step = jax.jit(make_eval_step(cfg.model))
-    metrics = MetricsWriter(out, start if restored is not None else None)
+    train_step = compile_train_step(cfg, optimizer, schedule, mesh, state)
+    if main:
+        print(f"compiled the train step in {time.time() - t0:.1f} s", flush=True)
+    chunk = t.batch_size // t.micro_batches
+    eval_step = compile_eval_step(make_eval_step(cfg.model), mesh, state, chunk, cfg.data.seq_len) if data.dev else None
+    metrics = MetricsWriter(out, start if restored is not None else None) if main else None
     progress = Progress(t.steps, start)
     stop = _StopFlag()
     reason, last_dev = "steps", None
@@ -151,17 +158,16 @@ def train(cfg: Config) -> dict:
     try:
         for step in range(start + 1, t.steps + 1):
             batch = next(batches)
-            window_tokens += int((batch["segment_ids"] != 0).sum())
-            state, m = train_step(state, global_batch(mesh, batch))
+            state, m = train_step(state, global_batch(mesh, batch, t.batch_size))
+            window_tokens = window_tokens + m["tokens"]  # on device: no sync per step
             rec = None
             if step % t.log_every == 0 or step == t.steps:
-                rec = {k: float(v) for k, v in m.items()}
+                rec = {k: float(v) for k, v in m.items() if k != "tokens"}
                 now = time.time()
-                rec.update(step=step, tokens_per_s=window_tokens / max(now - window_t0, 1e-9))
+                rec.update(step=step, tokens_per_s=float(window_tokens) / max(now - window_t0, 1e-9))
                 rec.update(data.mixture_metrics(step))
                 window_tokens, window_t0 = 0, now
             if data.dev and t.dev_every and (step % t.dev_every == 0 or step == t.steps):
-                chunk = t.batch_size // t.micro_batches
                 devs = _dev_losses(eval_step, state["params"], data, mesh, chunk, t.dev_batches * t.batch_size)
                 last_dev = devs["dev_loss"]
                 rec = rec or {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"])}
@@ -172,12 +178,12 @@ def train(cfg: Config) -> dict:
                 else:
                     meta["dev_bad_evals"] += 1
                 window_t0 = time.time()  # keep eval time out of tokens/s
-            if rec is not None:
+            if rec is not None and main:
                 metrics.write({"step": rec.pop("step"), **rec})
                 print(progress.line(step, rec), flush=True)
             if t.patience and meta["dev_bad_evals"] >= t.patience:
                 reason = f"early stop: dev loss has not improved for {t.patience} evaluations"
-            elif stop.set:
+            elif (rec is not None or jax.process_count() == 1) and _agree(stop.set):
                 reason = "SIGTERM"
             if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 or reason != "steps":
                 ckpt.save(step, state, {**meta, "data": data.state(), "step": step})
@@ -188,13 +194,18 @@ def train(cfg: Config) -> dict:
     finally:
         stop.restore()
         ckpt.close()
-        metrics.close()
-    print(f"{reason}: stopped at step {step}; checkpoints in {out / 'checkpoints'}", flush=True)
+        if metrics is not None:
+            metrics.close()
+    if main:
+        print(f"{reason}: stopped at step {step}; checkpoints in {out / 'checkpoints'}", flush=True)
     if reason == "SIGTERM":
-        print("rerun the same command to resume", flush=True)
+        if main:
+            print("rerun the same command to resume", flush=True)
     elif cfg.export_hf:
-        Model(cfg.model, jax.device_get(state["params"]), str(out), hf_extra).save(cfg.export_hf, format="hf")
-        print(f"exported a Hugging Face model to {cfg.export_hf}", flush=True)
+        params = to_host(state["params"])  # every process takes part in the gather; process 0 writes
+        if main:
+            Model(cfg.model, params, str(out), hf_extra).save(cfg.export_hf, format="hf")
+            print(f"exported a Hugging Face model to {cfg.export_hf}", flush=True)
     return {
         "steps": step,
         "stop_reason": reason,
@@ -203,3 +214,13 @@ def train(cfg: Config) -> dict:
         "dev_loss_best": meta["dev_best"],
         "output_dir": str(out),
     }
+
+
+def _agree(flag: bool) -> bool:
+    """A SIGTERM seen by any process stops all of them at the same step (they must checkpoint together). With
+    several processes this is a collective, so it is asked only on logged steps (already a sync point)."""
+    if jax.process_count() == 1:
+        return flag
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.process_allgather(jnp.asarray(flag)).any())

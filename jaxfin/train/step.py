@@ -9,6 +9,7 @@ import optax
 
 from jaxfin.config.schema import ModelConfig
 from jaxfin.model import forward
+from jaxfin.parallel.rules import constrain_params
 from jaxfin.train.loss import next_token_loss_sum
 
 
@@ -22,7 +23,8 @@ def make_train_step(model_cfg: ModelConfig, optimizer, schedule, micro_batches: 
 
     def train_step(state, batch):
         params = state["params"]
-        micro = jax.tree.map(lambda x: x.reshape(micro_batches, -1, *x.shape[1:]), batch)
+        # micro-batch m = rows m, m+M, m+2M, ...: every device keeps its own rows (no resharding between micro-batches)
+        micro = jax.tree.map(lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1), batch)
 
         def accumulate(carry, mb):
             grads, loss, count = carry
@@ -30,13 +32,13 @@ def make_train_step(model_cfg: ModelConfig, optimizer, schedule, micro_batches: 
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
             return (grads, loss + mb_loss, count + n), None
 
-        zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+        zeros = constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
         if micro_batches == 1:  # same result; skipping the scan roughly halves compile time on CPU
             (grads, loss, count), _ = accumulate((zeros, 0.0, 0.0), jax.tree.map(lambda x: x[0], micro))
         else:
             (grads, loss, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), micro)
         count = jnp.maximum(count, 1.0)
-        grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params)
+        grads = constrain_params(jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params))
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {
             "params": optax.apply_updates(params, updates),
@@ -49,6 +51,7 @@ def make_train_step(model_cfg: ModelConfig, optimizer, schedule, micro_batches: 
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
             "target_tokens": count,
+            "tokens": jnp.sum(batch["segment_ids"] != 0),  # non-padding input tokens of the global batch
         }
         return new_state, metrics
 

@@ -1,0 +1,106 @@
+"""The train state on a device mesh: params, optimizer state, step and RNG, each laid out by the sharding rules
+(jaxfin/parallel/rules.py), and the train step compiled ahead of time for that layout.
+
+Used by the trainer and by `jaxfin bench train`, so a benchmark measures exactly what training runs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from jaxfin.config.load import ConfigError
+from jaxfin.config.schema import Config
+from jaxfin.model.config import param_dtype
+from jaxfin.model.llama import _init_params, param_shapes
+from jaxfin.parallel import batch_sharding, like_params, param_shardings, replicated
+from jaxfin.parallel.rules import check_divisible
+from jaxfin.train.step import make_train_step
+
+BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
+
+
+def check_layout(cfg: Config, mesh: Mesh) -> None:
+    """Everything the mesh splits must divide evenly; checked before anything is built or compiled."""
+    t = cfg.train
+    if t.batch_size % t.micro_batches:
+        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.micro_batches={t.micro_batches}")
+    check_divisible("each micro-batch", t.batch_size // t.micro_batches, "batch", mesh)
+    param_shardings(abstract_params(cfg), mesh)  # checks every split parameter dimension
+
+
+def abstract_params(cfg: Config) -> dict:
+    dtype = param_dtype(cfg.model)
+    return jax.tree.map(
+        lambda s: jax.ShapeDtypeStruct(s, dtype), param_shapes(cfg.model), is_leaf=lambda x: isinstance(x, tuple)
+    )
+
+
+def state_shardings(cfg: Config, optimizer, mesh: Mesh) -> dict:
+    """NamedSharding for every leaf of the train state."""
+    params = abstract_params(cfg)
+    p_shard = param_shardings(params, mesh)
+    opt = jax.eval_shape(optimizer.init, params)
+    rep = replicated(mesh)
+    return {"params": p_shard, "opt_state": like_params(opt, p_shard, mesh), "step": rep, "rng": rep}
+
+
+def _put(x, sharding):
+    """Host (numpy) or device array -> a global array with this sharding; each process only copies its shards."""
+    if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
+def init_state(cfg: Config, optimizer, mesh: Mesh, params=None) -> dict:
+    """The initial state, created directly in its sharded layout: from `params` (e.g. loaded from Hugging Face)
+    or freshly initialised from `train.seed` (random numbers do not depend on the layout)."""
+    shardings = state_shardings(cfg, optimizer, mesh)
+    if params is None:
+        params = jax.jit(lambda k: _init_params(cfg.model, k), out_shardings=shardings["params"])(
+            jax.random.key(cfg.train.seed)
+        )
+    else:
+        params = jax.tree.map(_put, params, shardings["params"])
+    make = jax.jit(
+        lambda p: {
+            "params": p,
+            "opt_state": optimizer.init(p),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(cfg.train.seed)),
+        },
+        out_shardings=shardings,
+        donate_argnums=0,
+    )
+    return make(params)
+
+
+def abstract_state(state):
+    """ShapeDtypeStructs with shardings (to compile for, or restore a checkpoint into, this layout)."""
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def compile_train_step(cfg: Config, optimizer, schedule, mesh: Mesh, state):
+    """The train step lowered and compiled for this state layout and the global batch shape."""
+    batch = jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.data.seq_len), jnp.int32, sharding=batch_sharding(mesh))
+    shardings = jax.tree.map(lambda x: x.sharding, state)
+    step = jax.jit(
+        make_train_step(cfg.model, optimizer, schedule, cfg.train.micro_batches),
+        in_shardings=(shardings, batch_sharding(mesh)),
+        out_shardings=(shardings, replicated(mesh)),
+        donate_argnums=0,
+    )
+    with jax.set_mesh(mesh):  # activation constraints in the model resolve against this mesh
+        return step.lower(abstract_state(state), dict.fromkeys(BATCH_KEYS, batch)).compile()
+
+
+def compile_eval_step(eval_fn, mesh: Mesh, state, rows: int, seq_len: int):
+    batch = jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=batch_sharding(mesh))
+    params = abstract_state(state["params"])
+    with jax.set_mesh(mesh):
+        return (
+            jax.jit(eval_fn, out_shardings=replicated(mesh)).lower(params, dict.fromkeys(BATCH_KEYS, batch)).compile()
+        )
