@@ -29,9 +29,12 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
 
 
 def init_distributed(args) -> None:
-    """Start jax.distributed when this is one process of several (flags, environment, or a detected cluster)."""
+    """GPU XLA flags (before the backend starts), then jax.distributed when this is one process of several
+    (flags, environment, or a detected cluster)."""
     from jaxfin.parallel.distributed import initialize
+    from jaxfin.parallel.xla_flags import apply_gpu_flags
 
+    apply_gpu_flags()
     initialize(args.coordinator, args.num_processes, args.process_id)
 
 
@@ -145,6 +148,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.scaling.cli import add_scaling_parser
 
     add_scaling_parser(sub)
+    from jaxfin.bench.cli import add_bench_parser
+
+    add_bench_parser(sub)
     return parser
 
 
