@@ -6,8 +6,10 @@ How the cluster is found, in order:
    JAXFIN_NUM_PROCESSES / JAXFIN_PROCESS_ID;
 2. Kubernetes Indexed Job / JobSet: the process id is the pod's JOB_COMPLETION_INDEX, with JAXFIN_COORDINATOR
    and JAXFIN_NUM_PROCESSES set in the manifest (see launch/k8s/);
-3. SLURM with more than one task (SLURM_JOB_ID, SLURM_NTASKS > 1): jax.distributed's own SLURM detection;
-4. a multi-host TPU slice (TPU_WORKER_HOSTNAMES lists more than one worker): jax.distributed's TPU detection;
+3. SLURM with more than one task (SLURM_JOB_ID, SLURM_NTASKS > 1): jax.distributed's own SLURM detection; with
+   one task per node, that task owns all the node's GPUs (JAX alone would give it only GPU 0);
+4. a TPU VM (a slice of one or more hosts: /dev/accel0 or /dev/vfio/0, or TPU_WORKER_HOSTNAMES on GKE):
+   jax.distributed's TPU detection through the metadata server;
 otherwise a single process.
 """
 
@@ -41,11 +43,20 @@ def detect(coordinator: str | None, num_processes: int | None, process_id: int |
         if not 0 <= process_id < num_processes:
             raise ValueError(f"--process-id {process_id} is not in 0..{num_processes - 1}")
         return {"coordinator_address": coordinator, "num_processes": num_processes, "process_id": process_id}
-    if "SLURM_JOB_ID" in env and (_int(env, "SLURM_NTASKS") or _int(env, "SLURM_NPROCS") or 1) > 1:
+    tasks = _int(env, "SLURM_NTASKS") or _int(env, "SLURM_NPROCS") or 1
+    if "SLURM_JOB_ID" in env and tasks > 1:
+        per_node = tasks // (_int(env, "SLURM_NNODES") or _int(env, "SLURM_JOB_NUM_NODES") or tasks)
+        gpus = _int(env, "SLURM_GPUS_ON_NODE")
+        if per_node == 1 and gpus and not env.get("JAX_LOCAL_DEVICE_IDS"):
+            return {"local_device_ids": list(range(gpus))}
         return {}
-    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1:
+    if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h]) > 1 or on_tpu_vm():
         return {}
     return None
+
+
+def on_tpu_vm() -> bool:
+    return os.path.exists("/dev/accel0") or os.path.exists("/dev/vfio/0")
 
 
 def _int(env, key: str) -> int | None:

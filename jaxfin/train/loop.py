@@ -107,6 +107,14 @@ def _open_data(cfg: Config, tok: Tokenizer, rows: tuple[int, int]) -> DataStream
 
 def train(cfg: Config) -> dict:
     """Train (or resume) and return a summary: steps run, first/last dev loss, stop reason."""
+    stop = _StopFlag()  # from the start: a SIGTERM while data loads or the step compiles is honoured too
+    try:
+        return _train(cfg, stop)
+    finally:
+        stop.restore()
+
+
+def _train(cfg: Config, stop: _StopFlag) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     main = is_main()
@@ -150,7 +158,6 @@ def train(cfg: Config) -> dict:
     eval_step = compile_eval_step(make_eval_step(cfg.model), mesh, state, chunk, cfg.data.seq_len) if data.dev else None
     metrics = MetricsWriter(out, start if restored is not None else None) if main else None
     progress = Progress(t.steps, start)
-    stop = _StopFlag()
     reason, last_dev = "steps", None
     window_tokens, window_t0 = 0, time.time()
     step = start
@@ -192,7 +199,6 @@ def train(cfg: Config) -> dict:
         if step == t.steps:
             ckpt.save(step, state, {**meta, "data": data.state(), "step": step}, force=True)
     finally:
-        stop.restore()
         ckpt.close()
         if metrics is not None:
             metrics.close()
