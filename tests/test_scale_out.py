@@ -148,6 +148,7 @@ def test_two_processes_match_one_process_and_restore_on_another_mesh(runs, layou
                 str(layout_config),
                 f"output_dir={out}",
                 "mesh.data=8",
+                f"export_hf={tmp / 'two_proc_hf'}",
                 "--coordinator",
                 f"127.0.0.1:{port}",
                 "--num-processes",
@@ -170,6 +171,7 @@ def test_two_processes_match_one_process_and_restore_on_another_mesh(runs, layou
     ref = runs["eight"]["runs"]["dp8"]
     two = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     _same(two, ref)
+    assert (tmp / "two_proc_hf/config.json").exists()  # sharded params gathered across processes, written once
 
     resumed = tmp / "resumed"  # the run as it was at step 10: later checkpoints gone
     shutil.copytree(out, resumed)

@@ -13,9 +13,11 @@ import shutil
 import warnings
 from pathlib import Path
 
+import jax
 import orbax.checkpoint as ocp
 
 from jaxfin.config.schema import CheckpointConfig
+from jaxfin.parallel.distributed import barrier
 
 log = logging.getLogger("jaxfin")
 
@@ -65,10 +67,12 @@ class Checkpointer:
             str(error).splitlines()[0][:200] if str(error) else "",
             dst,
         )
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.move(str(src), str(dst))
+        if jax.process_index() == 0:  # one process moves it (the run dir is shared); the others wait for that
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():
+                shutil.rmtree(dst)
+            shutil.move(str(src), str(dst))
+        barrier("jaxfin-checkpoint-set-aside")
         self.manager.close()
         self.manager = _manager(self.run_dir, self.cfg)
 
