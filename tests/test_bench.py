@@ -1,0 +1,126 @@
+"""`jaxfin bench train`: the MFU FLOP count against the published Llama-3-8B size and an independent transformers
+parameter count, the peak table, and the CLI end to end against transformers + torch on a very small model."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from conftest import REPO
+
+from jaxfin.bench import flops_params, flops_per_token, param_count, peak_tflops
+from jaxfin.bench.train import format_summary
+from jaxfin.cli import main
+from jaxfin.config import load_config
+from jaxfin.hf import config_to_hf
+
+LLAMA3_8B_PARAMS = 8_030_261_248  # Meta's model card / HF: "8.03B"
+LLAMA32_1B_PARAMS = 1_235_814_400  # HF: "1.24B"
+
+
+def _torch_param_count(model_cfg) -> int:
+    """Independent oracle: transformers' own LlamaForCausalLM of that shape, built on the meta device (no memory)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    hf = config_to_hf(model_cfg)
+    config = transformers.AutoConfig.for_model(hf.pop("model_type"), **hf)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_flops_per_token_llama3_8b():
+    m = load_config(REPO / "configs/llama-3-8b.yaml").model
+    assert param_count(m) == LLAMA3_8B_PARAMS == _torch_param_count(m)
+    embedding = 128256 * 4096  # 525M: the input table does no FLOPs; the untied LM head does
+    assert flops_params(m) == LLAMA3_8B_PARAMS - embedding
+    n = 7_504_924_672
+    for seq in (2048, 8192):
+        attn = 12 * 32 * 32 * 128 * seq  # 12 L H D S, halved by causal masking
+        assert flops_per_token(m, seq) == pytest.approx(6 * n + attn / 2, rel=1e-12)
+        assert flops_per_token(m, seq, causal=False) == pytest.approx(6 * n + attn, rel=1e-12)
+    # at 8K context: 45.03 GFLOP of dense work + 6.44 GFLOP of (causal) attention per token
+    assert flops_per_token(m, 8192) == pytest.approx(51.47e9, rel=1e-3)
+
+
+def test_tied_embedding_counts_once_as_the_head():
+    m = load_config(REPO / "configs/llama-3.2-1b.yaml").model
+    assert m.tie_embeddings
+    assert param_count(m) == LLAMA32_1B_PARAMS == _torch_param_count(m)
+    assert flops_params(m) == LLAMA32_1B_PARAMS  # the shared matrix is the LM head's
+    assert flops_per_token(m, 4096) == pytest.approx(6 * LLAMA32_1B_PARAMS + 6 * 16 * 32 * 64 * 4096)
+
+
+@pytest.mark.parametrize(
+    ("kind", "tflops"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA H200", 989.0),
+        ("NVIDIA H100 PCIe", 756.0),
+        ("NVIDIA A100-SXM4-80GB", 312.0),
+        ("AMD Instinct MI300X", 1307.0),
+        ("AMD Instinct MI250X", 191.5),  # per GCD: JAX sees each MI250X as two devices
+        ("TPU v4", 275.0),
+        ("TPU v5 lite", 197.0),
+        ("TPU v5p", 459.0),
+        ("TPU v6 lite", 918.0),
+        ("cpu", None),
+        ("Some Future Chip", None),
+    ],
+)
+def test_peak_tflops_table(kind, tflops):
+    assert peak_tflops(kind) == tflops
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear", "constant"])
+@pytest.mark.parametrize("warm", [0, 1, 5])
+def test_torch_side_follows_jaxfins_lr_schedule(schedule, warm):
+    from jaxfin.bench.torch_train import lr_factor
+    from jaxfin.config.schema import OptimizerConfig
+    from jaxfin.train.optimizer import make_schedule
+
+    cfg = OptimizerConfig(lr=2e-3, schedule=schedule, warmup_steps=warm, min_lr_ratio=0.1)
+    sched = make_schedule(cfg, 20)
+    spec = {"schedule": schedule, "warmup_steps": warm, "total_steps": 20, "min_lr_ratio": 0.1}
+    for step in range(25):
+        assert 2e-3 * lr_factor(step, spec) == pytest.approx(float(sched(step)), rel=1e-5), step
+
+
+def test_bench_train_cli_against_torch(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("torch")
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the CLI may add GPU flags; restore after
+    out = tmp_path / "bench.json"
+    overrides = ["model.num_layers=1", "data.seq_len=32", "train.batch_size=2"]
+    rc = main(["bench", "train", str(REPO / "configs/tiny.yaml"), *overrides, "--steps", "2", "--compare-torch",
+               "--json", "--out", str(out)])  # fmt: skip
+    assert rc == 0
+    r = json.loads(capsys.readouterr().out)
+    assert json.loads(out.read_text()) == r
+    for key in ("tokens_per_s", "step_time_s", "step_time_mean_s", "compile_s", "mfu", "peak_tflops", "flops_per_token",
+                "peak_memory_bytes", "peak_memory_kind", "device_kind", "num_devices", "jax", "params"):  # fmt: skip
+        assert key in r, key
+    assert r["overrides"] == overrides and r["tokens_per_step"] == 64 and r["steps"] == 2
+    assert r["tokens_per_s"] > 0 and r["torch_tokens_per_s"] > 0
+    assert r["tokens_per_s"] == pytest.approx(64 / r["step_time_s"])
+    assert r["ratio"] == pytest.approx(r["tokens_per_s"] / r["torch_tokens_per_s"], rel=1e-12)
+    assert r["device"] == "cpu" and r["mfu"] is None and r["peak_tflops"] is None
+    assert r["peak_memory_kind"].startswith("host peak RSS") and r["peak_memory_bytes"] > 0
+    t = r["torch"]
+    assert t["params"] == r["params"] == param_count(load_config(REPO / "configs/tiny.yaml", overrides).model)
+    assert t["threads"] == os.cpu_count() and t["compute_dtype"] == "float32" and t["attn_implementation"] == "sdpa"
+    assert len(t["step_times_s"]) == len(r["step_times_s"]) == 2
+    # both sides train the same thing: random tokens over a 1024 vocabulary start near ln(1024) = 6.93
+    assert abs(r["loss"] - t["loss"]) < 0.5 and 6.0 < r["loss"] < 7.5
+    text = format_summary(r)
+    assert "tokens/s" in text and "ratio" in text and "MFU     n/a" in text
+
+
+def test_compare_torch_without_torch_is_a_message(monkeypatch, capsys):
+    import jaxfin.bench.train as bench
+
+    monkeypatch.setattr(bench, "torch_available", lambda: False)
+    monkeypatch.setattr(bench, "bench_jaxfin", lambda *a, **k: pytest.fail("must refuse before benchmarking"))
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
+    assert main(["bench", "train", str(REPO / "configs/tiny.yaml"), "--compare-torch"]) == 2
+    assert "error: --compare-torch needs torch and transformers" in capsys.readouterr().err
