@@ -135,8 +135,16 @@ def apply_rope(x, positions, inv_freq):
     return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
 
 
+def matmul(x, w, contract: int = 1):
+    """Contract the last `contract` dims of x with the first of w, as one 2-D matmul over all tokens: XLA:CPU runs
+    a [B, S, D] x [D, F] dot about 1.8x slower than the same [B*S, D] x [D, F] one (GPUs and TPUs don't mind)."""
+    lead, k = x.shape[: x.ndim - contract], w.shape[:contract]
+    y = x.reshape(-1, math.prod(k)) @ w.reshape(math.prod(k), -1)
+    return y.reshape(*lead, *w.shape[contract:])
+
+
 def _proj(x, p, dtype, name, layout):
-    y = jnp.einsum("bsd,dhk->bshk", x, p["kernel"].astype(dtype))
+    y = matmul(x, p["kernel"].astype(dtype))
     y = y + p["bias"].astype(dtype) if "bias" in p else y
     return checkpoint_name(constrain(y, layout), name)
 
@@ -150,13 +158,13 @@ def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, positions, inv_fre
     k = apply_rope(_proj(x, a["k_proj"], dtype, "k_proj", KV_HEADS), positions, inv_freq)
     v = _proj(x, a["v_proj"], dtype, "v_proj", KV_HEADS)
     o = attention(q, k, v, segment_ids=segment_ids, causal=True, backend=cfg.attention_backend)
-    o = jnp.einsum("bshk,hkd->bsd", constrain(o, HEADS), a["o_proj"]["kernel"].astype(dtype))
+    o = matmul(constrain(o, HEADS), a["o_proj"]["kernel"].astype(dtype), contract=2)
     h = constrain(h + checkpoint_name(o, "o_proj"), HIDDEN)
     x = rms_norm(h, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
     m = lp["mlp"]
-    gate = checkpoint_name(constrain(x @ m["gate_proj"]["kernel"].astype(dtype), MLP), "gate_proj")
-    up = checkpoint_name(constrain(x @ m["up_proj"]["kernel"].astype(dtype), MLP), "up_proj")
-    down = checkpoint_name((jax.nn.silu(gate) * up) @ m["down_proj"]["kernel"].astype(dtype), "down_proj")
+    gate = checkpoint_name(constrain(matmul(x, m["gate_proj"]["kernel"].astype(dtype)), MLP), "gate_proj")
+    up = checkpoint_name(constrain(matmul(x, m["up_proj"]["kernel"].astype(dtype)), MLP), "up_proj")
+    down = checkpoint_name(matmul(jax.nn.silu(gate) * up, m["down_proj"]["kernel"].astype(dtype)), "down_proj")
     return constrain(h + down, HIDDEN)
 
 
@@ -190,5 +198,5 @@ def output_kernel(params: dict, cfg: ModelConfig):
 def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
     """Logits [B, S, V] in float32. segment_ids/positions come from the packed batch (None = one document)."""
     h = hidden_states(params, cfg, tokens, segment_ids, positions)
-    logits = jnp.einsum("bsd,dv->bsv", h, output_kernel(params, cfg).astype(h.dtype))
+    logits = matmul(h, output_kernel(params, cfg).astype(h.dtype))
     return constrain(logits, LOGITS).astype(jnp.float32)
