@@ -25,7 +25,7 @@ format: install
 	$(BIN)/ruff check --fix jaxfin tests benchmarks
 
 test: lint
-	$(BIN)/python -m pytest -q -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
 
 clean:
 	rm -rf runs

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from conftest import REPO
 
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("scale_out")]
+pytestmark = pytest.mark.slow  # `make test` runs with --dist loadfile: one worker, one set of runs per file
 DRIVER = REPO / "tests/drivers/train_runs.py"
 # The bar is losses within rel 1e-5. The gradient norm (a sum of squares over every parameter, reduced
 # in a layout-dependent order, then fed through 20 Adam steps) is held to 1e-4.
