@@ -12,7 +12,7 @@ import pytest
 
 from jaxfin.config.schema import ModelConfig, RopeScaling
 from jaxfin.model import forward, hidden_states, init_params
-from jaxfin.model.llama import apply_rope, param_shapes, rope_frequencies
+from jaxfin.model.llama import apply_rope, param_shapes, rope_frequencies, rope_tables
 
 CFG = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
 LEN_A, LEN_B, S = 5, 4, 12  # packed row: doc A, doc B, 3 padding tokens
@@ -278,5 +278,9 @@ def test_apply_rope_is_rotate_half_rotation():
     z = x[..., : dh // 2].astype(np.float64) + 1j * x[..., dh // 2 :].astype(np.float64)
     z = z * np.exp(1j * pos[:, :, None, None] * inv[None, None, None, :])
     want = np.concatenate([z.real, z.imag], axis=-1)
-    got = np.asarray(jax.jit(apply_rope)(jnp.asarray(x), jnp.asarray(pos), jnp.asarray(inv, jnp.float32)))
+    got = np.asarray(
+        jax.jit(lambda x, p, i: apply_rope(x, *rope_tables(p, i)))(
+            jnp.asarray(x), jnp.asarray(pos), jnp.asarray(inv, jnp.float32)
+        )
+    )
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

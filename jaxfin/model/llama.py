@@ -125,11 +125,15 @@ def rope_frequencies(cfg: ModelConfig) -> jnp.ndarray:
     return inv
 
 
-def apply_rope(x, positions, inv_freq):
-    """HF's rotate-half RoPE. x [B, S, H, Dh], positions [B, S]."""
+def rope_tables(positions, inv_freq):
+    """cos and sin [B, S, 1, Dh] (float32) for these positions: computed once per forward, shared by all layers."""
     freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [B, S, Dh/2]
-    cos = jnp.cos(jnp.concatenate([freqs, freqs], -1))[:, :, None, :]
-    sin = jnp.sin(jnp.concatenate([freqs, freqs], -1))[:, :, None, :]
+    angles = jnp.concatenate([freqs, freqs], -1)[:, :, None, :]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rope(x, cos, sin):
+    """HF's rotate-half RoPE. x [B, S, H, Dh]; cos, sin from rope_tables."""
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
     return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
@@ -149,13 +153,13 @@ def _proj(x, p, dtype, name, layout):
     return checkpoint_name(constrain(y, layout), name)
 
 
-def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, positions, inv_freq):
+def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, rope):
     """One pre-norm block: h + attn(norm(h)), then + mlp(norm(h))."""
     dtype = h.dtype
     x = rms_norm(h, lp["input_layernorm"]["scale"], cfg.rms_norm_eps)
     a = lp["self_attn"]
-    q = apply_rope(_proj(x, a["q_proj"], dtype, "q_proj", HEADS), positions, inv_freq)
-    k = apply_rope(_proj(x, a["k_proj"], dtype, "k_proj", KV_HEADS), positions, inv_freq)
+    q = apply_rope(_proj(x, a["q_proj"], dtype, "q_proj", HEADS), *rope)
+    k = apply_rope(_proj(x, a["k_proj"], dtype, "k_proj", KV_HEADS), *rope)
     v = _proj(x, a["v_proj"], dtype, "v_proj", KV_HEADS)
     o = attention(q, k, v, segment_ids=segment_ids, causal=True, backend=cfg.attention_backend)
     o = matmul(constrain(o, HEADS), a["o_proj"]["kernel"].astype(dtype), contract=2)
@@ -174,11 +178,11 @@ def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, posi
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
     dtype = compute_dtype(cfg)
-    inv_freq = rope_frequencies(cfg)
+    rope = rope_tables(positions, rope_frequencies(cfg))
     h = constrain(jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0).astype(dtype), HIDDEN)
 
     def layer(h, lp):
-        return decoder_layer(cfg, lp, h, segment_ids, positions, inv_freq), None
+        return decoder_layer(cfg, lp, h, segment_ids, rope), None
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
