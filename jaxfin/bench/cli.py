@@ -44,6 +44,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="bench_command", required=True)
     _add_train(sub)
+    _add_attention(sub)
     return p
 
 
@@ -74,3 +75,34 @@ def _run_train(args) -> int:
     from jaxfin.bench.train import run_bench_train
 
     return run_bench_train(args)
+
+
+def _add_attention(sub) -> None:
+    from jaxfin.bench.attention import __doc__ as doc
+
+    p = sub.add_parser(
+        "attention",
+        help="attention kernels: forward and forward+backward TFLOP/s per backend",
+        description=doc,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--seq-lens", help="comma-separated (default 1024..16384 doubling; 256,512 on CPU)")
+    p.add_argument("--head-dim", type=int, default=128)
+    p.add_argument("--heads", type=int, default=32)
+    p.add_argument("--kv-heads", type=int, default=8)
+    p.add_argument(
+        "--batch-tokens", type=int, default=None, help="batch = max(1, tokens // S) (default 16384; 1024 on CPU)"
+    )
+    p.add_argument("--doc-len", type=int, default=512, help="document length of the packed case")
+    p.add_argument("--backends", help="comma-separated (default xla,cudnn on GPU, xla elsewhere)")
+    p.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="default bfloat16 (float32 on CPU)")
+    p.add_argument("--iters", type=int, default=5, help="timed iterations (median)")
+    p.add_argument("--json", action="store_true", help="print only the JSON result")
+    p.add_argument("--out", metavar="FILE", help="also write the JSON result to FILE")
+    p.set_defaults(func=_run_attention)
+
+
+def _run_attention(args) -> int:
+    from jaxfin.bench.attention import run_bench_attention
+
+    return run_bench_attention(args)

@@ -8,16 +8,48 @@ to (padding) return zeros.
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 
-BACKENDS = ("auto", "xla")
+BACKENDS = ("auto", "xla", "cudnn")  # "pallas" joins when its kernel lands (issue 5)
+
+_log = logging.getLogger("jaxfin")
+_logged: set[str] = set()
+
+
+def _log_once(reason: str) -> None:
+    if reason not in _logged:
+        _logged.add(reason)
+        _log.info(reason)
+
+
+def resolve_backend(q, k, backend: str = "auto") -> str:
+    """The concrete backend `attention` runs for these inputs ("auto" resolved; fallbacks logged once)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"attention backend '{backend}' is not available; choose one of {', '.join(BACKENDS)}")
+    platform = jax.default_backend()
+    if backend == "cudnn" and platform != "gpu":
+        raise ValueError(f"attention backend 'cudnn' needs an NVIDIA GPU (this is {platform}); use xla")
+    if backend != "auto":
+        return backend
+    if platform != "gpu":
+        _log_once(f"attention backend auto -> xla: no fused kernel for platform '{platform}' yet")
+        return "xla"
+    if q.dtype in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    _log_once(f"attention backend auto -> xla: cuDNN needs bfloat16/float16 (got {q.dtype})")
+    return "xla"
 
 
 def attention(q, k, v, *, segment_ids=None, causal: bool = True, sm_scale: float | None = None, backend="auto"):
-    if backend not in BACKENDS:
-        raise ValueError(f"attention backend '{backend}' is not available; choose one of {', '.join(BACKENDS)}")
-    # "auto" resolves to the reference until faster backends land (they must pass the same tests).
+    """q [B, S, Hq, D], k/v [B, S, Hkv, D] -> [B, S, Hq, D]; see the module docstring for the masking rules."""
+    name = resolve_backend(q, k, backend)
+    if name == "cudnn":
+        from jaxfin.kernels.cudnn import cudnn_attention
+
+        return cudnn_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
     return xla_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
 
 
@@ -51,4 +83,4 @@ def xla_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None):
     return out.reshape(b, s, hq, d).astype(q.dtype)
 
 
-__all__ = ["BACKENDS", "attention", "attention_mask", "xla_attention"]
+__all__ = ["BACKENDS", "attention", "attention_mask", "resolve_backend", "xla_attention"]
