@@ -26,19 +26,19 @@ def _inputs(b=2, s=16, hq=8, hkv=2, d=16, seed=0):
 
 
 def test_backends_listed():
-    assert set(BACKENDS) == {"auto", "xla", "cudnn"}
+    assert set(BACKENDS) == {"auto", "xla", "pallas", "cudnn"}
 
 
 def test_unknown_backend_names_the_choices():
     q, k, v, _ = _inputs()
-    with pytest.raises(ValueError, match="choose one of auto, xla, cudnn"):
+    with pytest.raises(ValueError, match="choose one of auto, xla, pallas, cudnn"):
         attention(q, k, v, backend="flash")
 
 
 @pytest.mark.skipif(jax.default_backend() == "gpu", reason="cudnn is valid on a GPU")
 def test_cudnn_off_gpu_is_a_clear_error():
     q, k, v, _ = _inputs()
-    with pytest.raises(ValueError, match="cudnn' needs an NVIDIA GPU.*use xla"):
+    with pytest.raises(ValueError, match="cudnn' needs an NVIDIA GPU.*use xla or pallas"):
         attention(q, k, v, backend="cudnn")
 
 
@@ -95,8 +95,9 @@ def test_model_config_accepts_the_backends_and_rejects_junk():
     from jaxfin.model.config import validate_model_config
 
     validate_model_config(ModelConfig(attention_backend="cudnn"))
+    validate_model_config(ModelConfig(attention_backend="pallas"))
     with pytest.raises(ConfigError, match="attention_backend"):
-        validate_model_config(ModelConfig(attention_backend="pallas"))  # not built yet: refused, not a crash
+        validate_model_config(ModelConfig(attention_backend="flash"))
 
 
 def test_bench_attention_cli_end_to_end(capsys):

@@ -13,7 +13,7 @@ import logging
 import jax
 import jax.numpy as jnp
 
-BACKENDS = ("auto", "xla", "cudnn")  # "pallas" joins when its kernel lands (issue 5)
+BACKENDS = ("auto", "xla", "pallas", "cudnn")  # pallas: interpret mode on CPU; not chosen by auto until GPU-tested
 
 _log = logging.getLogger("jaxfin")
 _logged: set[str] = set()
@@ -31,7 +31,7 @@ def resolve_backend(q, k, backend: str = "auto") -> str:
         raise ValueError(f"attention backend '{backend}' is not available; choose one of {', '.join(BACKENDS)}")
     platform = jax.default_backend()
     if backend == "cudnn" and platform != "gpu":
-        raise ValueError(f"attention backend 'cudnn' needs an NVIDIA GPU (this is {platform}); use xla")
+        raise ValueError(f"attention backend 'cudnn' needs an NVIDIA GPU (this is {platform}); use xla or pallas")
     if backend != "auto":
         return backend
     if platform != "gpu":
@@ -46,6 +46,10 @@ def resolve_backend(q, k, backend: str = "auto") -> str:
 def attention(q, k, v, *, segment_ids=None, causal: bool = True, sm_scale: float | None = None, backend="auto"):
     """q [B, S, Hq, D], k/v [B, S, Hkv, D] -> [B, S, Hq, D]; see the module docstring for the masking rules."""
     name = resolve_backend(q, k, backend)
+    if name == "pallas":
+        from jaxfin.kernels.pallas_gpu import pallas_attention
+
+        return pallas_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
     if name == "cudnn":
         from jaxfin.kernels.cudnn import cudnn_attention
 
