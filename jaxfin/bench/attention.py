@@ -7,10 +7,10 @@ with the SAME dense-causal FLOPs, so a kernel that skips masked blocks shows a h
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
-from pathlib import Path
+
+from jaxfin.bench.output import emit
 
 FLOP_CONVENTION = (
     "forward = 4*B*Hq*S^2*D, halved for causal; forward+backward = 3.5 x forward (backward = 2.5 x forward); "
@@ -147,9 +147,4 @@ def run_bench_attention(args) -> int:
     result = bench_attention(
         seq_lens, backends, args.head_dim, args.heads, args.kv_heads, batch_tokens, args.doc_len, dtype, args.iters
     )
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text if args.json else format_summary(result))
-    return 0
+    return emit(result, args, format_summary)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxfin.bench.output import emit
 from jaxfin.config.schema import Config, ModelConfig
 
 # Dense (no sparsity) bf16 peak per JAX device in TFLOP/s, from the vendors' data sheets, matched against
@@ -355,9 +356,4 @@ def run_bench_train(args) -> int:
         cfg, args.steps, args.warmup, args.compare_torch, args.peak_tflops, args.torch_gradient_checkpointing
     )
     result = {"config": args.config, "overrides": list(args.overrides), **result}
-    text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    print(text if args.json else format_summary(result))
-    return 0
+    return emit(result, args, format_summary)
