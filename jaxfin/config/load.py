@@ -205,5 +205,9 @@ def validate(cfg: Config) -> None:
             _choice(src.chat_template, ("tokenizer", "llama3", "chatml"), f"{key}[{i}].chat_template")
             if not src.path:
                 raise ConfigError(f"'{key}[{i}].path' is required")
+    o = cfg.objective
+    _choice(o.type, ("next_token", "dpo", "reward"), "objective.type")
+    _choice(o.loss, ("sigmoid", "robust", "hinge", "ipo"), "objective.loss")
+    _choice(o.reference, ("frozen", "precomputed", "none"), "objective.reference")
     if cfg.checkpoint.keep < 1:
         raise ConfigError("'checkpoint.keep' must be >= 1")

@@ -21,6 +21,16 @@ class RopeScaling:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters: y = x W + (alpha / rank) * dropout(x) A B on the target projections (B starts at zero)."""
+
+    rank: int = 0  # 0 = no adapters
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])  # or gate/up/down_proj
+
+
+@dataclass
 class ModelConfig:
     """Architecture of a Llama-family decoder plus runtime knobs that do not change the weights."""
 
@@ -43,6 +53,8 @@ class ModelConfig:
     bos_token_id: int = 1
     eos_token_id: int = 2
     pad_token_id: int = -1  # -1 = none
+    num_labels: int = 0  # 0 = causal LM head; N >= 1 = a `score` head of N outputs on the last token (reward model)
+    lora: LoraConfig = field(default_factory=LoraConfig)  # adapters (part of the pytree: lora_a / lora_b leaves)
     # Runtime knobs: they never change the parameter pytree or the checkpoint layout.
     param_dtype: str = "float32"
     compute_dtype: str = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
@@ -142,6 +154,21 @@ class TrainConfig:
     dev_every: int = 100  # 0 = never
     dev_batches: int = 4  # batches of batch_size rows per dev evaluation
     patience: int = 0  # early stop after this many dev evaluations without improvement; 0 = off
+    # Parameter path patterns to train (jaxfin/train/trainable.py); [] = all (or only the LoRA adapters when
+    # model.lora.rank > 0). Frozen parameters get no optimizer state.
+    trainable: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the trainer minimises. Preference objectives read `pairs` sources (prompt, chosen, rejected)."""
+
+    type: str = "next_token"  # next_token (CPT, SFT, joint CPT+IT) | dpo | reward (Bradley-Terry reward model)
+    loss: str = "sigmoid"  # dpo: sigmoid | robust | hinge | ipo
+    beta: float = 0.1
+    label_smoothing: float = 0.0  # sigmoid (conservative DPO) and robust
+    reference: str = "frozen"  # dpo: frozen (copy of the initial params) | precomputed (one pass, cached) | none
+    nll_weight: float = 0.0  # alpha: + alpha * NLL of the chosen completion, normalised per pair by its length
 
 
 @dataclass
@@ -169,6 +196,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     export_hf: str = ""  # if set, export the final model as a Hugging Face dir here
