@@ -129,8 +129,16 @@ def config_from_hf(hf: dict, where: str) -> ModelConfig:
         "bos_token_id": _token_id(hf.get("bos_token_id")),
         "eos_token_id": _token_id(hf.get("eos_token_id")),
         "pad_token_id": _token_id(hf.get("pad_token_id")),
+        "num_labels": _num_labels(hf),
     }
     return model_config(d, where)
+
+
+def _num_labels(hf: dict) -> int:
+    """0 for a causal LM; the number of labels of a `...ForSequenceClassification` (e.g. 1 for a reward model)."""
+    if not any(a.endswith("ForSequenceClassification") for a in hf.get("architectures") or []):
+        return 0
+    return int(hf.get("num_labels") or len(hf.get("id2label") or {}) or 2)
 
 
 def config_to_hf(cfg: ModelConfig) -> dict:
@@ -151,8 +159,9 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     def token(i):
         return None if i < 0 else i
 
+    arch = ARCHITECTURES[cfg.family]
     hf = {
-        "architectures": [ARCHITECTURES[cfg.family]],
+        "architectures": [arch.replace("ForCausalLM", "ForSequenceClassification") if cfg.num_labels else arch],
         "model_type": cfg.family,
         "vocab_size": cfg.vocab_size,
         "hidden_size": cfg.hidden_size,
@@ -176,6 +185,9 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         "dtype": cfg.param_dtype,
         "torch_dtype": cfg.param_dtype,
     }
+    if cfg.num_labels:  # transformers reads the score at the last token that is not pad_token_id
+        hf["id2label"] = {str(i): f"LABEL_{i}" for i in range(cfg.num_labels)}
+        hf["label2id"] = {f"LABEL_{i}": i for i in range(cfg.num_labels)}
     if cfg.family != "qwen2" or cfg.head_dim:  # Qwen2Config derives head_dim; the others write it
         hf["head_dim"] = cfg.head_size
     if cfg.family == "llama":
@@ -264,7 +276,9 @@ def _specs(cfg: ModelConfig) -> list[_Spec]:
     for i in range(cfg.num_layers):
         specs += [_Spec(f"model.layers.{i}.{n}", ("layers", *p), i, s, t) for n, p, s, t in layer]
     specs.append(_Spec("model.norm.weight", ("norm", "scale"), None, (d,), False))
-    if not cfg.tie_embeddings:
+    if cfg.num_labels:
+        specs.append(_Spec("score.weight", ("score", "kernel"), None, (cfg.num_labels, d), True))
+    elif not cfg.tie_embeddings:
         specs.append(_Spec("lm_head.weight", ("lm_head", "kernel"), None, (v, d), True))
     return specs
 

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfin.config.schema import ModelConfig
-from jaxfin.model.llama import forward, hidden_states, init_params, output_kernel, param_shapes
+from jaxfin.model.llama import forward, hidden_states, init_params, output_kernel, param_shapes, scores
 
 
 @dataclass
@@ -62,4 +62,4 @@ def load_model(path: str | Path, **runtime) -> Model:
     return model
 
 
-__all__ = ["Model", "forward", "hidden_states", "init_params", "load_model", "output_kernel", "param_shapes"]
+__all__ = ["Model", "forward", "hidden_states", "init_params", "load_model", "output_kernel", "param_shapes", "scores"]

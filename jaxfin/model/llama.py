@@ -13,6 +13,7 @@ layers never changes the checkpoint layout; kernels are [in, out], attention hea
     layers/mlp/down_proj/kernel            [L, F, D]
     norm/scale                             [D]
     lm_head/kernel                         [D, V]            (absent when embeddings are tied)
+    score/kernel                           [D, N]            (instead of lm_head when num_labels = N > 0)
 """
 
 from __future__ import annotations
@@ -71,7 +72,9 @@ def param_shapes(cfg: ModelConfig) -> dict:
         },
         "norm": {"scale": (d,)},
     }
-    if not cfg.tie_embeddings:
+    if cfg.num_labels:  # a reward / classification model: a score head instead of the LM head
+        shapes["score"] = {"kernel": (d, cfg.num_labels)}
+    elif not cfg.tie_embeddings:
         shapes["lm_head"] = {"kernel": (d, v)}
     return shapes
 
@@ -197,6 +200,13 @@ def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, posi
 def output_kernel(params: dict, cfg: ModelConfig):
     """[D, V] LM head (the transposed embedding when tied)."""
     return params["embed_tokens"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
+
+
+def scores(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
+    """Score-head outputs [B, S, num_labels] in float32 at every position (a reward model reads each sequence's
+    last token, as transformers' LlamaForSequenceClassification does)."""
+    h = hidden_states(params, cfg, tokens, segment_ids, positions)
+    return matmul(h, params["score"]["kernel"].astype(h.dtype)).astype(jnp.float32)
 
 
 def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):

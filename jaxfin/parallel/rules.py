@@ -28,6 +28,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "layers": None,
     "head_dim": None,
     "norm": None,
+    "labels": None,
     "seq": None,
     "act_embed": None,  # the model dimension of activations: whole on each device (no sequence parallelism)
 }
@@ -49,6 +50,7 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
     "layers/mlp/down_proj/kernel": ("layers", "mlp", "embed"),
     "norm/scale": ("norm",),
     "lm_head/kernel": ("embed", "vocab"),
+    "score/kernel": ("embed", "labels"),
 }
 
 # Which config key sets each logical dimension's size (named in errors).
