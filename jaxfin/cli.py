@@ -12,7 +12,7 @@ USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="YAML config file (see configs/)")
+    p.add_argument("config", help="YAML config file (see configs/), or a recipe of several stages (configs/recipes/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.steps=100")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -42,7 +42,18 @@ def run_train(args) -> int:
     import yaml
 
     from jaxfin.config import load_config, to_dict
+    from jaxfin.recipe import is_recipe, load_recipe, run_recipe
 
+    if is_recipe(args.config):  # several stages, each from the previous one's result
+        if args.print_config:
+            for st in load_recipe(args.config, args.overrides)[1]:
+                body = st["config"] and to_dict(st["config"]) or {"vocab_expand": st["vocab_expand"]}
+                print(yaml.safe_dump({st["name"]: body}, sort_keys=False), end="")
+            return 0
+        init_distributed(args)
+        for s in run_recipe(args.config, args.overrides):
+            print(json.dumps(s))
+        return 0
     cfg = load_config(args.config, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")

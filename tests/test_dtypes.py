@@ -58,7 +58,10 @@ def test_bf16_params_train_step():
     assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
     opt_cfg = OptimizerConfig(lr=1e-2, warmup_steps=0)
     opt = make_optimizer(opt_cfg, 10)
-    step = jax.jit(make_train_step(cfg, opt, make_schedule(opt_cfg, 10), 2))
+    from jaxfin.config.schema import Config, TrainConfig
+
+    run = Config(model=cfg, train=TrainConfig(batch_size=4, micro_batches=2))
+    step = jax.jit(make_train_step(run, opt, make_schedule(opt_cfg, 10)))
     state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32), "rng": jnp.zeros(2)}
     ones = jnp.ones((4, 16), jnp.int32)
     batch = {"tokens": jnp.tile(TOKENS, (2, 1)), "segment_ids": ones, "positions": jnp.tile(jnp.arange(16), (4, 1))}

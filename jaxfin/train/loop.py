@@ -26,7 +26,15 @@ from jaxfin.train.checkpoint import Checkpointer
 from jaxfin.train.data_stream import DataStream
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
-from jaxfin.train.state import abstract_state, check_layout, compile_eval_step, compile_train_step, init_state
+from jaxfin.train.state import (
+    abstract_params,
+    abstract_state,
+    check_layout,
+    compile_eval_step,
+    compile_train_step,
+    init_state,
+)
+from jaxfin.train.trainable import trainable_report, trainable_selection
 from jaxfin.train.step import make_eval_step
 
 log = logging.getLogger("jaxfin")
@@ -43,16 +51,38 @@ def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict | None, dict | Non
     """The resolved config (architecture from init_from when given), the loaded params (None: initialise from
     train.seed on the mesh) and HF extras."""
     params = hf_extra = None
+    if cfg.objective.type == "reward" and not cfg.model.num_labels:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_labels=1))
     if cfg.init_from:
         runtime = {k: getattr(cfg.model, k) for k in cfg.model.RUNTIME_KEYS}
         loaded = load_model(cfg.init_from, **runtime)
-        cfg = dataclasses.replace(cfg, model=loaded.config)
-        params, hf_extra = loaded.params, loaded.hf_extra
+        cfg, params = _adapt_loaded(cfg, loaded.config, loaded.params)
+        hf_extra = loaded.hf_extra
     if tok.vocab_size > cfg.model.vocab_size:
         raise ConfigError(
             f"the tokenizer at {tok.path} has {tok.vocab_size} tokens but model.vocab_size is {cfg.model.vocab_size}"
         )
     return cfg, params, hf_extra
+
+
+def _adapt_loaded(cfg: Config, loaded_cfg, params: dict) -> tuple[Config, dict]:
+    """A loaded model made fit for this run: a score head for a reward model started from a causal LM (as
+    transformers' AutoModelForSequenceClassification does), fresh LoRA adapters when the run asks for them."""
+    want = cfg.model
+    model = loaded_cfg
+    key = jax.random.key(cfg.train.seed)
+    if want.num_labels and not model.num_labels:
+        model = dataclasses.replace(model, num_labels=want.num_labels)
+        params = {k: v for k, v in params.items() if k != "lm_head"}
+        std = model.init_std * jax.random.normal(jax.random.fold_in(key, 1), (model.hidden_size, want.num_labels))
+        params["score"] = {"kernel": std.astype(jax.tree.leaves(params)[0].dtype)}
+        print(f"objective {cfg.objective.type}: a new score head of {want.num_labels} output(s) replaces the LM head")
+    if want.lora.rank and not model.lora.rank:
+        from jaxfin.model.lora import add_adapters
+
+        model = dataclasses.replace(model, lora=want.lora)
+        params = add_adapters(params, model, jax.random.fold_in(key, 2))
+    return dataclasses.replace(cfg, model=model), params
 
 
 def _write_run_files(cfg: Config, tok: Tokenizer, hf_extra: dict | None, out: Path) -> None:
@@ -65,19 +95,26 @@ def _write_run_files(cfg: Config, tok: Tokenizer, hf_extra: dict | None, out: Pa
     copy_tokenizer_files(tok.path, out)
 
 
-def _dev_losses(eval_step, params, data: DataStream, mesh, rows_per_batch: int, limit_rows: int) -> dict:
-    """dev_loss (token mean over all dev sets) and dev_loss/<name> per dev set."""
-    out, total, count = {}, 0.0, 0.0
+def _dev_metrics(eval_step, state, data: DataStream, mesh, rows_per_batch: int, limit_rows: int, dev_refs) -> dict:
+    """dev_loss (mean over all dev sets: per target token, or per pair for preference objectives), dev_loss/<name>
+    per dev set, and the objective's metrics over all dev sets as dev_<metric> (e.g. dev_rewards/accuracy)."""
+    out, total, count, sums = {}, 0.0, 0.0, {}
     lo, hi = process_rows(mesh, rows_per_batch)
+    extra = [state["ref_params"]] if "ref_params" in state else []
     for name, batches in data.dev_batches(rows_per_batch, limit_rows).items():
         s = c = 0.0
-        for b in batches:
+        for i, b in enumerate(batches):
             local = {k: v[lo:hi] for k, v in b.items()}
-            bs, bc = eval_step(params, global_batch(mesh, local, rows_per_batch))
+            if dev_refs is not None:
+                local["ref_logps"] = dev_refs[name][i][lo:hi]
+            bs, bc, bm = eval_step(state["params"], global_batch(mesh, local, rows_per_batch), *extra)
             s, c = s + float(bs), c + float(bc)
+            for k, v in bm.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
         out[f"dev_loss/{name}"] = s / max(c, 1.0)
         total, count = total + s, count + c
     out["dev_loss"] = total / max(count, 1.0)
+    out.update({f"dev_{k}": v / max(count, 1.0) for k, v in sums.items()})
     return out
 
 
@@ -135,10 +172,13 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
             print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
                   f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
 
-    optimizer = make_optimizer(cfg.optimizer, t.steps)
+    selection = trainable_selection(abstract_params(cfg), cfg)
+    optimizer = make_optimizer(cfg.optimizer, t.steps, selection)
     schedule = make_schedule(cfg.optimizer, t.steps)
     state = init_state(cfg, optimizer, mesh, params)
     del params
+    if main:
+        print(trainable_report(abstract_params(cfg), selection, optimizer), flush=True)
 
     ckpt = Checkpointer(out, cfg.checkpoint)
     meta = {"dev_best": None, "dev_bad_evals": 0, "dev_first": None}
@@ -150,12 +190,21 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
             print(f"resumed from {out / 'checkpoints' / str(int(state['step']))}", flush=True)
     start = int(state["step"])
 
+    ref_table = dev_refs = None
+    chunk = t.batch_size // t.micro_batches
+    if cfg.objective.type == "dpo" and cfg.objective.reference == "precomputed":
+        from jaxfin.train.reference import precompute
+
+        ref_table, dev_refs = precompute(cfg, data, mesh, state, out)
     t0 = time.time()  # compile ahead, so the first tokens/s is not the compile time
-    train_step = compile_train_step(cfg, optimizer, schedule, mesh, state)
+    ref_pairs = 0 if ref_table is None else ref_table.shape[-1]
+    train_step = compile_train_step(cfg, optimizer, schedule, mesh, state, ref_pairs)
     if main:
         print(f"compiled the train step in {time.time() - t0:.1f} s", flush=True)
-    chunk = t.batch_size // t.micro_batches
-    eval_step = compile_eval_step(make_eval_step(cfg.model), mesh, state, chunk, cfg.data.seq_len) if data.dev else None
+    dev_pairs = 0 if dev_refs is None else cfg.data.seq_len // 2
+    eval_step = (
+        compile_eval_step(make_eval_step(cfg), mesh, state, chunk, cfg.data.seq_len, dev_pairs) if data.dev else None
+    )
     metrics = MetricsWriter(out, start if restored is not None else None) if main else None
     progress = Progress(t.steps, start)
     reason, last_dev = "steps", None
@@ -165,6 +214,8 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
     try:
         for step in range(start + 1, t.steps + 1):
             batch = next(batches)
+            if ref_table is not None:
+                batch["ref_logps"] = ref_table[step - 1, rows[0] : rows[1]]
             state, m = train_step(state, global_batch(mesh, batch, t.batch_size))
             window_tokens = window_tokens + m["tokens"]  # on device: no sync per step
             rec = None
@@ -175,7 +226,7 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
                 rec.update(data.mixture_metrics(step))
                 window_tokens, window_t0 = 0, now
             if data.dev and t.dev_every and (step % t.dev_every == 0 or step == t.steps):
-                devs = _dev_losses(eval_step, state["params"], data, mesh, chunk, t.dev_batches * t.batch_size)
+                devs = _dev_metrics(eval_step, state, data, mesh, chunk, t.dev_batches * t.batch_size, dev_refs)
                 last_dev = devs["dev_loss"]
                 rec = rec or {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"])}
                 rec.update(devs)

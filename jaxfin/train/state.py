@@ -44,7 +44,15 @@ def state_shardings(cfg: Config, optimizer, mesh: Mesh) -> dict:
     p_shard = param_shardings(params, mesh)
     opt = jax.eval_shape(optimizer.init, params)
     rep = replicated(mesh)
-    return {"params": p_shard, "opt_state": like_params(opt, p_shard, mesh), "step": rep, "rng": rep}
+    out = {"params": p_shard, "opt_state": like_params(opt, p_shard, mesh), "step": rep, "rng": rep}
+    if keeps_reference(cfg):
+        out["ref_params"] = p_shard
+    return out
+
+
+def keeps_reference(cfg: Config) -> bool:
+    """DPO with `reference: frozen` keeps a copy of the initial params in the train state."""
+    return cfg.objective.type == "dpo" and cfg.objective.reference == "frozen"
 
 
 def _put(x, sharding):
@@ -65,13 +73,19 @@ def init_state(cfg: Config, optimizer, mesh: Mesh, params=None) -> dict:
         )
     else:
         params = jax.tree.map(_put, params, shardings["params"])
-    make = jax.jit(
-        lambda p: {
+    def make(p):
+        state = {
             "params": p,
             "opt_state": optimizer.init(p),
             "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(cfg.train.seed)),
-        },
+        }
+        if keeps_reference(cfg):
+            state["ref_params"] = jax.tree.map(jnp.copy, p)
+        return state
+
+    make = jax.jit(
+        make,
         out_shardings=shardings,
         donate_argnums=0,
     )
@@ -83,24 +97,35 @@ def abstract_state(state):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def compile_train_step(cfg: Config, optimizer, schedule, mesh: Mesh, state):
+def batch_spec(mesh: Mesh, rows: int, seq_len: int, ref_pairs: int = 0) -> dict:
+    """Abstract global batch: the packed layout, plus `ref_logps` [rows, 2, P] when DPO reads precomputed
+    reference log-probs (P = the most pairs any row holds)."""
+    shard = batch_sharding(mesh)
+    spec = dict.fromkeys(BATCH_KEYS, jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=shard))
+    if ref_pairs:
+        spec["ref_logps"] = jax.ShapeDtypeStruct((rows, 2, ref_pairs), jnp.float32, sharding=shard)
+    return spec
+
+
+def compile_train_step(cfg: Config, optimizer, schedule, mesh: Mesh, state, ref_pairs: int = 0):
     """The train step lowered and compiled for this state layout and the global batch shape."""
-    batch = jax.ShapeDtypeStruct((cfg.train.batch_size, cfg.data.seq_len), jnp.int32, sharding=batch_sharding(mesh))
     shardings = jax.tree.map(lambda x: x.sharding, state)
     step = jax.jit(
-        make_train_step(cfg.model, optimizer, schedule, cfg.train.micro_batches),
+        make_train_step(cfg, optimizer, schedule),
         in_shardings=(shardings, batch_sharding(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
+    batch = batch_spec(mesh, cfg.train.batch_size, cfg.data.seq_len, ref_pairs)
     with jax.set_mesh(mesh):  # activation constraints in the model resolve against this mesh
-        return step.lower(abstract_state(state), dict.fromkeys(BATCH_KEYS, batch)).compile()
+        return step.lower(abstract_state(state), batch).compile()
 
 
-def compile_eval_step(eval_fn, mesh: Mesh, state, rows: int, seq_len: int):
-    batch = jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=batch_sharding(mesh))
-    params = abstract_state(state["params"])
+def compile_eval_step(eval_fn, mesh: Mesh, state, rows: int, seq_len: int, ref_pairs: int = 0):
+    """eval_fn(params, batch[, ref_params]) compiled for `rows` rows; ref_params when the state keeps them."""
+    batch = batch_spec(mesh, rows, seq_len, ref_pairs)
+    args = [abstract_state(state["params"]), batch]
+    if "ref_params" in state:
+        args.append(abstract_state(state["ref_params"]))
     with jax.set_mesh(mesh):
-        return (
-            jax.jit(eval_fn, out_shardings=replicated(mesh)).lower(params, dict.fromkeys(BATCH_KEYS, batch)).compile()
-        )
+        return jax.jit(eval_fn, out_shardings=replicated(mesh)).lower(*args).compile()

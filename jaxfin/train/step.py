@@ -1,5 +1,12 @@
-"""Jitted train and eval steps. Gradient accumulation sums losses, gradients and target counts over
-micro-batches and divides once, so the loss is the token mean over the whole global batch."""
+"""Jitted train and eval steps for every objective. An objective returns sums (loss, the count it is normalised
+by, metric sums); gradient accumulation adds them over micro-batches and divides once, so the loss is the mean
+over the whole global batch: per target token for next-token training, per pair for the preference objectives.
+
+    next_token   CPT / SFT / joint: next-token cross-entropy on loss_mask tokens (jaxfin/train/loss.py)
+    dpo          DPO family on packed pairs, reference log-probs from `ref_params` (a frozen copy of the initial
+                 params), from the batch (`ref_logps`, precomputed in one pass), or none (reference-free)
+    reward       Bradley-Terry reward model: score head at each sequence's last token
+"""
 
 from __future__ import annotations
 
@@ -7,50 +14,98 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfin.config.schema import ModelConfig
-from jaxfin.model import forward
+from jaxfin.config.schema import Config
+from jaxfin.model import forward, scores
 from jaxfin.parallel.rules import constrain_params
+from jaxfin.train import preference
 from jaxfin.train.loss import next_token_loss_sum
 
 
-def _loss_sum(params, model_cfg: ModelConfig, batch):
-    logits = forward(params, model_cfg, batch["tokens"], batch["segment_ids"], batch["positions"])
-    return next_token_loss_sum(logits, batch)
+def _model_inputs(batch):
+    return batch["tokens"], batch["segment_ids"], batch["positions"]
 
 
-def make_train_step(model_cfg: ModelConfig, optimizer, schedule, micro_batches: int):
-    grad_fn = jax.value_and_grad(lambda p, b: _loss_sum(p, model_cfg, b), has_aux=True)
+def reference_logps(params, cfg: Config, batch) -> dict:
+    """The reference model's per-pair log-probs for a batch of packed pairs (no gradient)."""
+    logits = forward(jax.lax.stop_gradient(params), cfg.model, *_model_inputs(batch))
+    return jax.lax.stop_gradient(preference.pair_logps(logits, batch))
+
+
+def _reference(cfg: Config, batch, ref_params) -> dict | None:
+    """Where DPO's reference log-probs come from (see ObjectiveConfig.reference)."""
+    o = cfg.objective
+    if o.reference == "none":
+        return None
+    if o.reference == "precomputed":
+        p = batch["ref_logps"].shape[-1]  # [B, 2, P_cached]: pairs a row can hold are padded with zeros
+        return {"chosen_logps": batch["ref_logps"][:, 0], "rejected_logps": batch["ref_logps"][:, 1], "pairs": p}
+    return reference_logps(ref_params, cfg, batch)
+
+
+def objective_sums(params, cfg: Config, batch, ref_params=None):
+    """(loss sum, normaliser count, {metric: sum}) of one (micro-)batch."""
+    kind = cfg.objective.type
+    if kind == "next_token":
+        loss, count = next_token_loss_sum(forward(params, cfg.model, *_model_inputs(batch)), batch)
+        return loss, count, {}
+    if kind == "dpo":
+        policy = preference.pair_logps(forward(params, cfg.model, *_model_inputs(batch)), batch)
+        ref = _reference(cfg, batch, ref_params)
+        if ref is not None and "pairs" in ref:  # precomputed: only the first P_cached pairs of a row can exist
+            p = ref.pop("pairs")
+            policy = {k: v[:, :p] for k, v in policy.items()}
+        return preference.dpo_loss(policy, ref, cfg.objective)
+    if kind == "reward":
+        s = scores(params, cfg.model, *_model_inputs(batch))[..., 0]
+        return preference.reward_loss(*preference.reward_scores_at_last_token(s, batch))
+    raise ValueError(f"unknown objective '{kind}'")
+
+
+def make_train_step(cfg: Config, optimizer, schedule):
+    micro_batches = cfg.train.micro_batches
+
+    def sums(params, mb, ref_params):
+        loss, count, metrics = objective_sums(params, cfg, mb, ref_params)
+        return loss, (count, metrics)
+
+    grad_fn = jax.value_and_grad(sums, has_aux=True)
 
     def train_step(state, batch):
         params = state["params"]
+        ref_params = state.get("ref_params")
         # micro-batch m = rows m, m+M, m+2M, ...: every device keeps its own rows (no resharding between micro-batches)
         micro = jax.tree.map(lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1), batch)
 
         def accumulate(carry, mb):
-            grads, loss, count = carry
-            (mb_loss, n), g = grad_fn(params, mb)
+            grads, loss, count, metrics = carry
+            (mb_loss, (n, mb_metrics)), g = grad_fn(params, mb, ref_params)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-            return (grads, loss + mb_loss, count + n), None
+            metrics = jax.tree.map(jnp.add, metrics, mb_metrics)
+            return (grads, loss + mb_loss, count + n, metrics), None
 
         zeros = constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+        first = jax.tree.map(lambda x: x[0], micro)
+        metric_zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: sums(params, first, ref_params)[1][1]))
+        carry = (zeros, 0.0, 0.0, metric_zeros)
         if micro_batches == 1:  # same result; skipping the scan roughly halves compile time on CPU
-            (grads, loss, count), _ = accumulate((zeros, 0.0, 0.0), jax.tree.map(lambda x: x[0], micro))
+            (grads, loss, count, msums), _ = accumulate(carry, first)
         else:
-            (grads, loss, count), _ = jax.lax.scan(accumulate, (zeros, 0.0, 0.0), micro)
+            (grads, loss, count, msums), _ = jax.lax.scan(accumulate, carry, micro)
         count = jnp.maximum(count, 1.0)
         grads = constrain_params(jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params))
         updates, opt_state = optimizer.update(grads, state["opt_state"], params)
         new_state = {
+            **state,
             "params": optax.apply_updates(params, updates),
             "opt_state": opt_state,
             "step": state["step"] + 1,
-            "rng": state["rng"],
         }
         metrics = {
             "loss": loss / count,
+            **{k: v / count for k, v in msums.items()},
             "grad_norm": optax.tree.norm(grads),
             "lr": schedule(state["step"]),
-            "target_tokens": count,
+            "target_tokens" if cfg.objective.type == "next_token" else "pairs": count,
             "tokens": jnp.sum(batch["segment_ids"] != 0),  # non-padding input tokens of the global batch
         }
         return new_state, metrics
@@ -58,8 +113,10 @@ def make_train_step(model_cfg: ModelConfig, optimizer, schedule, micro_batches: 
     return train_step
 
 
-def make_eval_step(model_cfg: ModelConfig):
-    def eval_step(params, batch):
-        return _loss_sum(params, model_cfg, batch)
+def make_eval_step(cfg: Config):
+    """(loss sum, count, {metric: sum}) of a batch; the caller divides the totals."""
+
+    def eval_step(params, batch, ref_params=None):
+        return objective_sums(params, cfg, batch, ref_params)
 
     return eval_step
