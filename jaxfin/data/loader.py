@@ -28,19 +28,28 @@ from pathlib import Path
 import numpy as np
 import xxhash
 
-from jaxfin.data.binpack import efficiency, gather_row, plan_rows, split_pieces
+from jaxfin.data.binpack import PairView, efficiency, gather_pair_row, gather_row, pair_pieces, plan_rows, split_pieces
 from jaxfin.data.cache import TokenCache
 
 CHUNK = 1 << 16  # rows per block of source draws
 
 
 class SourceRows:
-    """One source's endless stream of packed rows; epochs are planned lazily (and thread-safely)."""
+    """One source's endless stream of packed rows; epochs are planned lazily (and thread-safely).
 
-    def __init__(self, name: str, cache: TokenCache, seq_len: int, seed: int, method: str, window: int):
+    A `pairs` source (preference data) is packed by pair: the unit shuffled and placed is a pair (its chosen and
+    rejected sequences, consecutive segments of one row, never split; see jaxfin.data.binpack.PairView), so
+    "documents" below means pairs for it. `pairs=None`: from the cache's recorded source kind.
+    """
+
+    def __init__(self, name: str, cache: TokenCache, seq_len: int, seed: int, method: str, window: int,
+                 pairs: bool | None = None):  # fmt: skip
         self.name, self.cache, self.seq_len = name, cache, seq_len
         self.seed, self.method, self.window = seed, method, window
-        self._lengths = cache.doc_lengths()
+        if pairs is None:
+            pairs = cache.meta.get("source", {}).get("kind") == "pairs"
+        self.pairs = PairView(cache, seq_len) if pairs else None
+        self._lengths = self.pairs.sizes if pairs else cache.doc_lengths()
         self._lock = threading.RLock()  # Grain gathers rows on several threads
         self._plans: dict[int, list] = {}
         self._ends: list[int] = []  # cumulative rows at the end of each planned epoch
@@ -51,7 +60,11 @@ class SourceRows:
         with self._lock:
             if epoch not in self._plans:
                 rng = np.random.default_rng([self.seed, _stable_hash(self.name), epoch])
-                pieces = split_pieces(self._lengths, self.seq_len, rng.permutation(len(self._lengths)))
+                order = rng.permutation(len(self._lengths))
+                if self.pairs is not None:
+                    pieces = pair_pieces(self.pairs, order)
+                else:
+                    pieces = split_pieces(self._lengths, self.seq_len, order)
                 self._plans[epoch] = list(plan_rows(pieces, self.seq_len, self.method, self.window))
                 for old in [e for e in self._plans if e < epoch - 1]:  # keep memory flat
                     del self._plans[old]
@@ -67,6 +80,8 @@ class SourceRows:
 
     def row(self, k: int) -> dict[str, np.ndarray]:
         epoch, j = self._epoch_of(k)
+        if self.pairs is not None:
+            return gather_pair_row(self._plan(epoch)[j], self.pairs, self.seq_len)
         return gather_row(self._plan(epoch)[j], self.cache, self.seq_len)
 
     def rows_in_epoch(self, epoch: int = 0) -> int:
@@ -210,8 +225,12 @@ def open_sources(sources: list, tok, data_cfg, seed: int, key: str = "data.sourc
         dropped = ", ".join(f"{r} {n:,}" for r, n in sorted(rep["dropped"].items())) or "none"
         state = "cached" if rep["reused"] else "tokenized"
         rows.append(SourceRows(src.name, TokenCache(rep["cache"]), data_cfg.seq_len, seed, data_cfg.packing,
-                               data_cfg.pack_window))  # fmt: skip
+                               data_cfg.pack_window, pairs=src.kind == "pairs"))  # fmt: skip
         packed = f"{rows[-1].rows_in_epoch():,} rows/epoch, packing efficiency {rows[-1].packing_efficiency:.3f}"
+        if rows[-1].pairs is not None:
+            view = rows[-1].pairs
+            packed += (f"; {len(view):,} pairs, {view.truncated:,} of them longer than seq_len {data_cfg.seq_len} "
+                       "and truncated (the prompt's start and the completions' ends cut)")  # fmt: skip
         counts = f"{rep['kept']:,} docs, {rep['sequences']:,} sequences, {rep['tokens']:,} tokens ({state})"
         print(f"{key} {src.name}: {counts}; dropped: {dropped}; {packed}")
     return rows

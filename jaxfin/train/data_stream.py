@@ -21,10 +21,7 @@ class DataStream:
         d, t = cfg.data, cfg.train
         if not d.sources:
             raise DataError("no training data: set data.sources (e.g. data.sources=[corpus.jsonl])")
-        pairs = [s.name or s.path for s in (*d.sources, *d.dev) if s.kind == "pairs"]
-        if pairs:  # next-token training on both completions of a pair would teach the rejected one too
-            raise DataError(f"sources {pairs} are preference pairs, which the next-token trainer cannot use; "
-                            "they are for the preference objectives (DPO, reward model)")  # fmt: skip
+        _check_kinds(cfg)
         sources = named(d.sources, "data.sources")
         self.sources = open_sources(sources, tok, d, t.seed)
         self.names = [s.name for s in self.sources]
@@ -66,7 +63,8 @@ class DataStream:
         return {
             "sources": [
                 {"name": s.name, "domain": bool(d), "tokens": s.cache.num_tokens, "sequences": len(s.cache),
-                 "rows_per_epoch": s.rows_in_epoch(), "packing_efficiency": s.packing_efficiency}
+                 "rows_per_epoch": s.rows_in_epoch(), "packing_efficiency": s.packing_efficiency,
+                 **({"pairs": len(s.pairs), "truncated_pairs": s.pairs.truncated} if s.pairs is not None else {})}
                 for s, d in zip(self.sources, self.domain)
             ],
             "stages": [
@@ -103,3 +101,25 @@ class DataStream:
                 "the data"
             )
         self.tokens = np.array([state["tokens"][n] for n in self.names], np.int64)
+
+
+PREFERENCE_OBJECTIVES = ("dpo", "reward")
+
+
+def _check_kinds(cfg: Config) -> None:
+    """Pairs sources are for the preference objectives, which read nothing else (training and dev sets alike)."""
+    d = cfg.data
+    srcs = [*(("data.sources", s) for s in d.sources), *(("data.dev", s) for s in d.dev)]
+    pairs = [s.name or s.path for _, s in srcs if s.kind == "pairs"]
+    if cfg.objective.type not in PREFERENCE_OBJECTIVES:
+        if pairs:  # next-token training on both completions of a pair would teach the rejected one too
+            raise DataError(f"sources {pairs} are preference pairs, which the next-token trainer cannot use; "
+                            "they are for the preference objectives (DPO, reward model)")  # fmt: skip
+        return
+    other = [f"{key}: {s.name or s.path} (kind {s.kind})" for key, s in srcs if s.kind != "pairs"]
+    if other:
+        raise DataError(
+            f"objective.type={cfg.objective.type} trains on preference pairs only, but these sources are not "
+            f"kind: pairs: {', '.join(other)}. Set `kind: pairs` on each (prompt, chosen, rejected; map columns "
+            "with `fields`), or remove them; text and chat data are for objective.type=next_token"
+        )
