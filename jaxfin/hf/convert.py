@@ -360,7 +360,10 @@ def _iter_hf(params: dict, cfg: ModelConfig, dtype: np.dtype) -> Iterator[tuple[
 
 
 def params_to_hf(params: dict, cfg: ModelConfig, dtype: str | None = None) -> dict[str, np.ndarray]:
-    """The param pytree -> HF tensors (in `dtype`, default the params' own)."""
+    """The param pytree -> HF tensors (in `dtype`, default the params' own); LoRA adapters merged in."""
+    from jaxfin.model.lora import merge_adapters
+
+    params, cfg = merge_adapters(params, cfg)
     return dict(_iter_hf(params, cfg, NP_DTYPES[dtype or cfg.param_dtype]))
 
 
@@ -492,12 +495,15 @@ def _write_json(path: Path, data: dict) -> None:
 
 def save_hf(model: Model, path: str | Path, max_shard_size: int | str = "5GB", dtype: str | None = None) -> list[str]:
     """Write an HF dir: config.json, generation_config.json, safetensors (sharded past max_shard_size) and the
-    tokenizer. Returns the file names written."""
+    tokenizer. LoRA adapters are merged into the weights (a plain HF model; `jaxfin.hf.peft.save_peft_adapter`
+    writes them as a PEFT adapter instead). Returns the file names written."""
     from safetensors.numpy import save_file
 
     from jaxfin.hf.tokenizer import export_tokenizer
+    from jaxfin.model.lora import merge_adapters
 
-    cfg = dataclasses.replace(model.config, param_dtype=dtype or model.config.param_dtype)
+    params, merged_cfg = merge_adapters(model.params, model.config)
+    cfg = dataclasses.replace(merged_cfg, param_dtype=dtype or model.config.param_dtype)
     if cfg.param_dtype not in NP_DTYPES:
         raise ValueError(f"dtype '{cfg.param_dtype}' is not one of {', '.join(NP_DTYPES)}")
     path = Path(path)
@@ -511,7 +517,7 @@ def save_hf(model: Model, path: str | Path, max_shard_size: int | str = "5GB", d
     np_dtype = NP_DTYPES[cfg.param_dtype]
     specs = _specs(cfg)
     shards = _plan_shards(specs, np_dtype.itemsize, _parse_size(max_shard_size))
-    tensors = _iter_hf(model.params, cfg, np_dtype)
+    tensors = _iter_hf(params, cfg, np_dtype)
     weight_map, written = {}, ["config.json", "generation_config.json"]
     for k, shard in enumerate(shards):
         name = SINGLE if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"

@@ -45,6 +45,29 @@ def validate_model_config(m: ModelConfig) -> None:
 
     if m.attention_backend not in BACKENDS:
         raise ConfigError(f"'model.attention_backend' must be one of {', '.join(BACKENDS)}")
+    _validate_lora(m)
+
+
+def _validate_lora(m: ModelConfig) -> None:
+    from jaxfin.model.lora import TARGETS
+
+    lora = m.lora
+    if not isinstance(lora.rank, int) or isinstance(lora.rank, bool) or lora.rank < 0:
+        raise ConfigError(f"'model.lora.rank' must be an integer >= 0 (0 = no adapters); got {lora.rank!r}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"'model.lora.dropout' must be in [0, 1); got {lora.dropout}")
+    if lora.rank and lora.alpha <= 0:
+        raise ConfigError(f"'model.lora.alpha' must be > 0; got {lora.alpha}")
+    unknown = [t for t in lora.targets if t not in TARGETS]
+    if unknown:
+        raise ConfigError(
+            f"'model.lora.targets': unknown projection(s) {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(TARGETS)}"
+        )
+    if len(set(lora.targets)) != len(lora.targets):
+        raise ConfigError(f"'model.lora.targets' lists a projection twice: {lora.targets}")
+    if lora.rank and not lora.targets:
+        raise ConfigError("'model.lora.targets' is empty while model.lora.rank > 0; name the projections to adapt")
 
 
 # What the backward pass keeps from each layer's forward (the rest is recomputed): nothing (`full`), every matmul

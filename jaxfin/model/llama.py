@@ -14,6 +14,10 @@ layers never changes the checkpoint layout; kernels are [in, out], attention hea
     norm/scale                             [D]
     lm_head/kernel                         [D, V]            (absent when embeddings are tied)
     score/kernel                           [D, N]            (instead of lm_head when num_labels = N > 0)
+
+With LoRA (model.lora.rank = r > 0) each target projection's kernel gets two adapter leaves beside it
+(jaxfin/model/lora.py): `lora_a` = the kernel's layer and input dims + [r], `lora_b` = [L, r] + its output dims,
+e.g. q_proj/lora_a [L, D, r], q_proj/lora_b [L, r, H, Dh], o_proj/lora_a [L, Hq, Dh, r], o_proj/lora_b [L, r, D].
 """
 
 from __future__ import annotations
@@ -76,6 +80,11 @@ def param_shapes(cfg: ModelConfig) -> dict:
         shapes["score"] = {"kernel": (d, cfg.num_labels)}
     elif not cfg.tie_embeddings:
         shapes["lm_head"] = {"kernel": (d, v)}
+    if cfg.lora.rank > 0:
+        from jaxfin.model.lora import adapter_shapes
+
+        for (group, name), (a, b) in adapter_shapes(cfg).items():
+            shapes["layers"][group][name] |= {"lora_a": a, "lora_b": b}
     return shapes
 
 
@@ -85,6 +94,11 @@ def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 
 
 def _init_params(cfg: ModelConfig, key: jax.Array) -> dict:
+    """Base weights exactly as without LoRA (same key, same values), then fresh adapters from a folded key."""
+    if cfg.lora.rank > 0:
+        from jaxfin.model.lora import LORA_KEY, add_adapters, without_lora
+
+        return add_adapters(_init_params(without_lora(cfg), key), cfg, jax.random.fold_in(key, LORA_KEY))
     shapes = param_shapes(cfg)
     leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
     keys = jax.random.split(key, len(leaves))
@@ -150,33 +164,52 @@ def matmul(x, w, contract: int = 1):
     return y.reshape(*lead, *w.shape[contract:])
 
 
-def _proj(x, p, dtype, name, layout):
-    y = matmul(x, p["kernel"].astype(dtype))
-    y = y + p["bias"].astype(dtype) if "bias" in p else y
-    return checkpoint_name(constrain(y, layout), name)
+def _dense(x, p, dtype, cfg: ModelConfig, key=None, contract: int = 1):
+    """x W (+ bias) (+ (alpha/r) * (dropout(x) A) B when p has LoRA adapters). `key`: dropout key or None (none)."""
+    y = matmul(x, p["kernel"].astype(dtype), contract)
+    if "bias" in p:
+        y = y + p["bias"].astype(dtype)
+    if "lora_a" in p:
+        rate = cfg.lora.dropout
+        if key is not None and rate > 0:
+            keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+            x = jnp.where(keep, x / (1.0 - rate), 0).astype(dtype)
+        low = matmul(x, p["lora_a"].astype(dtype), contract)
+        y = y + (cfg.lora.alpha / cfg.lora.rank) * matmul(low, p["lora_b"].astype(dtype))
+    return y
 
 
-def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, rope):
-    """One pre-norm block: h + attn(norm(h)), then + mlp(norm(h))."""
+def _proj(x, p, dtype, name, layout, cfg: ModelConfig, key=None):
+    return checkpoint_name(constrain(_dense(x, p, dtype, cfg, key), layout), name)
+
+
+def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, rope, dropout_key=None):
+    """One pre-norm block: h + attn(norm(h)), then + mlp(norm(h)). `dropout_key`: this layer's LoRA dropout key
+    (None = no dropout)."""
     dtype = h.dtype
+
+    def key(i):  # an independent dropout mask per projection, as PEFT draws one per adapted module
+        return None if dropout_key is None else jax.random.fold_in(dropout_key, i)
+
     x = rms_norm(h, lp["input_layernorm"]["scale"], cfg.rms_norm_eps)
     a = lp["self_attn"]
-    q = apply_rope(_proj(x, a["q_proj"], dtype, "q_proj", HEADS), *rope)
-    k = apply_rope(_proj(x, a["k_proj"], dtype, "k_proj", KV_HEADS), *rope)
-    v = _proj(x, a["v_proj"], dtype, "v_proj", KV_HEADS)
+    q = apply_rope(_proj(x, a["q_proj"], dtype, "q_proj", HEADS, cfg, key(0)), *rope)
+    k = apply_rope(_proj(x, a["k_proj"], dtype, "k_proj", KV_HEADS, cfg, key(1)), *rope)
+    v = _proj(x, a["v_proj"], dtype, "v_proj", KV_HEADS, cfg, key(2))
     o = attention(q, k, v, segment_ids=segment_ids, causal=True, backend=cfg.attention_backend)
-    o = matmul(constrain(o, HEADS), a["o_proj"]["kernel"].astype(dtype), contract=2)
+    o = _dense(constrain(o, HEADS), a["o_proj"], dtype, cfg, key(3), contract=2)
     h = constrain(h + checkpoint_name(o, "o_proj"), HIDDEN)
     x = rms_norm(h, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
     m = lp["mlp"]
-    gate = checkpoint_name(constrain(matmul(x, m["gate_proj"]["kernel"].astype(dtype)), MLP), "gate_proj")
-    up = checkpoint_name(constrain(matmul(x, m["up_proj"]["kernel"].astype(dtype)), MLP), "up_proj")
-    down = checkpoint_name(matmul(jax.nn.silu(gate) * up, m["down_proj"]["kernel"].astype(dtype)), "down_proj")
+    gate = checkpoint_name(constrain(_dense(x, m["gate_proj"], dtype, cfg, key(4)), MLP), "gate_proj")
+    up = checkpoint_name(constrain(_dense(x, m["up_proj"], dtype, cfg, key(5)), MLP), "up_proj")
+    down = checkpoint_name(_dense(jax.nn.silu(gate) * up, m["down_proj"], dtype, cfg, key(6)), "down_proj")
     return constrain(h + down, HIDDEN)
 
 
-def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
-    """Final normed hidden states [B, S, D] in the compute dtype."""
+def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
+    """Final normed hidden states [B, S, D] in the compute dtype. `dropout_rng`: a key for LoRA dropout (training);
+    None = no dropout (evaluation), as does a model without LoRA or with lora.dropout 0."""
     b, s = tokens.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
@@ -184,16 +217,22 @@ def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, posi
     rope = rope_tables(positions, rope_frequencies(cfg))
     h = constrain(jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0).astype(dtype), HIDDEN)
 
-    def layer(h, lp):
-        return decoder_layer(cfg, lp, h, segment_ids, rope), None
+    keys = None  # per-layer dropout keys, scanned with the layer weights
+    if dropout_rng is not None and cfg.lora.rank > 0 and cfg.lora.dropout > 0:
+        keys = jax.random.split(dropout_rng, cfg.num_layers)
+
+    def layer(h, xs):
+        lp, key = xs
+        return decoder_layer(cfg, lp, h, segment_ids, rope, key), None
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-        h, _ = jax.lax.scan(layer, h, params["layers"])
+        h, _ = jax.lax.scan(layer, h, (params["layers"], keys))
     else:
         for i in range(cfg.num_layers):
-            h, _ = layer(h, jax.tree.map(lambda w, i=i: w[i], params["layers"]))
+            lp = jax.tree.map(lambda w, i=i: w[i], params["layers"])
+            h, _ = layer(h, (lp, None if keys is None else keys[i]))
     return rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps)
 
 
@@ -202,15 +241,16 @@ def output_kernel(params: dict, cfg: ModelConfig):
     return params["embed_tokens"]["embedding"].T if cfg.tie_embeddings else params["lm_head"]["kernel"]
 
 
-def scores(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
+def scores(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
     """Score-head outputs [B, S, num_labels] in float32 at every position (a reward model reads each sequence's
     last token, as transformers' LlamaForSequenceClassification does)."""
-    h = hidden_states(params, cfg, tokens, segment_ids, positions)
+    h = hidden_states(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)
     return matmul(h, params["score"]["kernel"].astype(h.dtype)).astype(jnp.float32)
 
 
-def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None):
-    """Logits [B, S, V] in float32. segment_ids/positions come from the packed batch (None = one document)."""
-    h = hidden_states(params, cfg, tokens, segment_ids, positions)
+def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
+    """Logits [B, S, V] in float32. segment_ids/positions come from the packed batch (None = one document);
+    dropout_rng: LoRA dropout key for training (None = no dropout)."""
+    h = hidden_states(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)
     logits = matmul(h, output_kernel(params, cfg).astype(h.dtype))
     return constrain(logits, LOGITS).astype(jnp.float32)

@@ -33,7 +33,9 @@ def decay_mask(params):
     return jax.tree.map_with_path(lambda path, _: path[-1].key not in ("scale", "bias"), params)
 
 
-def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg: OptimizerConfig, total_steps: int, selection: dict | None = None):
+    """Clipping + AdamW over the params. `selection` (jaxfin/train/trainable.py `selection`): only those params /
+    layers are optimised; the rest get no optimizer state and zero updates (None = everything, as a plain chain)."""
     parts = [optax.clip_by_global_norm(cfg.clip_norm)] if cfg.clip_norm > 0 else []
     parts.append(
         optax.adamw(
@@ -45,4 +47,9 @@ def make_optimizer(cfg: OptimizerConfig, total_steps: int) -> optax.GradientTran
             mask=decay_mask,
         )
     )
-    return optax.chain(*parts)
+    opt = optax.chain(*parts)
+    if selection is None:
+        return opt
+    from jaxfin.train.trainable import select_trainable
+
+    return select_trainable(opt, selection)

@@ -1,0 +1,145 @@
+"""LoRA adapters as leaves of the one parameter pytree, next to the kernel they adapt.
+
+For a target projection with kernel W [L, in..., out...] (q/k/v: [L, D, H, Dh]; o_proj: [L, Hq, Dh, D] contracting
+two dims; gate/up: [L, D, F]; down: [L, F, D]) the adapters are
+
+    lora_a  [L, in..., r]     kaiming-uniform like PEFT's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
+    lora_b  [L, r, out...]    zeros, so an adapted model starts equal to its base
+
+and the projection computes  y = x W + (alpha / r) * (dropout(x) A) B  (jaxfin/model/llama.py `_dense`).
+`merge_adapters` folds them into W (for export); `jaxfin/hf/peft.py` writes them as a PEFT adapter folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+
+from jaxfin.config.schema import ModelConfig
+
+# Every projection LoRA may target: name -> (group in the layer, number of contracted (input) dims of its kernel).
+TARGETS: dict[str, tuple[str, int]] = {
+    "q_proj": ("self_attn", 1),
+    "k_proj": ("self_attn", 1),
+    "v_proj": ("self_attn", 1),
+    "o_proj": ("self_attn", 2),
+    "gate_proj": ("mlp", 1),
+    "up_proj": ("mlp", 1),
+    "down_proj": ("mlp", 1),
+}
+ADAPTER_LEAVES = ("lora_a", "lora_b")
+LORA_KEY = 0x10A  # fold_in constant: adapters of a fresh model draw from their own stream, base weights unchanged
+
+
+def without_lora(cfg: ModelConfig) -> ModelConfig:
+    """The same model config with adapters off (rank 0; alpha, dropout and targets kept)."""
+    return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, rank=0))
+
+
+def _kernel_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    from jaxfin.model.llama import param_shapes
+
+    layers = param_shapes(without_lora(cfg))["layers"]
+    return {name: layers[group][name]["kernel"] for name, (group, _) in TARGETS.items()}
+
+
+def adapter_shapes(cfg: ModelConfig) -> dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(group, projection) -> (lora_a shape, lora_b shape) for each of cfg.lora.targets."""
+    r = cfg.lora.rank
+    kernels = _kernel_shapes(cfg)
+    out = {}
+    for name in cfg.lora.targets:
+        group, contract = TARGETS[name]
+        k = kernels[name]
+        out[(group, name)] = ((*k[: 1 + contract], r), (k[0], r, *k[1 + contract :]))
+    return out
+
+
+def adapter_paths(cfg: ModelConfig) -> list[str]:
+    """'/'-joined paths of every adapter leaf, e.g. 'layers/self_attn/q_proj/lora_a'."""
+    return [f"layers/{g}/{n}/{leaf}" for (g, n) in adapter_shapes(cfg) for leaf in ADAPTER_LEAVES]
+
+
+def has_adapters(params: dict) -> bool:
+    layers = params.get("layers", {})
+    return any(
+        isinstance(proj, dict) and "lora_a" in proj
+        for group in layers.values()
+        if isinstance(group, dict)
+        for proj in group.values()
+    )
+
+
+def add_adapters(params: dict, cfg: ModelConfig, key: jax.Array) -> dict:
+    """Base params (without adapters, e.g. loaded from Hugging Face) plus fresh adapters for cfg.lora: A drawn as
+    PEFT's default init (kaiming-uniform, bound 1/sqrt(fan_in)), B = 0. Returns a new pytree (the base leaves are
+    shared, not copied); adapters are in the base weights' dtype."""
+    if cfg.lora.rank <= 0:
+        return params
+    if has_adapters(params):
+        raise ValueError("these params already have LoRA adapters; merge them first (jaxfin.model.lora.merge_adapters)")
+    shapes = adapter_shapes(cfg)
+    keys = jax.random.split(key, len(shapes))
+    out = {**params, "layers": {g: dict(v) for g, v in params["layers"].items()}}
+    for k, ((group, name), (a_shape, b_shape)) in zip(keys, shapes.items()):
+        kernel = params["layers"][group][name]["kernel"]
+        contract = TARGETS[name][1]
+        bound = 1.0 / math.sqrt(math.prod(a_shape[1 : 1 + contract]))
+        a = jax.random.uniform(k, a_shape, jnp.float32, -bound, bound).astype(kernel.dtype)
+        out["layers"][group][name] = {
+            **params["layers"][group][name],
+            "lora_a": a,
+            "lora_b": jnp.zeros(b_shape, kernel.dtype),
+        }
+    return out
+
+
+def adapter_delta(a, b, scale: float, contract: int):
+    """scale * A @ B per layer, shaped like the kernel [L, in..., out...], in float32."""
+    n, r = a.shape[0], a.shape[-1]
+    a32 = jnp.asarray(a, jnp.float32).reshape(n, -1, r)
+    b32 = jnp.asarray(b, jnp.float32).reshape(n, r, -1)
+    return scale * jnp.einsum("lir,lro->lio", a32, b32).reshape(*a.shape[:-1], *b.shape[2:])
+
+
+def merge_adapters(params: dict, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
+    """(params with W += (alpha/r) A B and no adapter leaves, the config with rank 0): a plain model to export or
+    to keep training in full. A model without adapters comes back unchanged."""
+    if cfg.lora.rank <= 0 or not has_adapters(params):
+        return params, without_lora(cfg)
+    scale = cfg.lora.alpha / cfg.lora.rank
+    out = {**params, "layers": {g: dict(v) for g, v in params["layers"].items()}}
+    for group, projs in params["layers"].items():
+        if not isinstance(projs, dict):
+            continue
+        for name, p in projs.items():
+            if not isinstance(p, dict) or "lora_a" not in p:
+                continue
+            w = p["kernel"]
+            delta = adapter_delta(p["lora_a"], p["lora_b"], scale, TARGETS[name][1])
+            merged = {k: v for k, v in p.items() if k not in ADAPTER_LEAVES}
+            merged["kernel"] = (jnp.asarray(w, jnp.float32) + delta).astype(w.dtype)
+            out["layers"][group][name] = merged
+    return out, without_lora(cfg)
+
+
+def split_adapters(params: dict) -> tuple[dict, dict]:
+    """(base params without adapters, {path: adapter leaf})."""
+    base = {**params, "layers": {}}
+    adapters = {}
+    for group, projs in params["layers"].items():
+        if not isinstance(projs, dict):
+            base["layers"][group] = projs
+            continue
+        base["layers"][group] = {}
+        for name, p in projs.items():
+            if isinstance(p, dict) and "lora_a" in p:
+                base["layers"][group][name] = {k: v for k, v in p.items() if k not in ADAPTER_LEAVES}
+                for leaf in ADAPTER_LEAVES:
+                    adapters[f"layers/{group}/{name}/{leaf}"] = p[leaf]
+            else:
+                base["layers"][group][name] = p
+    return base, adapters
