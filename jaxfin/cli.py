@@ -162,6 +162,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.bench.cli import add_bench_parser
 
     add_bench_parser(sub)
+    from jaxfin.vocab.cli import add_vocab_parser
+
+    add_vocab_parser(sub)
     return parser
 
 

@@ -1,0 +1,5 @@
+"""Vocabulary expansion (`jaxfin vocab expand`): add tokens to a tokenizer, grow the embedding and LM head."""
+
+from jaxfin.vocab.expand import expand_vocab, mine_tokens, read_corpus, read_token_file, tokens_per_char
+
+__all__ = ["expand_vocab", "mine_tokens", "read_corpus", "read_token_file", "tokens_per_char"]

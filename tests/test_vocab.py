@@ -1,0 +1,216 @@
+"""`jaxfin vocab expand`: the expanded model and tokenizer load in transformers, old-token logits are unchanged, new
+rows are the means the design asks for (computed here from the original torch weights), CJK tokens lower tokens
+per character on real Chinese text, mining adds only new pieces, and the CLI works end to end."""
+
+import json
+import re
+import warnings
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, shared_data
+
+from jaxfin.cli import main
+from jaxfin.vocab import expand_vocab, read_corpus
+
+transformers = pytest.importorskip("transformers")
+SPIECE = "▁"
+
+
+def _tiny_llama(vocab_size: int, tie: bool, **ids):
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(
+        vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, tie_word_embeddings=tie, **ids,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(cfg).eval()
+
+
+def _english() -> list[str]:
+    return [json.loads(line)["text"] for line in (REPO / "demo_data/finance_train.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def bpe_model(tmp_path_factory):
+    """Untied tiny Llama with a byte-level BPE tokenizer trained here on the demo English text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    d = tmp_path_factory.mktemp("bpe_model")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=600, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(_english()[:300], trainer)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+    fast.save_pretrained(d)
+    _tiny_llama(len(fast), tie=False, bos_token_id=0, eos_token_id=1).save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def spm_model(tmp_path_factory):
+    """Tied tiny Llama with the demo SentencePiece tokenizer (byte fallback) exported to HF."""
+    from jaxfin.config.schema import ModelConfig
+    from jaxfin.hf.tokenizer import export_tokenizer
+
+    d = tmp_path_factory.mktemp("spm_model")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_tokenizer(REPO / "demo_data/tokenizer.model", d, ModelConfig(bos_token_id=2, eos_token_id=3))
+    tok = transformers.AutoTokenizer.from_pretrained(d)
+    _tiny_llama(len(tok), tie=True, bos_token_id=2, eos_token_id=3, pad_token_id=0).save_pretrained(d)
+    return d
+
+
+def _load(d):
+    return transformers.AutoModelForCausalLM.from_pretrained(d).eval(), transformers.AutoTokenizer.from_pretrained(d)
+
+
+def _logits(model, ids) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].numpy()
+
+
+@pytest.fixture(scope="module")
+def zh_text():
+    return read_corpus(shared_data() / "zh_corpus" / "cn_finance_laws_zh_hans.jsonl")
+
+
+def test_list_expansion_loads_in_transformers_keeps_old_logits_and_mean_rows(bpe_model, tmp_path):
+    old_model, old_tok = _load(bpe_model)
+    vocab = old_tok.get_vocab()
+    existing = next(t for t in sorted(vocab) if t.isalpha() and t.isascii() and len(t) >= 4)
+    new = ["financial", "revenue", "中国", "quarterly earnings", "EBITDA"]
+    assert not any(t in vocab for t in new) and all(len(old_tok.encode(t)) > 1 for t in new)
+    report = expand_vocab(bpe_model, tmp_path / "out", tokens=[*new, existing, "revenue"], log=lambda s: None)
+    assert (report["added"], report["skipped_existing"], report["skipped_duplicates"]) == (5, 1, 1)
+
+    model, tok = _load(tmp_path / "out")  # (1) loads in transformers; vocab grew by the added tokens
+    v_old = len(old_tok)
+    assert len(tok) == v_old + 5 == model.config.vocab_size == model.get_input_embeddings().weight.shape[0]
+    assert model.lm_head.weight.shape[0] == v_old + 5 and not model.config.tie_word_embeddings
+    for t in new:
+        assert tok.tokenize(t) == [t]
+
+    text = "Net revenue of the bank rose 12% in the quarter, driven by financial services."
+    ids = old_tok.encode(text)
+    assert max(ids) < v_old and tok.encode(text) != ids  # the new tokenizer uses new tokens here
+    np.testing.assert_allclose(_logits(model, ids)[:, :v_old], _logits(old_model, ids), atol=1e-5)  # (2)
+
+    # (3) each new row = mean of the original rows of the old tokenizer's pieces of that string
+    emb_old = old_model.get_input_embeddings().weight.detach().numpy()
+    head_old = old_model.lm_head.weight.detach().numpy()
+    emb, head = model.get_input_embeddings().weight.detach().numpy(), model.lm_head.weight.detach().numpy()
+    for t in new:
+        pieces, row = old_tok.encode(t), tok.convert_tokens_to_ids(t)
+        np.testing.assert_allclose(emb[row], emb_old[pieces].mean(0), atol=1e-6)
+        np.testing.assert_allclose(head[row], head_old[pieces].mean(0), atol=1e-6)
+    np.testing.assert_array_equal(emb[:v_old], emb_old)
+    np.testing.assert_array_equal(head[:v_old], head_old)
+
+
+def test_mean_noise_rows_are_seeded_noise_around_the_mean(bpe_model, tmp_path):
+    new = ["financial", "revenue", "中国", "quarterly earnings", "EBITDA", "dividend yield"]
+
+    def run(name, seed):
+        expand_vocab(bpe_model, tmp_path / name, tokens=new, init="mean_noise", seed=seed, log=lambda s: None)
+        m, t = _load(tmp_path / name)
+        rows = [t.convert_tokens_to_ids(x) for x in new]
+        return m.get_input_embeddings().weight.detach().numpy()[rows], m.lm_head.weight.detach().numpy()[rows]
+
+    emb_a, head_a = run("a", 1)
+    emb_b, head_b = run("b", 1)
+    emb_c, _ = run("c", 2)
+    np.testing.assert_array_equal(emb_a, emb_b)  # seeded: the same seed gives the same rows
+    np.testing.assert_array_equal(head_a, head_b)
+    assert not np.allclose(emb_a, emb_c)
+    old_model, _ = _load(bpe_model)
+    for got, old in ((emb_a, old_model.get_input_embeddings().weight), (head_a, old_model.lm_head.weight)):
+        old = old.detach().numpy().astype(np.float64)
+        z = (got - old.mean(0)) / (0.02 * old.std(0))  # the noise in units of its std: about N(0, 1)
+        assert np.abs(z).max() < 6 and 0.8 < z.std() < 1.2 and abs(z.mean()) < 0.2
+        assert np.abs(got - old.mean(0)).max() < 0.2 * old.std(0).min()  # close to the mean of all rows
+    assert not np.allclose(emb_a[0], emb_a[1])
+
+
+def test_cjk_characters_lower_tokens_per_char_on_tied_model(spm_model, zh_text, tmp_path):
+    han = Counter(c for t in zh_text for c in t if re.fullmatch(r"[\u4e00-\u9fff]", c))
+    top = [c for c, _ in han.most_common(500)]
+    (tmp_path / "han.txt").write_text("\n".join(top) + "\n", encoding="utf-8")
+    corpus = shared_data() / "zh_corpus" / "cn_finance_laws_zh_hans.jsonl"
+    out = tmp_path / "out"
+    rc = main(["vocab", "expand", str(spm_model), str(out), "--tokens", str(tmp_path / "han.txt"),
+               "--report-corpus", str(corpus)])  # fmt: skip
+    assert rc == 0
+    report = json.loads((out / "vocab_expand.json").read_text())
+    old_model, old_tok = _load(spm_model)
+    model, tok = _load(out)
+    assert report["added"] == len(tok) - len(old_tok) == 500 - report["skipped_existing"]
+    assert report["added"] >= 450  # the demo tokenizer is English: few Han characters are single tokens
+
+    def per_char(t):  # tokens per character, computed here with transformers
+        return sum(len(t.encode(x, add_special_tokens=False)) for x in zh_text) / sum(len(x) for x in zh_text)
+
+    before, after = per_char(old_tok), per_char(tok)
+    assert report["tokens_per_char"] == pytest.approx({"before": before, "after": after}, abs=1e-5)
+    assert after < 0.6 * before  # (5) byte fallback (3 tokens a character) gives way to one token
+    assert tok.tokenize("银行") == ["银", "行"]  # added tokens match inside running text, no "▁" inserted
+    for line in _english()[:100]:  # English text still tokenizes as before
+        assert tok.encode(line) == old_tok.encode(line)
+
+    # (8) tied: one matrix, grown once; its new rows are the mean of the character's byte-fallback rows
+    assert model.config.tie_word_embeddings
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    emb_old = old_model.get_input_embeddings().weight.detach().numpy()
+    emb = model.get_input_embeddings().weight.detach().numpy()
+    for c in ["银", "行", top[0], top[-1]]:
+        if c in old_tok.get_vocab():
+            continue
+        pieces = old_tok.convert_tokens_to_ids([f"<0x{b:02X}>" for b in c.encode()])
+        np.testing.assert_allclose(emb[tok.convert_tokens_to_ids(c)], emb_old[pieces].mean(0), atol=1e-6)
+    ids = old_tok.encode("The bank's capital ratio rose in 2023.")
+    np.testing.assert_allclose(_logits(model, ids)[:, : len(old_tok)], _logits(old_model, ids), atol=1e-5)
+
+
+def test_mine_cli_adds_n_new_pieces(spm_model, zh_text, tmp_path):
+    corpus = tmp_path / "zh.txt"  # the first laws, as one text a line (mining speed)
+    corpus.write_text("\n".join(zh_text[:8]) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["--mine", str(corpus), "--num", "60", "--pad-to-multiple", "64"]
+    assert main(["vocab", "expand", str(spm_model), str(out), *args]) == 0
+    report = json.loads((out / "vocab_expand.json").read_text())
+    old_model, old_tok = _load(spm_model)
+    model, tok = _load(out)
+    n = len(old_tok) + 60
+    assert model.config.vocab_size == report["vocab_size"]["after"] == -(-n // 64) * 64 > n  # padded
+    emb_old = old_model.get_input_embeddings().weight.detach().numpy()
+    pad_rows = model.get_input_embeddings().weight.detach().numpy()[n:]
+    np.testing.assert_allclose(pad_rows, np.broadcast_to(emb_old.mean(0), pad_rows.shape), atol=1e-6)
+    mined = report["added_tokens"]
+    assert report["added"] == len(mined) == 60 == len(tok) - len(old_tok)  # (6)
+    vocab, text = old_tok.get_vocab(), corpus.read_text(encoding="utf-8")
+    for piece, count in mined:
+        assert piece not in vocab and SPIECE + piece not in vocab and len(old_tok.tokenize(piece)) > 1
+        assert piece in text and count > 0
+    assert [c for _, c in mined] == sorted((c for _, c in mined), reverse=True)
+    assert report["tokens_per_char"]["after"] < report["tokens_per_char"]["before"]
+
+
+def test_cli_user_errors(spm_model, tmp_path, capsys):
+    missing = tmp_path / "no_such_tokens.txt"
+    assert main(["vocab", "expand", str(spm_model), str(tmp_path / "o"), "--tokens", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    (tmp_path / "tok.txt").write_text("中\n")
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "x").write_text("")
+    assert main(["vocab", "expand", str(spm_model), str(full), "--tokens", str(tmp_path / "tok.txt")]) == 2
+    assert str(full) in capsys.readouterr().err
+    assert main(["vocab", "expand", str(spm_model), str(tmp_path / "o2"), "--mine", str(tmp_path / "tok.txt")]) == 2
+    assert "--num" in capsys.readouterr().err
+    assert not Path(tmp_path / "o2").exists()
