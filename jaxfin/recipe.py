@@ -102,7 +102,9 @@ def run_recipe(path: str | Path, overrides: list[str] = ()) -> list[dict]:
     for i, st in enumerate(stages):
         stage_out = out / st["name"]
         if is_main():
-            print(f"=== recipe {Path(path).stem}: stage {i + 1}/{len(stages)} '{st['name']}' -> {stage_out}", flush=True)
+            print(
+                f"=== recipe {Path(path).stem}: stage {i + 1}/{len(stages)} '{st['name']}' -> {stage_out}", flush=True
+            )
         t0 = time.time()
         if st["vocab_expand"] is not None:
             if previous is None:

@@ -29,6 +29,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "norm": None,
     "labels": None,
+    "lora_rank": None,
     "seq": None,
     "act_embed": None,  # the model dimension of activations: whole on each device (no sequence parallelism)
 }
@@ -51,6 +52,21 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
     "norm/scale": ("norm",),
     "lm_head/kernel": ("embed", "vocab"),
     "score/kernel": ("embed", "labels"),
+    # LoRA adapters (jaxfin/model/lora.py): A keeps the kernel's input axes, B its output axes
+    "layers/self_attn/q_proj/lora_a": ("layers", "embed", "lora_rank"),
+    "layers/self_attn/q_proj/lora_b": ("layers", "lora_rank", "heads", "head_dim"),
+    "layers/self_attn/k_proj/lora_a": ("layers", "embed", "lora_rank"),
+    "layers/self_attn/k_proj/lora_b": ("layers", "lora_rank", "kv_heads", "head_dim"),
+    "layers/self_attn/v_proj/lora_a": ("layers", "embed", "lora_rank"),
+    "layers/self_attn/v_proj/lora_b": ("layers", "lora_rank", "kv_heads", "head_dim"),
+    "layers/self_attn/o_proj/lora_a": ("layers", "heads", "head_dim", "lora_rank"),
+    "layers/self_attn/o_proj/lora_b": ("layers", "lora_rank", "embed"),
+    "layers/mlp/gate_proj/lora_a": ("layers", "embed", "lora_rank"),
+    "layers/mlp/gate_proj/lora_b": ("layers", "lora_rank", "mlp"),
+    "layers/mlp/up_proj/lora_a": ("layers", "embed", "lora_rank"),
+    "layers/mlp/up_proj/lora_b": ("layers", "lora_rank", "mlp"),
+    "layers/mlp/down_proj/lora_a": ("layers", "mlp", "lora_rank"),
+    "layers/mlp/down_proj/lora_b": ("layers", "lora_rank", "embed"),
 }
 
 # Which config key sets each logical dimension's size (named in errors).

@@ -34,8 +34,8 @@ from jaxfin.train.state import (
     compile_train_step,
     init_state,
 )
-from jaxfin.train.trainable import trainable_report, trainable_selection
 from jaxfin.train.step import make_eval_step
+from jaxfin.train.trainable import trainable_report, trainable_selection
 
 log = logging.getLogger("jaxfin")
 

@@ -19,6 +19,7 @@ from jaxfin.model import forward, scores
 from jaxfin.parallel.rules import constrain_params
 from jaxfin.train import preference
 from jaxfin.train.loss import next_token_loss_sum
+from jaxfin.train.trainable import apply_part_updates, trainable_part, with_trainable
 
 
 def _model_inputs(batch):
@@ -42,68 +43,76 @@ def _reference(cfg: Config, batch, ref_params) -> dict | None:
     return reference_logps(ref_params, cfg, batch)
 
 
-def objective_sums(params, cfg: Config, batch, ref_params=None):
-    """(loss sum, normaliser count, {metric: sum}) of one (micro-)batch."""
+def objective_sums(params, cfg: Config, batch, ref_params=None, dropout_rng=None):
+    """(loss sum, normaliser count, {metric: sum}) of one (micro-)batch. `dropout_rng`: LoRA dropout (training)."""
     kind = cfg.objective.type
+    inputs = _model_inputs(batch)
     if kind == "next_token":
-        loss, count = next_token_loss_sum(forward(params, cfg.model, *_model_inputs(batch)), batch)
+        loss, count = next_token_loss_sum(forward(params, cfg.model, *inputs, dropout_rng=dropout_rng), batch)
         return loss, count, {}
     if kind == "dpo":
-        policy = preference.pair_logps(forward(params, cfg.model, *_model_inputs(batch)), batch)
+        policy = preference.pair_logps(forward(params, cfg.model, *inputs, dropout_rng=dropout_rng), batch)
         ref = _reference(cfg, batch, ref_params)
         if ref is not None and "pairs" in ref:  # precomputed: only the first P_cached pairs of a row can exist
             p = ref.pop("pairs")
             policy = {k: v[:, :p] for k, v in policy.items()}
         return preference.dpo_loss(policy, ref, cfg.objective)
     if kind == "reward":
-        s = scores(params, cfg.model, *_model_inputs(batch))[..., 0]
+        s = scores(params, cfg.model, *inputs, dropout_rng=dropout_rng)[..., 0]
         return preference.reward_loss(*preference.reward_scores_at_last_token(s, batch))
     raise ValueError(f"unknown objective '{kind}'")
 
 
 def make_train_step(cfg: Config, optimizer, schedule):
+    """The train step for `optimizer` from make_optimizer. With a trainable selection (partial training, LoRA) the
+    gradients, accumulation buffers and optimizer update cover only the trained values: frozen weights are
+    constants to XLA."""
     micro_batches = cfg.train.micro_batches
+    sel = getattr(optimizer, "selection", None)
+    inner = optimizer if sel is None else optimizer.inner
+    dropout = cfg.model.lora.rank > 0 and cfg.model.lora.dropout > 0
 
-    def sums(params, mb, ref_params):
-        loss, count, metrics = objective_sums(params, cfg, mb, ref_params)
+    def sums(part, params, mb, ref_params, rng):
+        full = part if sel is None else with_trainable(params, part, sel)
+        loss, count, metrics = objective_sums(full, cfg, mb, ref_params, rng)
         return loss, (count, metrics)
 
     grad_fn = jax.value_and_grad(sums, has_aux=True)
 
     def train_step(state, batch):
         params = state["params"]
+        part = params if sel is None else trainable_part(params, sel)
         ref_params = state.get("ref_params")
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"]) if dropout else None
         # micro-batch m = rows m, m+M, m+2M, ...: every device keeps its own rows (no resharding between micro-batches)
         micro = jax.tree.map(lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1), batch)
 
-        def accumulate(carry, mb):
+        def accumulate(carry, xs):
+            mb, m = xs
             grads, loss, count, metrics = carry
-            (mb_loss, (n, mb_metrics)), g = grad_fn(params, mb, ref_params)
+            rng = None if key is None else jax.random.fold_in(key, m)
+            (mb_loss, (n, mb_metrics)), g = grad_fn(part, params, mb, ref_params, rng)
             grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
             metrics = jax.tree.map(jnp.add, metrics, mb_metrics)
             return (grads, loss + mb_loss, count + n, metrics), None
 
-        zeros = constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params))
+        zeros = constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), part))
         first = jax.tree.map(lambda x: x[0], micro)
-        metric_zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(lambda: sums(params, first, ref_params)[1][1]))
-        carry = (zeros, 0.0, 0.0, metric_zeros)
+        metric_shapes = jax.eval_shape(lambda: sums(part, params, first, ref_params, None)[1][1])
+        carry = (zeros, 0.0, 0.0, jax.tree.map(jnp.zeros_like, metric_shapes))
         if micro_batches == 1:  # same result; skipping the scan roughly halves compile time on CPU
-            (grads, loss, count, msums), _ = accumulate(carry, first)
+            (grads, loss, count, msums), _ = accumulate(carry, (first, 0))
         else:
-            (grads, loss, count, msums), _ = jax.lax.scan(accumulate, carry, micro)
+            (grads, loss, count, msums), _ = jax.lax.scan(accumulate, carry, (micro, jnp.arange(micro_batches)))
         count = jnp.maximum(count, 1.0)
-        grads = constrain_params(jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params))
-        updates, opt_state = optimizer.update(grads, state["opt_state"], params)
-        new_state = {
-            **state,
-            "params": optax.apply_updates(params, updates),
-            "opt_state": opt_state,
-            "step": state["step"] + 1,
-        }
+        grads = constrain_params(jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, part))
+        updates, opt_state = inner.update(grads, state["opt_state"], part)
+        new_params = optax.apply_updates(params, updates) if sel is None else apply_part_updates(params, updates, sel)
+        new_state = {**state, "params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
         metrics = {
             "loss": loss / count,
             **{k: v / count for k, v in msums.items()},
-            "grad_norm": optax.tree.norm(grads),
+            "grad_norm": optax.tree.norm(grads),  # of the trained values
             "lr": schedule(state["step"]),
             "target_tokens" if cfg.objective.type == "next_token" else "pairs": count,
             "tokens": jnp.sum(batch["segment_ids"] != 0),  # non-padding input tokens of the global batch
