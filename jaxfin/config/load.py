@@ -205,6 +205,8 @@ def validate(cfg: Config) -> None:
             _choice(src.chat_template, ("tokenizer", "llama3", "chatml"), f"{key}[{i}].chat_template")
             if not src.path:
                 raise ConfigError(f"'{key}[{i}].path' is required")
+    if cfg.export_peft and not cfg.model.lora.rank:
+        raise ConfigError("'export_peft' writes LoRA adapters: set model.lora.rank > 0 (or drop export_peft)")
     o = cfg.objective
     _choice(o.type, ("next_token", "dpo", "reward"), "objective.type")
     _choice(o.loss, ("sigmoid", "robust", "hinge", "ipo"), "objective.loss")

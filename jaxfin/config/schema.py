@@ -199,7 +199,8 @@ class Config:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
-    export_hf: str = ""  # if set, export the final model as a Hugging Face dir here
+    export_hf: str = ""  # if set, export the final model as a Hugging Face dir here (LoRA adapters merged)
+    export_peft: str = ""  # with LoRA: also write the adapters as a PEFT adapter folder here (base = init_from)
 
 
 def to_dict(cfg) -> dict:

@@ -258,11 +258,16 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
     if reason == "SIGTERM":
         if main:
             print("rerun the same command to resume", flush=True)
-    elif cfg.export_hf:
+    elif cfg.export_hf or cfg.export_peft:
         params = to_host(state["params"])  # every process takes part in the gather; process 0 writes
-        if main:
+        if main and cfg.export_hf:
             Model(cfg.model, params, str(out), hf_extra).save(cfg.export_hf, format="hf")
             print(f"exported a Hugging Face model to {cfg.export_hf}", flush=True)
+        if main and cfg.export_peft:
+            from jaxfin.hf.peft import save_peft_adapter
+
+            save_peft_adapter(params, cfg.model, cfg.export_peft, base_model_name_or_path=cfg.init_from)
+            print(f"exported the LoRA adapters as a PEFT adapter folder to {cfg.export_peft}", flush=True)
     return {
         "steps": step,
         "stop_reason": reason,
