@@ -14,10 +14,12 @@ A recipe is a YAML file with one top-level key, `recipe`:
         - name: dpo
           set: {objective.type: dpo, ...}  # init_from defaults to the previous stage's output
 
-A training stage's `init_from` is the previous stage's output (a run dir loads its latest checkpoint, an
-expansion stage's output is a Hugging Face dir) unless the stage sets it. Command-line overrides apply to every
-training stage (e.g. `train.steps=20` for a smoke run). Rerunning a recipe resumes: a finished training stage
-restores its last checkpoint and stops at once, a finished expansion (its output dir exists) is skipped.
+In a stage, relative `export_hf` / `export_peft` paths are inside the stage's output dir, and `output_dir=DIR` on
+the command line moves the recipe's root. A training stage's `init_from` is the previous stage's output (a run
+dir loads its latest checkpoint, an expansion stage's output is a Hugging Face dir) unless the stage sets it.
+Command-line overrides apply to every training stage (e.g. `train.steps=20` for a smoke run). Rerunning a recipe
+resumes: a finished training stage restores its last checkpoint and stops at once, a finished expansion (its
+output dir exists) is skipped.
 """
 
 from __future__ import annotations
@@ -68,6 +70,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
             raise ConfigError(f"{where}: recipe.config '{spec['config']}' not found (looked at {base_path})")
         base = yaml.safe_load(base_path.read_text()) or {}
     cli = parse_overrides(list(overrides))
+    if "output_dir" in cli:  # on the command line, output_dir is the recipe's root
+        out = Path(cli.pop("output_dir"))
     stages, names = [], set()
     for i, st in enumerate(spec["stages"]):
         name = st.get("name") if isinstance(st, dict) else None
@@ -82,6 +86,9 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
             continue
         data = _merge(_merge(base, _dotted(st.get("set") or {})), cli)
         data["output_dir"] = str(out / name)
+        for key in ("export_hf", "export_peft"):  # relative to the stage's output dir
+            if data.get(key) and not Path(data[key]).is_absolute():
+                data[key] = str(out / name / data[key])
         try:
             cfg = _build(Config, data, "", f"{where} stage '{name}'")
         except TypeError as e:

@@ -1,0 +1,83 @@
+"""The shipped recipes (configs/recipes/) run end to end on ../shared/data, a few steps per stage, and each stage
+does what the recipe says: vocabulary grown, only the embeddings and LM head trained in the first CPT stage, the
+DPO stage on a precomputed reference, Hugging Face exports that transformers loads."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from jaxfin.model import load_model
+from jaxfin.recipe import load_recipe, run_recipe
+from tests.conftest import REPO, shared_data
+
+
+@pytest.fixture
+def in_repo(monkeypatch):
+    shared_data()  # fails clearly when the shared data is missing
+    monkeypatch.chdir(REPO)  # the recipes name ../shared/data and demo_data/ relative to the repo
+
+
+def _overrides(tmp_path):
+    return [f"output_dir={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}", "train.steps=3",
+            "train.dev_batches=1", "checkpoint.every=0"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_vocab_expanded_recipe(in_repo, tmp_path):
+    import transformers
+
+    summaries = {s["stage"]: s for s in run_recipe("configs/recipes/vocab_expanded.yaml", _overrides(tmp_path))}
+    assert list(summaries) == ["base", "expand", "stage1", "stage2"]
+    out = tmp_path / "out"
+    report = json.loads((out / "expand" / "vocab_expand.json").read_text())
+    assert report["added"] == 500
+    assert report["tokens_per_char"]["after"] < 0.6 * report["tokens_per_char"]["before"]
+    expanded, stage1 = load_model(out / "expand"), load_model(out / "stage1")
+    assert expanded.config.vocab_size >= 1024 + 500
+    before, after = expanded.params, stage1.params
+    for name in ("embed_tokens", "lm_head"):  # trained in stage 1 ...
+        (a,), (b,) = before[name].values(), after[name].values()
+        assert not np.array_equal(np.asarray(a), np.asarray(b)), name
+    for path, a in _leaves(before["layers"]):  # ... and nothing else
+        assert np.array_equal(np.asarray(a), np.asarray(_get(after["layers"], path))), path
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out / "stage2" / "hf")
+    assert hf.config.vocab_size == expanded.config.vocab_size
+    assert summaries["stage2"]["steps"] == 3
+
+
+@pytest.mark.slow
+def test_llama_fin_recipe(in_repo, tmp_path):
+    import transformers
+
+    _, stages = load_recipe("configs/recipes/llama_fin.yaml")
+    joint = next(s["config"] for s in stages if s["name"] == "joint")
+    assert joint.data.mix_by == "examples" and len(joint.data.stages) == 2  # 50/50 by examples, two groups
+    dpo = next(s["config"] for s in stages if s["name"] == "dpo")
+    assert (dpo.objective.type, dpo.objective.beta, dpo.objective.nll_weight) == ("dpo", 0.1, 1.0)
+
+    summaries = {s["stage"]: s for s in run_recipe("configs/recipes/llama_fin.yaml", _overrides(tmp_path))}
+    assert list(summaries) == ["base", "chat_tokens", "joint", "dpo"]
+    out = tmp_path / "out"
+    assert (out / "dpo" / "reference_logps.npz").is_file()
+    recs = [json.loads(x) for x in (out / "dpo" / "metrics.jsonl").read_text().splitlines()]
+    assert recs[-1]["step"] == 3 and recs[-1]["pairs"] > 0 and "rewards/accuracy" in recs[-1]
+    tok = transformers.AutoTokenizer.from_pretrained(out / "dpo" / "hf")
+    assert len(tok.encode("<|im_start|>", add_special_tokens=False)) == 1
+    transformers.AutoModelForCausalLM.from_pretrained(out / "dpo" / "hf")
+
+
+def _leaves(tree, prefix=()):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from _leaves(v, (*prefix, k))
+        else:
+            yield (*prefix, k), v
+
+
+def _get(tree, path):
+    for k in path:
+        tree = tree[k]
+    return tree
