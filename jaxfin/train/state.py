@@ -73,6 +73,7 @@ def init_state(cfg: Config, optimizer, mesh: Mesh, params=None) -> dict:
         )
     else:
         params = jax.tree.map(_put, params, shardings["params"])
+
     def make(p):
         state = {
             "params": p,
