@@ -165,6 +165,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.vocab.cli import add_vocab_parser
 
     add_vocab_parser(sub)
+    from jaxfin.merge.cli import add_merge_parser
+
+    add_merge_parser(sub)
     return parser
 
 

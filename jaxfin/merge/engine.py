@@ -1,0 +1,439 @@
+"""Streaming merge execution: one output tensor at a time, read from the inputs' safetensors and written straight
+into pre-planned output shards, so peak memory stays near a few tensors per input model.
+
+Reading uses plain positioned file reads (no memory map, whose touched pages would count as resident memory);
+writing lays out each shard's safetensors header first (every output shape is known from the plan), then streams
+the tensors' bytes in order. The per-tensor math is `jaxfin.merge.methods.merge_tensor`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import re
+import shutil
+import struct
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from jaxfin.merge.config import MergeConfigError, MergePlan, OutSlice, resolve
+from jaxfin.merge.tokenizer import VocabPlan, build_vocab, permute_rows, save_tokenizer
+
+log = logging.getLogger(__name__)
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+POST = ("model.norm.weight", "lm_head.weight")  # written after the layers with t = 1 (mergekit's post weights)
+EMBED = ("model.embed_tokens.weight", "lm_head.weight")
+ARCH_KEYS = (
+    "model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+    "tie_word_embeddings", "hidden_act", "rms_norm_eps",
+)  # fmt: skip
+ALL_INPUTS = {"linear", "passthrough"}  # methods without a base: every source (the base too) is an input
+
+
+def _np_dtypes() -> dict[str, np.dtype]:
+    import ml_dtypes
+
+    return {
+        "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
+        "F64": np.dtype(np.float64), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
+        "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
+    }  # fmt: skip
+
+
+NAMES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
+
+
+# ------------------------------------------------------------------------------------------------ reading
+
+
+class SafetensorsReader:
+    """Name -> tensor of an HF folder's safetensors (single file or sharded index), read with positioned reads."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if (self.path / INDEX).is_file():
+            files = sorted(set(json.loads((self.path / INDEX).read_text())["weight_map"].values()))
+        elif (self.path / SINGLE).is_file():
+            files = [SINGLE]
+        else:
+            raise FileNotFoundError(f"{self.path}: no {SINGLE} or {INDEX} (jaxfin merge reads safetensors only)")
+        self.entries: dict[str, tuple[Path, int, dict]] = {}
+        for name in files:
+            f = self.path / name
+            if not f.is_file():
+                raise FileNotFoundError(f"{self.path / INDEX} lists {name}, which does not exist")
+            with open(f, "rb") as fh:
+                (n,) = struct.unpack("<Q", fh.read(8))
+                header = json.loads(fh.read(n))
+            header.pop("__metadata__", None)
+            for k, v in header.items():
+                self.entries[k] = (f, 8 + n, v)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def names(self) -> list[str]:
+        return list(self.entries)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.entries[name][2]["shape"])
+
+    def dtype(self, name: str) -> str:
+        return self.entries[name][2]["dtype"]
+
+    def read(self, name: str) -> np.ndarray:
+        f, start, e = self.entries[name]
+        a, b = e["data_offsets"]
+        buf = np.empty(b - a, np.uint8)
+        with open(f, "rb") as fh:
+            fh.seek(start + a)
+            if fh.readinto(memoryview(buf)) != b - a:
+                raise ValueError(f"{f}: truncated tensor {name}")
+        return buf.view(_np_dtypes()[e["dtype"]]).reshape(e["shape"])
+
+
+# ------------------------------------------------------------------------------------------------ writing
+
+
+@dataclasses.dataclass
+class OutSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # float32 | bfloat16 | float16
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * _np_dtypes()[NAMES[self.dtype]].itemsize
+
+
+class ShardWriter:
+    """Writes planned tensors in order into greedy shards (a new shard when the next tensor would overflow, as
+    transformers and jaxfin's save_hf do). Each shard's header is written when the shard opens."""
+
+    def __init__(self, out_dir: Path, specs: list[OutSpec], max_shard_size: int):
+        self.out_dir = out_dir
+        shards: list[list[OutSpec]] = [[]]
+        size = 0
+        for s in specs:
+            if shards[-1] and size + s.nbytes > max_shard_size:
+                shards.append([])
+                size = 0
+            shards[-1].append(s)
+            size += s.nbytes
+        self.shards = shards
+        self.files = (
+            [SINGLE]
+            if len(shards) == 1
+            else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
+        )
+        self.order = [(k, s) for k, shard in enumerate(shards) for s in shard]
+        self.pos = 0
+        self.fh = None
+        self.written = 0
+
+    def _open(self, k: int) -> None:
+        if self.fh:
+            self.fh.close()
+        header, off = {}, 0
+        for s in self.shards[k]:
+            header[s.name] = {"dtype": NAMES[s.dtype], "shape": list(s.shape), "data_offsets": [off, off + s.nbytes]}
+            off += s.nbytes
+        header["__metadata__"] = {"format": "pt"}
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self.fh = open(self.out_dir / self.files[k], "wb")  # noqa: SIM115 (closed by the next shard or close())
+        self.fh.write(struct.pack("<Q", len(raw)) + raw)
+
+    def write(self, name: str, x: np.ndarray) -> None:
+        k, spec = self.order[self.pos]
+        if spec.name != name or tuple(x.shape) != spec.shape:
+            raise RuntimeError(f"writer expected {spec.name} {spec.shape}, got {name} {tuple(x.shape)}")
+        if self.pos == 0 or self.order[self.pos - 1][0] != k:
+            self._open(k)
+        data = np.ascontiguousarray(x.astype(_np_dtypes()[NAMES[spec.dtype]], copy=False))
+        self.fh.write(memoryview(data.view(np.uint8).reshape(-1)))
+        self.written += data.nbytes
+        self.pos += 1
+
+    def close(self) -> list[str]:
+        if self.fh:
+            self.fh.close()
+        if self.pos != len(self.order):
+            raise RuntimeError(f"writer: {len(self.order) - self.pos} planned tensors were never written")
+        if len(self.files) > 1:
+            index = {
+                "metadata": {"total_size": sum(s.nbytes for _, s in self.order)},
+                "weight_map": {s.name: self.files[k] for k, s in self.order},
+            }
+            (self.out_dir / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+            return [*self.files, INDEX]
+        return list(self.files)
+
+
+# ------------------------------------------------------------------------------------------------ planning
+
+
+@dataclasses.dataclass
+class TensorTask:
+    name: str  # output HF name
+    inputs: list[tuple[str, str]]  # (model ref, input tensor name), in slice source order
+    t: float
+    out_slice: OutSlice
+    spec: OutSpec
+
+
+def _hf_config(path: Path) -> dict:
+    f = path / "config.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{path}: no config.json")
+    return json.loads(f.read_text())
+
+
+def _check_arch(plan: MergePlan, configs: dict[str, dict], vocab: VocabPlan | None) -> None:
+    donor = plan.donor()
+    keys = list(ARCH_KEYS) + ([] if vocab else ["vocab_size"]) + (["num_hidden_layers"] if plan.from_models else [])
+    for m, cfg in configs.items():
+        for key in keys:
+            a, b = configs[donor].get(key), cfg.get(key)
+            if a != b:
+                hint = {
+                    "vocab_size": "; set tokenizer_source (base, union or a model) to merge different vocabularies",
+                    "num_hidden_layers": "; use slices with layer_range to choose layers",
+                }.get(key, "")
+                raise MergeConfigError(
+                    f"cannot merge {donor} and {m}: {key} is {a!r} in {donor} but {b!r} in {m}{hint}"
+                )
+
+
+def _as_hf(ref: str, path: Path, tmp: Path) -> Path:
+    """An HF folder for `path`: itself, or a jaxfin checkpoint converted into `tmp` (this loads it whole)."""
+    from jaxfin.hf import is_hf_dir
+
+    if is_hf_dir(path):
+        return path
+    import jaxfin
+
+    log.info("%s is not a Hugging Face folder; converting it as a jaxfin checkpoint (loads it whole)", ref)
+    out = tmp / re.sub(r"[^A-Za-z0-9_.-]", "_", ref)
+    try:
+        jaxfin.load_model(path).save(out, format="hf")
+    except (FileNotFoundError, ValueError) as e:
+        raise MergeConfigError(
+            f"model '{ref}' at {path}: neither a Hugging Face folder nor a jaxfin checkpoint ({e})"
+        ) from None
+    return out
+
+
+def plan_tensors(
+    plan: MergePlan, readers: dict[str, SafetensorsReader], configs: dict[str, dict], vocab
+) -> tuple[list[TensorTask], int]:
+    """The output tensors in order (pre weights, layers slice by slice, post weights) and the layer count."""
+    slices = []
+    for s in plan.slices:  # fill the `models:` form's layer ranges
+        srcs = tuple(
+            x if x.layer_range else dataclasses.replace(x, layer_range=(0, configs[x.model]["num_hidden_layers"]))
+            for x in s.sources
+        )
+        for x in srcs:
+            n = configs[x.model]["num_hidden_layers"]
+            if x.layer_range[1] > n:
+                raise MergeConfigError(
+                    f"{plan.where}: layer_range {list(x.layer_range)} of {x.model} past its {n} layers"
+                )
+        slices.append(dataclasses.replace(s, sources=srcs))
+    plan.slices = slices
+    donor = plan.donor()
+    layer_names: dict[str, dict[int, list[str]]] = {}
+    for m, r in readers.items():
+        per: dict[int, list[str]] = {}
+        for n in r.names():
+            if g := LAYER.match(n):
+                per.setdefault(int(g.group(1)), []).append(g.group(2))
+        layer_names[m] = per
+    tasks: list[TensorTask] = []
+
+    def out_dtype(m: str, name: str) -> str:
+        if plan.out_dtype or plan.dtype:
+            return plan.out_dtype or plan.dtype
+        d = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(readers[m].dtype(name))
+        if d is None:
+            raise MergeConfigError(f"{m}: tensor {name} is stored as {readers[m].dtype(name)}, not a float type")
+        return d
+
+    def add(name: str, inputs: list[tuple[str, str]], t: float, out_slice: OutSlice) -> None:
+        shapes = {}
+        for m, n in inputs:
+            if n not in readers[m]:
+                raise MergeConfigError(f"cannot merge: {m} has no tensor {n} (present in {inputs[0][0]})")
+            shapes[m] = readers[m].shape(n)
+        shape = shapes[inputs[0][0]]
+        if vocab and name in EMBED:
+            shape = (vocab.size, *shape[1:])
+        elif len(set(shapes.values())) > 1:
+            a, b = [m for m in shapes if shapes[m] != shape][0], inputs[0][0]
+            raise MergeConfigError(f"cannot merge {b} and {a}: {name} has shape {shape} in {b} but {shapes[a]} in {a}")
+        tasks.append(
+            TensorTask(name, inputs, t, out_slice, OutSpec(name, shape, out_dtype(inputs[0][0], inputs[0][1])))
+        )
+
+    def models_of(s: OutSlice) -> list[str]:
+        return [x.model for x in s.sources]
+
+    extra = [n for n in readers[donor].names() if not LAYER.match(n)]
+    pre = [n for n in extra if n not in POST]
+    post = [n for n in POST if n in readers[donor]]
+    for n in pre:
+        add(n, [(m, n) for m in models_of(slices[0])], 0.0, slices[0])
+    k = 0
+    for s in slices:
+        length = s.sources[0].layer_range[1] - s.sources[0].layer_range[0]
+        for i in range(length):
+            t = i / (length - 1) if length > 1 else 1.0
+            first = s.sources[0]
+            for rest in layer_names[first.model].get(first.layer_range[0] + i, []):
+                add(
+                    f"model.layers.{k}.{rest}",
+                    [(x.model, f"model.layers.{x.layer_range[0] + i}.{rest}") for x in s.sources],
+                    t,
+                    s,
+                )
+            k += 1
+    for n in post:
+        add(n, [(m, n) for m in models_of(slices[-1])], 1.0, slices[-1])
+    return tasks, k
+
+
+# ------------------------------------------------------------------------------------------------ running
+
+
+def _merge_fn() -> Callable:
+    from jaxfin.merge.methods import merge_tensor
+
+    return merge_tensor
+
+
+def _to_f32(x: np.ndarray, dtype: str | None) -> np.ndarray:
+    if dtype:  # mergekit loads the inputs in `dtype`
+        x = x.astype(_np_dtypes()[NAMES[dtype]], copy=False)
+    return x.astype(np.float32, copy=False)
+
+
+def run_merge(
+    plan: MergePlan,
+    out_dir: str | Path,
+    *,
+    max_shard_size: int | str = "5GB",
+    seed: int = 0,
+    device: bool = False,
+    out_format: str = "hf",
+    merge_fn: Callable | None = None,
+) -> dict:
+    """Run a merge plan into `out_dir` (an HF folder, or a jaxfin checkpoint with out_format='jaxfin').
+    Returns a summary (tensors, bytes read and written, seconds, layers, vocab size, files)."""
+    from jaxfin.hf.convert import _parse_size
+
+    if out_format not in ("hf", "jaxfin"):
+        raise ValueError(f"format must be 'hf' or 'jaxfin', got '{out_format}'")
+    merge_fn = merge_fn or _merge_fn()
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory(prefix="jaxfin-merge-") as tmp:
+        tmp = Path(tmp)
+        for ref in plan.referenced_models():
+            plan.paths[ref] = _as_hf(ref, plan.paths[ref], tmp)
+        configs = {m: _hf_config(plan.paths[m]) for m in plan.referenced_models()}
+        vocab = build_vocab(plan)
+        _check_arch(plan, configs, vocab)
+        readers = {m: SafetensorsReader(plan.paths[m]) for m in plan.referenced_models()}
+        tasks, n_layers = plan_tensors(plan, readers, configs, vocab)
+        hf_dir = out_dir if out_format == "hf" else tmp / "merged-hf"
+        hf_dir.mkdir(parents=True, exist_ok=True)
+        for old in hf_dir.iterdir():  # stale shards of an earlier merge would confuse loaders
+            if old.name == INDEX or re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", old.name):
+                old.unlink()
+        writer = ShardWriter(hf_dir, [t.spec for t in tasks], _parse_size(max_shard_size))
+        glob_names, model_names = plan.parameter_names()
+        implicit = {x.model for s in plan.slices for x in s.sources if x.implicit}
+        run = _device_runner(merge_fn) if device else merge_fn
+        read = 0
+        for task in tasks:
+            base = task.out_slice.base_model or plan.base_model
+            arrays = {}
+            for m, n in task.inputs:
+                x = readers[m].read(n)
+                read += x.nbytes
+                arrays[m] = _to_f32(x, plan.dtype)
+            if vocab and task.name in EMBED:
+                arrays = permute_rows(arrays, vocab)
+            in_name = dict(task.inputs)
+            if plan.merge_method in ALL_INPUTS or base not in arrays:  # the base joins only if listed
+                inputs, base_x = [m for m in arrays if m not in implicit], None
+            else:
+                inputs, base_x = [m for m in arrays if m != base], arrays[base]
+            params = {
+                p: v for p in glob_names if (v := resolve(plan, p, task.name, task.t, task.out_slice, None)) is not None
+            }
+            model_params = [
+                {
+                    p: v
+                    for p in model_names
+                    if (v := resolve(plan, p, in_name[m], task.t, task.out_slice, m)) is not None
+                }
+                for m in inputs
+            ]
+            y = run(
+                plan.merge_method, [arrays[m] for m in inputs], base_x, model_params, params, seed=seed, name=task.name
+            )
+            del arrays, base_x
+            writer.write(task.name, np.asarray(y))
+            del y
+        files = writer.close()
+        out_cfg = dict(configs[plan.donor()])
+        out_cfg["num_hidden_layers"] = n_layers
+        if vocab:
+            out_cfg["vocab_size"] = vocab.size
+        dtype = plan.out_dtype or plan.dtype
+        if dtype:
+            out_cfg["dtype" if "dtype" in out_cfg or "torch_dtype" not in out_cfg else "torch_dtype"] = dtype
+        (hf_dir / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n")
+        gen = plan.paths[plan.donor()] / "generation_config.json"
+        if gen.is_file():
+            shutil.copyfile(gen, hf_dir / "generation_config.json")
+        files += ["config.json"] + save_tokenizer(vocab, plan, hf_dir)
+        if out_format == "jaxfin":
+            import jaxfin
+
+            log.info("writing a jaxfin checkpoint: loading the merged HF model whole")
+            jaxfin.load_model(hf_dir, param_dtype=dtype or writer.order[0][1].dtype).save(out_dir, format="jaxfin")
+            files = sorted(p.name for p in out_dir.iterdir())
+    secs = time.perf_counter() - t0
+    return {
+        "out_dir": str(out_dir),
+        "format": out_format,
+        "merge_method": plan.merge_method,
+        "tensors": len(tasks),
+        "layers": n_layers,
+        "vocab_size": vocab.size if vocab else None,
+        "bytes_read": read,
+        "bytes_written": writer.written,
+        "seconds": round(secs, 3),
+        "files": files,
+    }
+
+
+def _device_runner(merge_fn: Callable) -> Callable:
+    """merge_tensor's jax backend (jit per method options and tensor shape, on JAX's default device)."""
+
+    def run(method, tensors, base, model_params, params, *, seed, name):
+        y = merge_fn(method, tensors, base, model_params, params, seed=seed, name=name, backend="jax")
+        return np.asarray(y)
+
+    return run
