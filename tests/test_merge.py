@@ -448,3 +448,23 @@ def test_device_backend_and_jaxfin_output(models, tmp_path):
     m = jaxfin.load_model(tmp_path / "ckpt")
     np.testing.assert_allclose(np.asarray(m.params["embed_tokens"]["embedding"]), s_cpu["model.embed_tokens.weight"])
     np.testing.assert_allclose(np.asarray(m.params["lm_head"]["kernel"]), s_cpu["lm_head.weight"].T)
+
+
+def test_whole_model_topk_ties(models, tmp_path):
+    """`sparsify_scope: model`: TIES of one model (weight 1) is base + δ kept where |δ| is among the top 40% of the
+    whole model's |δ| (threshold from a numpy sort here), not 40% of each tensor."""
+    cfg = {
+        "models": [{"model": str(models["a"]), "parameters": {"weight": 1.0, "density": 0.4}}],
+        "merge_method": "ties", "base_model": str(models["base"]), "parameters": {"sparsify_scope": "model"},
+    }  # fmt: skip
+    out = tmp_path / "out"
+    run_merge(load_merge_config(_write(tmp_path, cfg)), out)
+    s0, sa, so = _sd(models["base"]), _sd(models["a"]), _sd(out)
+    absd = np.sort(np.concatenate([np.abs(sa[k] - s0[k]).ravel() for k in so]))
+    thr = absd[absd.size - int(0.4 * absd.size)]
+    fractions = []
+    for k in so:
+        d = sa[k] - s0[k]
+        np.testing.assert_allclose(so[k], s0[k] + np.where(np.abs(d) >= thr, d, 0), atol=1e-6, err_msg=k)
+        fractions.append(np.mean(np.abs(d) >= thr))
+    assert max(fractions) - min(fractions) > 0.3  # per-tensor kept fractions differ: the trim is global

@@ -364,7 +364,10 @@ def run_merge(
         implicit = {x.model for s in plan.slices for x in s.sources if x.implicit}
         run = _device_runner(merge_fn) if device else merge_fn
         read = 0
-        for task in tasks:
+
+        def load(task: TensorTask):
+            """(input models, their float32 arrays, base array, global params, per-input params) of one tensor."""
+            nonlocal read
             base = task.out_slice.base_model or plan.base_model
             arrays = {}
             for m, n in task.inputs:
@@ -378,17 +381,24 @@ def run_merge(
                 inputs, base_x = [m for m in arrays if m not in implicit], None
             else:
                 inputs, base_x = [m for m in arrays if m != base], arrays[base]
-            params = {
-                p: v for p in glob_names if (v := resolve(plan, p, task.name, task.t, task.out_slice, None)) is not None
-            }
-            model_params = [
-                {
-                    p: v
-                    for p in model_names
-                    if (v := resolve(plan, p, in_name[m], task.t, task.out_slice, m)) is not None
-                }
-                for m in inputs
-            ]
+            params = {}
+            for p in glob_names:
+                if (v := resolve(plan, p, task.name, task.t, task.out_slice, None)) is not None:
+                    params[p] = v
+            model_params = []
+            for m in inputs:
+                mp = {}
+                for p in model_names:
+                    if (v := resolve(plan, p, in_name[m], task.t, task.out_slice, m)) is not None:
+                        mp[p] = v
+                model_params.append(mp)
+            return inputs, arrays, base_x, params, model_params
+
+        thresholds = _whole_model_thresholds(plan, tasks, load, seed)
+        for task in tasks:
+            inputs, arrays, base_x, params, model_params = load(task)
+            for m, mp in zip(inputs, model_params, strict=True):
+                mp.update(thresholds.get(m, {}))
             y = run(
                 plan.merge_method, [arrays[m] for m in inputs], base_x, model_params, params, seed=seed, name=task.name
             )
@@ -427,6 +437,52 @@ def run_merge(
         "seconds": round(secs, 3),
         "files": files,
     }
+
+
+SAMPLE = 1 << 22  # task-vector magnitudes kept per model for a whole-model threshold (16 MiB of float32)
+
+
+def _whole_model_thresholds(plan: MergePlan, tasks: list[TensorTask], load: Callable, seed: int) -> dict:
+    """`sparsify_scope: model` (a jaxfin global parameter) for ties / breadcrumbs / breadcrumbs_ties: the papers'
+    trim over the whole model instead of per tensor. A first streaming pass samples |θ_i − base| of every merged
+    tensor (all entries up to SAMPLE per model, else a uniform sample of that size), then each model's
+    magnitude threshold(s) at its density go to merge_tensor as model parameters."""
+    from jaxfin.merge.methods import abs_sample, breadcrumbs_thresholds, magnitude_threshold
+
+    scope = plan.parameters.get("sparsify_scope", "tensor")
+    if scope not in ("tensor", "model"):
+        raise MergeConfigError(f"{plan.where}: sparsify_scope must be 'tensor' or 'model', got {scope!r}")
+    if scope == "tensor":
+        return {}
+    if plan.merge_method not in ("ties", "breadcrumbs", "breadcrumbs_ties"):
+        raise MergeConfigError(f"{plan.where}: sparsify_scope: model applies to ties, breadcrumbs, breadcrumbs_ties")
+    total = sum(int(np.prod(t.spec.shape)) for t in tasks)
+    fraction = min(1.0, SAMPLE / max(total, 1))
+    samples: dict[str, list[np.ndarray]] = {}
+    settings: dict[str, set] = {}
+    for task in tasks:
+        inputs, arrays, base_x, _, model_params = load(task)
+        if base_x is None:
+            raise MergeConfigError(f"{plan.where}: {plan.merge_method} needs base_model ({task.name} has none)")
+        for m, mp in zip(inputs, model_params, strict=True):
+            samples.setdefault(m, []).append(abs_sample(arrays[m] - base_x, fraction, seed=seed, name=task.name))
+            settings.setdefault(m, set()).add((mp.get("density", 1.0), mp.get("gamma", 0.01)))
+        del arrays, base_x
+    out = {}
+    for m, found in settings.items():
+        if len(found) > 1:
+            raise MergeConfigError(
+                f"{plan.where}: sparsify_scope: model needs one density (and gamma) per model; {m} has {sorted(found)}"
+            )
+        density, gamma = found.pop()
+        a = np.concatenate(samples.pop(m))
+        if plan.merge_method == "ties":
+            out[m] = {"magnitude_threshold": magnitude_threshold(a, float(density))}
+        else:
+            lo, hi = breadcrumbs_thresholds(a, float(density), float(gamma))
+            out[m] = {"magnitude_threshold": lo, "outlier_threshold": hi}
+    log.info("whole-model thresholds: %s", out)
+    return out
 
 
 def _device_runner(merge_fn: Callable) -> Callable:
