@@ -468,3 +468,13 @@ def test_whole_model_topk_ties(models, tmp_path):
         np.testing.assert_allclose(so[k], s0[k] + np.where(np.abs(d) >= thr, d, 0), atol=1e-6, err_msg=k)
         fractions.append(np.mean(np.abs(d) >= thr))
     assert max(fractions) - min(fractions) > 0.3  # per-tensor kept fractions differ: the trim is global
+
+
+def test_bench_merge_synthetic(capsys):
+    assert main(["bench", "merge", "--synthetic", "--layers", "2", "--hidden", "64", "--intermediate", "128",
+                 "--vocab", "100", "--json"]) == 0  # fmt: skip
+    r = json.loads(capsys.readouterr().out)
+    assert r["merge_method"] == "ties" and r["input_bytes"] == 3 * 4 * (
+        2 * 100 * 64 + 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64)
+    )
+    assert r["jaxfin"]["gb_per_s"] > 0 and r["jaxfin"]["peak_rss_bytes"] > 0

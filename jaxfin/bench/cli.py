@@ -45,6 +45,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="bench_command", required=True)
     _add_train(sub)
     _add_attention(sub)
+    from jaxfin.bench.merge import add_merge_bench
+
+    add_merge_bench(sub)
     return p
 
 
