@@ -35,6 +35,21 @@ multiplies the merged task vector after normalisation (all task-vector methods).
 default, available to every trim): ``true``/``"l1"`` keeps each ``‖τ_i‖₁ = ‖δ_i‖₁`` (current mergekit),
 ``"inverse_density"`` multiplies by ``1/density_i`` (the DARE paper, and mergekit before its RescaleNorm),
 ``"l2"``/``"linf"`` match those norms. ``density ≥ 1`` leaves ``δ_i`` untouched.
+
+Where jaxfin differs from mergekit (all deliberate):
+
+* the math runs in float32 whatever the input/output dtype (mergekit computes in the merge ``dtype``);
+* equal magnitudes at the top-k boundary: the lower flat index is kept (mergekit: unspecified order);
+* a magnitude trim with ``int(density·n) = 0`` gives a zero task vector (mergekit asserts);
+* breadcrumbs with ``int(gamma·n) = 0`` (``gamma: 0``, or a tensor under 100 entries at the default 0.01)
+  is a plain top-``density`` trim; mergekit's ``indices[n_bot:-0]`` is empty and drops the whole task vector;
+* DARE masks come from a counter-based hash of ``(seed, name, model index, element index)``: reproducible
+  and backend-independent (mergekit: ``torch.bernoulli`` on the global RNG); ``P(keep) = ⌊density·2³²⌋/2³²``;
+* ``linear`` with ``normalize`` and ``Σ w_i = 0`` is an error (mergekit returns inf/nan); shape mismatches are
+  errors (mergekit slices embeddings / skips the tensor: jaxfin's engine aligns vocabularies first);
+* extensions (the papers' variants): ``rescale: inverse_density | l2 | linf``, ``consensus: count``,
+  ``weighted_election: false``, whole-model thresholds (``magnitude_threshold`` / ``outlier_threshold`` per
+  model, see :func:`magnitude_threshold`).
 """
 
 from __future__ import annotations
