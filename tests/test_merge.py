@@ -128,7 +128,7 @@ def test_ties_equals_merge_tensor_per_tensor(models, tmp_path):
     assert model.config.num_hidden_layers == 3
     s0, sa, sb, so = _sd(models["base"]), _sd(models["a"]), _sd(models["b"]), _sd(out)
     for k in so:
-        layer = int(k.split(".")[2]) if k.startswith("model.layers.") else (0 if "embed" in k else 2)
+        layer = int(k.split(".")[2]) if k.startswith("model.layers.") else 0
         t = layer / 2
         expect = merge_tensor(
             "ties", [sa[k], sb[k]], s0[k], [{"density": 0.5, "weight": 0.7}, {"density": 0.3 + 0.6 * t, "weight": 0.4}],
@@ -139,7 +139,7 @@ def test_ties_equals_merge_tensor_per_tensor(models, tmp_path):
 
 
 def test_gradient_and_filter_parameters(models, tmp_path):
-    """a's weight is the gradient [0, 1] over the 3 layers (t = i/2; embedding t=0, norm and head t=1); b's weight is 3
+    """a's weight is the gradient [0, 1] over the 3 layers (t = i/2; embedding, norm and head t=0, as mergekit 0.1.5); b's weight is 3
     on self_attn tensors and 1 elsewhere ({filter, value} list with a filter-less default)."""
     cfg = {
         "models": [
@@ -155,7 +155,7 @@ def test_gradient_and_filter_parameters(models, tmp_path):
     run_merge(load_merge_config(_write(tmp_path, cfg)), out)
     sa, sb, so = _sd(models["a"]), _sd(models["b"]), _sd(out)
     for k in so:
-        t = int(k.split(".")[2]) / 2 if k.startswith("model.layers.") else (0.0 if "embed" in k else 1.0)
+        t = int(k.split(".")[2]) / 2 if k.startswith("model.layers.") else 0.0
         wb = 3.0 if "self_attn" in k else 1.0
         np.testing.assert_allclose(so[k], (t * sa[k] + wb * sb[k]) / (t + wb), rtol=1e-5, atol=1e-6, err_msg=k)
 

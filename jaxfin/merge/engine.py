@@ -29,7 +29,10 @@ log = logging.getLogger(__name__)
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
-POST = ("model.norm.weight", "lm_head.weight")  # written after the layers with t = 1 (mergekit's post weights)
+POST = (
+    "model.norm.weight",
+    "lm_head.weight",
+)  # written after the layers, from the last slice, with t = 0 (mergekit 0.1.5)
 EMBED = ("model.embed_tokens.weight", "lm_head.weight")
 ARCH_KEYS = (
     "model_type", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
@@ -307,7 +310,7 @@ def plan_tensors(
                 )
             k += 1
     for n in post:
-        add(n, [(m, n) for m in models_of(slices[-1])], 1.0, slices[-1])
+        add(n, [(m, n) for m in models_of(slices[-1])], 0.0, slices[-1])
     return tasks, k
 
 
