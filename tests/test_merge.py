@@ -139,8 +139,8 @@ def test_ties_equals_merge_tensor_per_tensor(models, tmp_path):
 
 
 def test_gradient_and_filter_parameters(models, tmp_path):
-    """a's weight is the gradient [0, 1] over the 3 layers (t = i/2; embedding, norm and head t=0, as mergekit 0.1.5); b's weight is 3
-    on self_attn tensors and 1 elsewhere ({filter, value} list with a filter-less default)."""
+    """a's weight is the gradient [0, 1] over the 3 layers (t = i/2; embedding, norm and head t=0, as mergekit 0.1.5);
+    b's weight is 3 on self_attn tensors and 1 elsewhere ({filter, value} list with a filter-less default)."""
     cfg = {
         "models": [
             {"model": str(models["a"]), "parameters": {"weight": [0.0, 1.0]}},
