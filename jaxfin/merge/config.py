@@ -7,8 +7,8 @@ Accepts mergekit's MergeConfiguration files unchanged: `models` (with per-model 
 Parameter values follow mergekit's `evaluate_setting`: a scalar; a list of numbers is a gradient spread over the
 layers of the slice (t = i / (n_layers - 1), linear interpolation between the two nearest list entries; the
 embedding, final norm and LM head see t = 0, as in mergekit 0.1.5); a list of non-numbers picks entry
-int(t * (len - 1)); a list of `{filter, value}` entries takes the first whose filter is missing, '*' or a substring of the tensor's
-Hugging Face name. Per-model values fall back to the slice's, then the global ones.
+int(t * (len - 1)); a list of `{filter, value}` entries takes the first whose filter is missing, '*' or a
+substring of the tensor's Hugging Face name. Per-model values fall back to the slice's, then the global ones.
 """
 
 from __future__ import annotations
