@@ -6,6 +6,7 @@ transformers state dicts: a numpy weighted mean written out for linear (and its 
 mergekit's embed.py rule written out for the union vocabulary."""
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -478,3 +479,57 @@ def test_bench_merge_synthetic(capsys):
         2 * 100 * 64 + 64 + 2 * (4 * 64 * 64 + 3 * 64 * 128 + 2 * 64)
     )
     assert r["jaxfin"]["gb_per_s"] > 0 and r["jaxfin"]["peak_rss_bytes"] > 0
+
+
+MERGEKIT = os.environ.get("JAXFIN_MERGEKIT")  # a mergekit-yaml executable (its own venv); parity tests need it
+PARITY = {
+    "linear_gradient_filter": "models:\n  - model: {a}\n    parameters: {{weight: [0.0, 1.0]}}\n  - model: {b}\n"
+    "    parameters:\n      weight:\n        - filter: self_attn\n          value: 3.0\n        - value: 1\n"
+    "merge_method: linear\ndtype: float32\n",
+    "union_linear": "models:\n  - model: {a}\n    parameters: {{weight: 0.25}}\n  - model: {tok2}\n"
+    "    parameters: {{weight: 0.75}}\nmerge_method: linear\ntokenizer_source: union\ndtype: float32\n",
+    "base_vocab_ties": "models:\n  - model: {a}\n    parameters: {{weight: 0.6, density: 0.5}}\n  - model: {tok2}\n"
+    "    parameters: {{weight: 0.4, density: 0.7}}\nmerge_method: ties\nbase_model: {base}\n"
+    "tokenizer_source: base\ndtype: float32\n",
+    "passthrough": "slices:\n  - sources:\n    - model: {a}\n      layer_range: [0, 2]\n  - sources:\n"
+    "    - model: {b}\n      layer_range: [1, 3]\nmerge_method: passthrough\ndtype: float32\n",
+    "slerp_gradient": "slices:\n  - sources:\n      - model: {a}\n        layer_range: [0, 3]\n      - model: {b}\n"
+    "        layer_range: [0, 3]\nmerge_method: slerp\nbase_model: {a}\nparameters:\n  t:\n"
+    "    - filter: self_attn\n      value: [0, 0.5, 0.3, 0.7, 1]\n"
+    "    - filter: mlp\n      value: [1, 0.5, 0.7, 0.3, 0]\n"
+    "    - value: 0.5\ndtype: float32\n",
+    "task_arithmetic": "models:\n  - model: {a}\n    parameters: {{weight: 0.7}}\n  - model: {b}\n"
+    "    parameters: {{weight: [0.2, 0.9]}}\nmerge_method: task_arithmetic\nbase_model: {base}\n"
+    "parameters: {{lambda: 0.8, normalize: true}}\ndtype: float32\n",
+    "breadcrumbs_ties": "models:\n  - model: {a}\n    parameters: {{weight: 0.5, density: 0.6, gamma: 0.05}}\n"
+    "  - model: {b}\n    parameters: {{weight: 0.5, density: 0.8, gamma: 0.02}}\nmerge_method: breadcrumbs_ties\n"
+    "base_model: {base}\ndtype: float32\n",
+    "model_stock": "models:\n  - model: {a}\n  - model: {b}\nmerge_method: model_stock\nbase_model: {base}\n"
+    "dtype: float32\n",
+}
+
+
+@pytest.mark.skipif(not MERGEKIT, reason="set JAXFIN_MERGEKIT to a mergekit-yaml executable")
+@pytest.mark.parametrize("case", sorted(PARITY))
+def test_matches_mergekit(case, models, tmp_path):
+    """The same YAML through mergekit-yaml: same tensor names, shapes, config depth and vocabulary; embedding rows
+    compared by token (mergekit numbers union-added tokens in set order)."""
+    from jaxfin.merge.engine import SafetensorsReader
+
+    f = _write(tmp_path, PARITY[case].format(**{k: str(v) for k, v in models.items()}))
+    run_merge(load_merge_config(f), tmp_path / "jx")
+    r = subprocess.run([MERGEKIT, str(f), str(tmp_path / "mk"), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    a, b = SafetensorsReader(tmp_path / "jx"), SafetensorsReader(tmp_path / "mk")
+    assert set(a.names()) == set(b.names())
+    va = transformers.AutoTokenizer.from_pretrained(tmp_path / "jx").get_vocab()
+    vb = transformers.AutoTokenizer.from_pretrained(tmp_path / "mk").get_vocab()
+    assert set(va) == set(vb)
+    order = np.array([vb[t] for t, _ in sorted(va.items(), key=lambda kv: kv[1])])
+    for n in a.names():
+        x, y = a.read(n), b.read(n)
+        if n in ("model.embed_tokens.weight", "lm_head.weight"):
+            y = y[order]
+        np.testing.assert_allclose(x, y, atol=1e-6, err_msg=n)
+    ca, cb = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("jx", "mk"))
+    assert (ca["num_hidden_layers"], ca["vocab_size"]) == (cb["num_hidden_layers"], cb["vocab_size"])

@@ -104,13 +104,22 @@ def run_bench_merge(args) -> int:
             if m["rc"] != 0:
                 raise RuntimeError(f"mergekit failed:\n{m['output'][-3000:]}")
             res["mergekit"] = {"wall_s": m["wall_s"], "gb_per_s": round(n / 1e9 / m["wall_s"], 4),
-                               "peak_rss_bytes": m["peak_rss_bytes"], "command": args.mergekit}  # fmt: skip
+                               "peak_rss_bytes": m["peak_rss_bytes"], "command": args.mergekit,
+                               "version": _mergekit_version(args.mergekit)}  # fmt: skip
             res["speed_ratio"] = round(m["wall_s"] / r["wall_s"], 3)  # > 1: jaxfin faster
             res["peak_rss_ratio"] = round(r["peak_rss_bytes"] / m["peak_rss_bytes"], 3)  # < 1: jaxfin leaner
             res["max_abs_diff"] = _max_diff(work / "jaxfin_out", work / "mergekit_out")
         return emit(res, args, _summary)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _mergekit_version(exe: str) -> str | None:
+    """mergekit's version from the python next to its executable (its own venv)."""
+    py = Path(exe).parent / "python"
+    code = "import importlib.metadata as m; print(m.version('mergekit'), m.version('torch'))"
+    r = subprocess.run([str(py), "-c", code], capture_output=True, text=True) if py.exists() else None
+    return r.stdout.strip() if r and r.returncode == 0 else None
 
 
 def _max_diff(a: Path, b: Path) -> float:
