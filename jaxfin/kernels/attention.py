@@ -15,6 +15,10 @@ import jax.numpy as jnp
 
 BACKENDS = ("auto", "xla", "pallas", "cudnn")  # pallas: interpret mode on CPU; not chosen by auto until GPU-tested
 
+# Which Pallas kernel backend="pallas" runs: None = by platform (TPU -> the Mosaic TPU kernel, else the Triton GPU
+# kernel, interpreted on CPU); "tpu" / "gpu" force one (tests use "tpu" to run the TPU kernel interpreted on CPU).
+_PALLAS_KERNEL: str | None = None
+
 _log = logging.getLogger("jaxfin")
 _logged: set[str] = set()
 
@@ -43,10 +47,21 @@ def resolve_backend(q, k, backend: str = "auto") -> str:
     return "xla"
 
 
+def pallas_kernel() -> str:
+    """The Pallas kernel behind backend="pallas": "tpu" on a TPU, else "gpu" (interpreted on CPU)."""
+    if _PALLAS_KERNEL is not None:
+        return _PALLAS_KERNEL
+    return "tpu" if jax.default_backend() == "tpu" else "gpu"
+
+
 def attention(q, k, v, *, segment_ids=None, causal: bool = True, sm_scale: float | None = None, backend="auto"):
     """q [B, S, Hq, D], k/v [B, S, Hkv, D] -> [B, S, Hq, D]; see the module docstring for the masking rules."""
     name = resolve_backend(q, k, backend)
     if name == "pallas":
+        if pallas_kernel() == "tpu":
+            from jaxfin.kernels.pallas_tpu import pallas_tpu_attention
+
+            return pallas_tpu_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
         from jaxfin.kernels.pallas_gpu import pallas_attention
 
         return pallas_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
@@ -87,4 +102,4 @@ def xla_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None):
     return out.reshape(b, s, hq, d).astype(q.dtype)
 
 
-__all__ = ["BACKENDS", "attention", "attention_mask", "resolve_backend", "xla_attention"]
+__all__ = ["BACKENDS", "attention", "attention_mask", "pallas_kernel", "resolve_backend", "xla_attention"]
