@@ -533,3 +533,30 @@ def test_matches_mergekit(case, models, tmp_path):
         np.testing.assert_allclose(x, y, atol=1e-6, err_msg=n)
     ca, cb = (json.loads((tmp_path / d / "config.json").read_text()) for d in ("jx", "mk"))
     assert (ca["num_hidden_layers"], ca["vocab_size"]) == (cb["num_hidden_layers"], cb["vocab_size"])
+
+
+def test_sharded_input_and_bfloat16(models, tmp_path):
+    """A sharded input (a passthrough copy of a in 30 KB shards) merges like the original; dtype bfloat16 rounds the
+    inputs to bf16 and writes bf16 (numpy + ml_dtypes oracle); the output loads in transformers as bfloat16."""
+    import ml_dtypes
+
+    copy = {
+        "slices": [{"sources": [{"model": str(models["a"]), "layer_range": [0, 3]}]}],
+        "merge_method": "passthrough",
+    }
+    (tmp_path / "c").mkdir()
+    run_merge(load_merge_config(_write(tmp_path / "c", copy)), tmp_path / "a_sharded", max_shard_size="30KB")
+    assert len(list((tmp_path / "a_sharded").glob("model-*-of-*.safetensors"))) > 3
+    cfg = {"models": [{"model": str(tmp_path / "a_sharded"), "parameters": {"weight": 1.0}},
+                      {"model": str(models["b"]), "parameters": {"weight": 2.0}}],
+           "merge_method": "linear", "dtype": "bfloat16"}  # fmt: skip
+    run_merge(load_merge_config(_write(tmp_path, cfg)), tmp_path / "out")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    assert model.dtype == torch.bfloat16
+    sa, sb, so = _sd(models["a"]), _sd(models["b"]), _sd(tmp_path / "out")
+
+    def bf16(x):
+        return x.astype(ml_dtypes.bfloat16).astype(np.float32)
+
+    for k in sa:
+        np.testing.assert_array_equal(so[k], bf16((bf16(sa[k]) + 2.0 * bf16(sb[k])) / 3.0), err_msg=k)
