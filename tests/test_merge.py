@@ -345,6 +345,9 @@ def test_config_errors_are_messages(tmp_path):
         parse_merge_config({"merge_method": "linear", "models": [{"model": "."}], "dtypee": "x"})
     with pytest.raises(MergeConfigError, match="exactly one of 'models' or 'slices'"):
         parse_merge_config({"merge_method": "linear"})
+    with pytest.raises(MergeConfigError, match="unknown merge_method 'ranked_ties'"):
+        run_merge(parse_merge_config({"merge_method": "ranked_ties", "models": [{"model": "."}]}), tmp_path / "o")
+    assert not (tmp_path / "o").exists()
     with pytest.raises(FileNotFoundError, match="never downloads"):
         parse_merge_config({"merge_method": "linear", "models": [{"model": "no/such-model"}]}, base_dir=tmp_path)
 

@@ -345,6 +345,10 @@ def run_merge(
 
     if out_format not in ("hf", "jaxfin"):
         raise ValueError(f"format must be 'hf' or 'jaxfin', got '{out_format}'")
+    from jaxfin.merge.methods import METHODS
+
+    if plan.merge_method not in METHODS:
+        raise MergeConfigError(f"{plan.where}: unknown merge_method '{plan.merge_method}'; known: {', '.join(METHODS)}")
     merge_fn = merge_fn or _merge_fn()
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
