@@ -1,48 +1,15 @@
 """The Pallas flash-attention kernel (interpret mode on CPU) against the XLA reference, segment ids and GQA always."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxfin.kernels.attention import xla_attention
 from jaxfin.kernels.pallas_gpu import pallas_attention, visited_blocks
-
-
-def _docs(rng, s, lengths=(5, 30), pad_tail=0):
-    """A packed row: documents of random lengths numbered 1, 2, ..., then `pad_tail` zeros."""
-    seg, doc, pos = np.zeros(s, np.int32), 1, 0
-    while pos < s - pad_tail:
-        n = int(rng.integers(*lengths))
-        seg[pos : min(pos + n, s - pad_tail)] = doc
-        pos, doc = pos + n, doc + 1
-    return seg
-
-
-def _inputs(seed, b, s, hq, hkv, d, dtype):
-    ks = jax.random.split(jax.random.key(seed), 4)
-    q = jax.random.normal(ks[0], (b, s, hq, d), jnp.float32).astype(dtype)
-    k = jax.random.normal(ks[1], (b, s, hkv, d), jnp.float32).astype(dtype)
-    v = jax.random.normal(ks[2], (b, s, hkv, d), jnp.float32).astype(dtype)
-    w = jax.random.normal(ks[3], (b, s, hq, d), jnp.float32)  # random projection of the output for the gradient
-    return q, k, v, w
-
-
-def _out_and_grads(fn, q, k, v, w, **kw):
-    def loss(q, k, v):
-        out = fn(q, k, v, **kw)
-        return jnp.sum(out.astype(jnp.float32) * w), out
-
-    (_, out), grads = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))(q, k, v)
-    return out, grads
-
-
-def _close(got, want, tol, what):
-    got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
-    assert not np.isnan(got).any(), f"{what}: NaN"
-    err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
-    assert err < tol, f"{what}: max error {err:.2e} (relative to max |ref| when > 1) exceeds {tol:.0e}"
-
+from tests.attention_cases import assert_close as _close
+from tests.attention_cases import out_and_grads as _out_and_grads
+from tests.attention_cases import packed_row as _docs
+from tests.attention_cases import qkv as _inputs
 
 CASES = {
     # name: (dtype, causal, B, S, Hq, Hkv, D, block_q, block_k, segments, tol)
