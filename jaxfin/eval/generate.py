@@ -1,0 +1,352 @@
+"""Batched KV-cache generation for the one parameter pytree: greedy, temperature, top-k, top-p, stop strings.
+
+A batch of prompts is left-padded to a bucketed length P (powers of two, at least 16) and the batch to
+`batch_size` rows, so one compiled program serves every batch of a run (no recompiles per prompt). The cache holds
+keys and values per layer, [L, B, S_max, Hkv, Dh] each (GQA: only the kv heads), S_max = P + max_new_tokens.
+Row b's prompt occupies columns [pad_b, P); its token at column c has RoPE position c - pad_b, and no query ever
+attends to a column < pad_b, so the padding changes nothing (tests check the logits against a full forward pass).
+
+    prefill:  the whole padded prompt through every layer, k/v written to columns [0, P); logits at column P-1
+    decode:   lax.while_loop: one token per row at column P+i, its k/v written there, until every row has stopped
+              (EOS / an end-of-turn token) or max_new_tokens
+
+Stop strings are found on the decoded text after the loop, and the text is cut before the first one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxfin.model.config import compute_dtype
+from jaxfin.model.llama import apply_rope, matmul, output_kernel, rms_norm, rope_frequencies, rope_tables
+
+NEG = -1e30  # a finite "minus infinity": fully masked rows (left padding) stay NaN-free
+
+
+@dataclass
+class GenerationConfig:
+    """max_new_tokens: tokens generated per prompt at most; temperature 0 = greedy (argmax); top_k 0 = off;
+    top_p 1.0 = off (nucleus: the smallest set of most likely tokens whose probability reaches top_p);
+    stop: strings that end a generation (the text is cut before the first); seed: the sampling PRNG seed."""
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    stop: list[str] = field(default_factory=list)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+
+@dataclass
+class Generation:
+    """One prompt's result: the text (cut at a stop string), the generated token ids (up to and including an EOS,
+    not cut at a stop string) and why it ended: "eos", "stop" (a stop string) or "length"."""
+
+    text: str
+    tokens: list[int]
+    prompt_tokens: list[int]
+    finish_reason: str
+
+
+# --------------------------------------------------------------------------------------------- sampling
+
+
+def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
+    """Logits [..., V] with everything outside the top-k and outside the nucleus set to NEG.
+
+    top-p keeps the smallest prefix of the tokens sorted by probability whose mass reaches top_p (the most
+    likely token always stays), as transformers' TopPLogitsWarper does."""
+    logits = logits.astype(jnp.float32)
+    if top_k and top_k < logits.shape[-1]:
+        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
+        logits = jnp.where(logits < kth, NEG, logits)
+    if top_p < 1.0:
+        order = jnp.argsort(-logits, axis=-1)
+        sorted_logits = jnp.take_along_axis(logits, order, -1)
+        probs = jax.nn.softmax(sorted_logits, -1)
+        before = jnp.cumsum(probs, -1) - probs  # mass of the strictly more likely tokens
+        keep_sorted = before < top_p
+        keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), -1)  # back to vocabulary order
+        logits = jnp.where(keep, logits, NEG)
+    return logits
+
+
+def sample(logits, key, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
+    """int32 token ids [...] from logits [..., V]: argmax when temperature is 0, else a draw from
+    softmax(filtered logits / temperature)."""
+    if temperature == 0:
+        return jnp.argmax(logits, -1).astype(jnp.int32)
+    scaled = logits.astype(jnp.float32) / temperature
+    return jax.random.categorical(key, filter_logits(scaled, top_k, top_p), -1).astype(jnp.int32)
+
+
+# --------------------------------------------------------------------------------------------- the model with a cache
+
+
+def _proj(x, p, dtype, contract: int = 1):
+    y = matmul(x, p["kernel"].astype(dtype), contract)
+    return y + p["bias"].astype(dtype) if "bias" in p else y
+
+
+def _cached_attention(q, k_cache, v_cache, q_cols, pad):
+    """q [B, T, Hq, Dh] at cache columns q_cols [T]; caches [B, S, Hkv, Dh]; a key column c is visible to a query at
+    column t of row b when pad[b] <= c <= t."""
+    b, t, hq, d = q.shape
+    s, hkv = k_cache.shape[1], k_cache.shape[2]
+    qg = q.reshape(b, t, hkv, hq // hkv, d)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache, preferred_element_type=jnp.float32) * d**-0.5
+    cols = jnp.arange(s)
+    visible = (cols[None, None, :] <= q_cols[None, :, None]) & (cols[None, None, :] >= pad[:, None, None])
+    scores = jnp.where(visible[:, None, None], scores, NEG)
+    probs = jax.nn.softmax(scores, -1)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs.astype(v_cache.dtype), v_cache, preferred_element_type=jnp.float32)
+    return out.reshape(b, t, hq, d).astype(q.dtype)
+
+
+def forward_cached(params, cfg, tokens, start, pad, k_cache, v_cache):
+    """Run tokens [B, T] at cache columns start..start+T-1 through the model, writing their keys and values into the
+    caches [L, B, S, Hkv, Dh]. pad [B]: the left padding of each row. Returns (logits [B, T, V] float32, caches)."""
+    b, t = tokens.shape
+    dtype = compute_dtype(cfg)
+    cols = start + jnp.arange(t)
+    positions = jnp.maximum(cols[None, :] - pad[:, None], 0)
+    rope = rope_tables(positions, rope_frequencies(cfg))
+    h = jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0).astype(dtype)
+
+    def layer(carry, xs):
+        h, k_cache, v_cache = carry
+        lp, i = xs
+        x = rms_norm(h, lp["input_layernorm"]["scale"], cfg.rms_norm_eps)
+        a = lp["self_attn"]
+        q = apply_rope(_proj(x, a["q_proj"], dtype), *rope)
+        k = apply_rope(_proj(x, a["k_proj"], dtype), *rope)
+        v = _proj(x, a["v_proj"], dtype)
+        # only the new columns are written, into the carried cache (updated in place, not copied per step)
+        k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), (i, 0, start, 0, 0))
+        v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), (i, 0, start, 0, 0))
+        o = _cached_attention(q, k_cache[i], v_cache[i], cols, pad)
+        h = h + _proj(o, a["o_proj"], dtype, contract=2)
+        x = rms_norm(h, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
+        m = lp["mlp"]
+        h = h + _proj(
+            jax.nn.silu(_proj(x, m["gate_proj"], dtype)) * _proj(x, m["up_proj"], dtype), m["down_proj"], dtype
+        )
+        return (h, k_cache, v_cache), None
+
+    layers = (params["layers"], jnp.arange(cfg.num_layers))
+    (h, k_cache, v_cache), _ = jax.lax.scan(layer, (h, k_cache, v_cache), layers)
+    h = rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps)
+    logits = matmul(h, output_kernel(params, cfg).astype(h.dtype)).astype(jnp.float32)
+    return logits, (k_cache, v_cache)
+
+
+def _decode(params, tokens, pad, key, *, cfg, max_new, eos_ids, temperature, top_k, top_p, keep_logits):
+    """tokens [B, P] left-padded prompts -> (generated [B, max_new] (EOS-padded after a row stops), number of
+    generated tokens per row [B], logits [B, max_new, V] of each generated position or None)."""
+    b, p = tokens.shape
+    dtype = compute_dtype(cfg)
+    shape = (cfg.num_layers, b, p + max_new, cfg.num_kv_heads, cfg.head_size)
+    caches = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    eos = jnp.asarray(eos_ids, jnp.int32)
+    fill = eos_ids[0] if eos_ids else 0
+
+    def pick(logits, i):
+        return sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
+
+    logits, caches = forward_cached(params, cfg, tokens, 0, pad, *caches)
+    last = logits[:, -1]
+    first = pick(last, 0)
+    out = jnp.full((b, max_new), fill, jnp.int32).at[:, 0].set(first)
+    done = pad >= p  # filler rows (no prompt) that only keep the batch shape fixed
+    if eos_ids:
+        done = done | jnp.isin(first, eos)
+    lengths = jnp.ones((b,), jnp.int32)
+    all_logits = jnp.zeros((b, max_new, last.shape[-1]), jnp.float32).at[:, 0].set(last) if keep_logits else None
+
+    def cond(state):
+        i, _, _, done, *_ = state
+        return (i < max_new) & ~jnp.all(done)
+
+    def body(state):
+        i, out, lengths, done, caches, all_logits = state
+        prev = jax.lax.dynamic_index_in_dim(out, i - 1, 1, keepdims=True)
+        logits, caches = forward_cached(params, cfg, prev, p + i - 1, pad, *caches)
+        tok = jnp.where(done, fill, pick(logits[:, 0], i))
+        out = jax.lax.dynamic_update_index_in_dim(out, tok, i, 1)
+        lengths = lengths + (~done).astype(jnp.int32)
+        if keep_logits:
+            all_logits = jax.lax.dynamic_update_index_in_dim(all_logits, logits[:, 0], i, 1)
+        if eos_ids:
+            done = done | jnp.isin(tok, eos)
+        return i + 1, out, lengths, done, caches, all_logits
+
+    state = (jnp.int32(1), out, lengths, done, caches, all_logits)
+    _, out, lengths, _, _, all_logits = jax.lax.while_loop(cond, body, state)
+    return out, lengths, all_logits
+
+
+_COMPILED: dict = {}
+
+
+def decode_fn(cfg, max_new: int, eos_ids: tuple[int, ...], temperature: float, top_k: int, top_p: float,
+              keep_logits: bool = False):  # fmt: skip
+    """The jitted `(params, tokens [B, P], pad [B], key) -> (generated, lengths, logits|None)`, one per model
+    config and sampling setting (jit then compiles once per (B, P) bucket)."""
+    k = (repr(cfg), max_new, tuple(eos_ids), float(temperature), int(top_k), float(top_p), keep_logits)
+    if k not in _COMPILED:
+        _COMPILED[k] = jax.jit(
+            lambda params, tokens, pad, key: _decode(
+                params, tokens, pad, key, cfg=cfg, max_new=max_new, eos_ids=tuple(eos_ids),
+                temperature=temperature, top_k=top_k, top_p=top_p, keep_logits=keep_logits,
+            )
+        )  # fmt: skip
+    return _COMPILED[k]
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """The padded length for n tokens: the next power of two, at least `minimum`."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def left_pad(prompts: list[list[int]], length: int, rows: int, pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens [rows, length] int32, pad [rows] int32): each prompt right-aligned after pad[b] filler tokens; rows
+    past the prompts are filler (pad = length: they keep the batch shape fixed and generate nothing)."""
+    tokens = np.full((rows, length), pad_id, np.int32)
+    pad = np.full((rows,), length, np.int32)
+    for i, ids in enumerate(prompts):
+        tokens[i, length - len(ids) :] = ids
+        pad[i] = length - len(ids)
+    return tokens, pad
+
+
+# --------------------------------------------------------------------------------------------- prompts and the API
+
+
+def plain_params(model):
+    """The params without LoRA leaves (adapters merged into their kernels) and the matching config."""
+    from jaxfin.model.lora import has_adapters, merge_adapters
+
+    if has_adapters(model.params):
+        return merge_adapters(model.params, model.config)
+    return model.params, model.config
+
+
+GENERATION_PROMPTS = {
+    "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n",
+    "chatml": "<|im_start|>assistant\n",
+}
+END_OF_TURN = {"llama3": ["<|eot_id|>"], "chatml": ["<|im_end|>"]}
+
+
+def render_prompt(prompt, tokenizer, chat_template: str | None = None) -> list[int]:
+    """Token ids of one prompt: a list of ids as is; a string or a list of messages ({role, content}) rendered with
+    a chat template and its generation prompt ("tokenizer": the HF tokenizer's own; "llama3"; "chatml"); a string
+    without a template -> BOS + text."""
+    from jaxfin.data.render import chatml_segments, check_template_tokens, llama3_segments, tokenizer_segments
+
+    if isinstance(prompt, (list, tuple)) and (not prompt or isinstance(prompt[0], (int, np.integer))):
+        return [int(t) for t in prompt]
+    if chat_template is None:
+        if not isinstance(prompt, str):
+            raise ValueError("a prompt given as messages needs a chat template (tokenizer, llama3 or chatml)")
+        return ([tokenizer.bos_id] if tokenizer.bos_id is not None else []) + tokenizer.encode(prompt)
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    if chat_template == "tokenizer":
+        hf = tokenizer.hf
+        if hf is None or not getattr(hf, "chat_template", None):
+            tokenizer_segments(messages, hf)  # raises the data module's clear message
+        text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer.encode(text)
+    if chat_template not in GENERATION_PROMPTS:
+        raise ValueError(f"chat_template must be tokenizer, llama3 or chatml; got '{chat_template}'")
+    check_template_tokens(chat_template, tokenizer)
+    segs = (llama3_segments if chat_template == "llama3" else chatml_segments)(messages)
+    texts = [t for t, _ in segs] + [GENERATION_PROMPTS[chat_template]]
+    return [i for ids in tokenizer.encode_batch(texts) for i in ids]
+
+
+def stop_token_ids(model, tokenizer, chat_template: str | None = None) -> tuple[int, ...]:
+    """Token ids that end a generation: the tokenizer's and model's EOS (an HF eos list included) and the chat
+    template's end-of-turn token."""
+    ids = []
+    if tokenizer is not None and tokenizer.eos_id is not None:
+        ids.append(tokenizer.eos_id)
+    if model.config.eos_token_id >= 0:
+        ids.append(model.config.eos_token_id)
+    extra = ((model.hf_extra or {}).get("config") or {}).get("eos_token_id")
+    if isinstance(extra, list):
+        ids += extra
+    specials = END_OF_TURN.get(chat_template or "", [])
+    if chat_template == "tokenizer" and tokenizer is not None and tokenizer.hf is not None:
+        specials = [t for t in ("<|eot_id|>", "<|im_end|>", "<|end|>") if t in tokenizer.hf.get_vocab()]
+    for s in specials:
+        enc = tokenizer.encode(s)
+        if len(enc) == 1:
+            ids.append(enc[0])
+    return tuple(dict.fromkeys(int(i) for i in ids))
+
+
+def generate_full(model, tokenizer, prompts, cfg: GenerationConfig | None = None, *, batch_size: int = 8,
+                  chat_template: str | None = None) -> list[Generation]:  # fmt: skip
+    """Like `generate`, but one Generation (text, token ids, prompt ids, finish reason) per prompt."""
+    cfg = cfg or GenerationConfig()
+    params, mcfg = plain_params(model)
+    ids = [render_prompt(p, tokenizer, chat_template) for p in prompts]
+    for i, x in enumerate(ids):
+        if not x:
+            raise ValueError(f"prompt {i} is empty")
+    eos = stop_token_ids(model, tokenizer, chat_template)
+    fn = decode_fn(mcfg, cfg.max_new_tokens, eos, cfg.temperature, cfg.top_k, cfg.top_p)
+    limit = mcfg.max_position_embeddings
+    key = jax.random.PRNGKey(cfg.seed)
+    results: list[Generation] = []
+    for start in range(0, len(ids), batch_size):
+        chunk = ids[start : start + batch_size]
+        length = bucket(max(len(x) for x in chunk))
+        if max(len(x) for x in chunk) + cfg.max_new_tokens > limit:
+            raise ValueError(
+                f"a prompt of {max(len(x) for x in chunk)} tokens + max_new_tokens {cfg.max_new_tokens} exceeds the "
+                f"model's context ({limit} positions)"
+            )
+        tokens, pad = left_pad(chunk, length, batch_size)
+        out, lengths, _ = fn(params, tokens, pad, jax.random.fold_in(key, start))
+        out, lengths = np.asarray(out), np.asarray(lengths)
+        for r, prompt_ids in enumerate(chunk):
+            gen = out[r, : lengths[r]].tolist()
+            reason = "eos" if gen and gen[-1] in eos else "length"
+            text = tokenizer.decode([t for t in gen if t not in eos]) if tokenizer is not None else ""
+            cut = min((i for i in (text.find(s) for s in cfg.stop if s) if i >= 0), default=-1)
+            if cut >= 0:
+                text, reason = text[:cut], "stop"
+            results.append(Generation(text, gen, prompt_ids, reason))
+    return results
+
+
+def generate(model, tokenizer, prompts, cfg: GenerationConfig | None = None, *, batch_size: int = 8,
+             chat_template: str | None = None) -> list[str]:  # fmt: skip
+    """Generated texts, one per prompt (cut before the first stop string; EOS not included).
+
+    model: a `jaxfin.Model` (LoRA adapters are merged first); tokenizer: `jaxfin.data.tokenizer.load_tokenizer`'s;
+    prompts: strings (BOS + text, or rendered with `chat_template` as one user turn), lists of messages (with a
+    chat template) or lists of token ids (used as they are). Batches of `batch_size` rows, each compiled once per
+    prompt-length bucket. The token ids: `generate_full`."""
+    return [g.text for g in generate_full(model, tokenizer, prompts, cfg, batch_size=batch_size,
+                                          chat_template=chat_template)]  # fmt: skip
+
+
+__all__ = ["GenerationConfig", "Generation", "generate", "generate_full", "filter_logits", "sample", "forward_cached"]

@@ -1,0 +1,170 @@
+"""KV-cache generation (jaxfin/eval/generate.py), `jaxfin generate`, and the generative finance tasks
+(jaxfin/eval/gen_tasks.py): cache vs full forward, greedy vs transformers, sampling filters, metric math."""
+
+import json
+
+import numpy as np
+import pytest
+from conftest import REPO
+
+TOKENIZER = REPO / "demo_data/tokenizer.model"
+KEY = np.array([0, 0], np.uint32)  # a raw PRNG key (greedy ignores it)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """(HF dir, transformers model, jaxfin Model, tokenizer): a tiny random Llama with GQA 4/2."""
+    import torch
+    import transformers
+
+    import jaxfin
+    from jaxfin.data.tokenizer import load_tokenizer
+
+    torch.manual_seed(0)
+    hf_cfg = transformers.LlamaConfig(
+        vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, bos_token_id=2, eos_token_id=3,
+    )  # fmt: skip
+    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    with torch.no_grad():  # larger weights than the 0.02 init: peaked, varied next-token distributions
+        for p in hf.parameters():
+            if p.ndim > 1:
+                p.mul_(8.0)
+    d = tmp_path_factory.mktemp("hf")
+    hf.save_pretrained(d)
+    return d, hf, jaxfin.load_model(d, compute_dtype="float32"), load_tokenizer(TOKENIZER)
+
+
+PROMPTS = [[2, 17, 400, 33], [2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22], [2, 900]]
+
+
+def test_kv_cache_logits_equal_full_forward(tiny):
+    """Every generated position's logits (prefill's last and each decode step's) equal a full forward pass over
+    the unpadded prompt + generated tokens, for a left-padded batch of different lengths (GQA)."""
+    from jaxfin.eval.generate import bucket, decode_fn, left_pad
+    from jaxfin.model import forward
+
+    _, _, model, _ = tiny
+    n = 12
+    fn = decode_fn(model.config, n, (), 0.0, 0, 1.0, keep_logits=True)  # no EOS: every row runs n steps
+    tokens, pad = left_pad(PROMPTS, bucket(max(map(len, PROMPTS))), 4)
+    out, lengths, logits = map(np.asarray, fn(model.params, tokens, pad, KEY))
+    assert (lengths[:3] == n).all() and lengths[3] == 1  # the filler row generates nothing
+    for r, prompt in enumerate(PROMPTS):
+        seq = np.array([prompt + out[r].tolist()], np.int32)
+        full = np.asarray(forward(model.params, model.config, seq))[0]
+        want = full[len(prompt) - 1 : len(prompt) - 1 + n]
+        np.testing.assert_allclose(logits[r], want, atol=1e-4, rtol=1e-4)
+        assert (out[r] == want.argmax(-1)).all()
+    stop = 388  # a token some rows generate: those rows stop right after it, the others run on
+    out2, lengths2, _ = map(
+        np.asarray, decode_fn(model.config, n, (stop,), 0.0, 0, 1.0)(model.params, tokens, pad, KEY)
+    )
+    for r in range(len(PROMPTS)):
+        hits = np.flatnonzero(out[r] == stop)
+        expect = hits[0] + 1 if len(hits) else n
+        assert (
+            lengths2[r] == expect and (out2[r, :expect] == out[r, :expect]).all() and (out2[r, expect:] == stop).all()
+        )
+    assert sorted(set(lengths2[:3].tolist())) != [n]  # the stop token did end some row early
+
+
+def test_greedy_equals_transformers_and_is_deterministic(tiny):
+    """Greedy generation is token-exact with transformers' generate(do_sample=False), prompt by prompt, for a
+    batch with padding; two runs (and a different batch size) give the same tokens."""
+    import torch
+
+    from jaxfin.eval.generate import GenerationConfig, generate_full
+
+    _, hf, model, tok = tiny
+    cfg = GenerationConfig(max_new_tokens=10)
+    gens = generate_full(model, tok, PROMPTS, cfg, batch_size=4)
+    for prompt, g in zip(PROMPTS, gens):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=10, eos_token_id=3,
+                              pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))  # fmt: skip
+        assert g.tokens == ref[0, len(prompt) :].tolist()
+        assert g.finish_reason == ("eos" if g.tokens[-1] == 3 else "length")
+    again = generate_full(model, tok, PROMPTS, cfg, batch_size=2)
+    assert [g.tokens for g in again] == [g.tokens for g in gens]
+
+
+def test_sampling_top_k_one_is_greedy_and_seeded(tiny):
+    from jaxfin.eval.generate import GenerationConfig, generate_full
+
+    _, _, model, tok = tiny
+    greedy = generate_full(model, tok, PROMPTS, GenerationConfig(max_new_tokens=8))
+    top1 = generate_full(model, tok, PROMPTS, GenerationConfig(max_new_tokens=8, temperature=1.3, top_k=1, seed=5))
+    assert [g.tokens for g in top1] == [g.tokens for g in greedy]
+    hot = GenerationConfig(max_new_tokens=8, temperature=2.0, seed=1)
+    a, b = generate_full(model, tok, PROMPTS, hot), generate_full(model, tok, PROMPTS, hot)
+    assert [g.tokens for g in a] == [g.tokens for g in b]  # same seed, same draws
+    other = generate_full(model, tok, PROMPTS, GenerationConfig(max_new_tokens=8, temperature=2.0, seed=2))
+    assert [g.tokens for g in other] != [g.tokens for g in a]
+
+
+def test_top_p_and_top_k_filters_on_a_hand_made_distribution():
+    """probs (0.5, 0.05, 0.25, 0.2): top_p 0.7 keeps {0, 2} (0.5 + 0.25 reaches 0.7), top_p 0.75 still {0, 2}
+    (0.75 >= 0.75), top_p 0.76 adds 3; top_p 0.3 keeps the best alone; top_k 2 keeps {0, 2}."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxfin.eval.generate import NEG, filter_logits, sample
+
+    logits = jnp.log(jnp.array([0.5, 0.05, 0.25, 0.2]))
+    kept = lambda **kw: set(np.flatnonzero(np.asarray(filter_logits(logits, **kw)) > NEG / 2).tolist())  # noqa: E731
+    assert kept(top_p=0.7) == {0, 2}
+    assert kept(top_p=0.75 - 1e-6) == {0, 2}
+    assert kept(top_p=0.76) == {0, 2, 3}
+    assert kept(top_p=0.3) == {0}
+    assert kept(top_k=2) == {0, 2}
+    assert kept(top_k=3, top_p=0.7) == {0, 2}
+    batch = jnp.stack([logits, logits[::-1]])  # batched rows filter independently
+    f = np.asarray(filter_logits(batch, top_p=0.7)) > NEG / 2
+    assert f[0].tolist() == [True, False, True, False] and f[1].tolist() == [False, True, False, True]
+    draws = sample(jnp.broadcast_to(logits, (4000, 4)), jax.random.PRNGKey(0), 1.0, 0, 0.7)
+    freq = np.bincount(np.asarray(draws), minlength=4) / 4000  # renormalised: 0.5/0.75, 0.25/0.75
+    np.testing.assert_allclose(freq, [2 / 3, 0, 1 / 3, 0], atol=0.03)
+
+
+def test_stop_strings_and_lora_merge(tiny):
+    """A stop string cuts the text before it; a model with zero-initialised LoRA adapters generates as its base."""
+    import dataclasses
+
+    import jax
+
+    from jaxfin.eval.generate import GenerationConfig, generate_full
+    from jaxfin.model import Model
+    from jaxfin.model.lora import add_adapters
+
+    _, _, model, tok = tiny
+    base = generate_full(model, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=12))[0]
+    assert base.text and base.finish_reason in ("eos", "length")
+    stop = base.text[len(base.text) // 2 : len(base.text) // 2 + 2]
+    cut = generate_full(model, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=12, stop=["@@", stop]))[0]
+    assert cut.text == base.text[: base.text.find(stop)] and cut.finish_reason == "stop"
+    assert cut.tokens == base.tokens
+    lcfg = dataclasses.replace(model.config, lora=dataclasses.replace(model.config.lora, rank=4))
+    lora = Model(lcfg, add_adapters(model.params, lcfg, jax.random.PRNGKey(1)))
+    assert generate_full(lora, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=12))[0].tokens == base.tokens
+
+
+def test_generate_cli(tiny, tmp_path):
+    """`jaxfin generate MODEL --prompts FILE --out FILE.jsonl`: one record per prompt, greedy = the API."""
+    from jaxfin.cli import main
+    from jaxfin.eval.generate import GenerationConfig, generate
+
+    d, _, model, tok = tiny
+    (d / "tokenizer.model").write_bytes(TOKENIZER.read_bytes())  # the model folder's own tokenizer
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "Net income"}) + "\n" + json.dumps({"prompt": "The bank"}) + "\n")
+    out = tmp_path / "out.jsonl"
+    rc = main(["generate", str(d), "--prompts", str(prompts), "--max-new-tokens", "6", "--out", str(out),
+               "--tokenizer", str(TOKENIZER)])  # fmt: skip
+    assert rc == 0
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["Net income", "The bank"]
+    assert [r["text"] for r in rows] == generate(model, tok, ["Net income", "The bank"], GenerationConfig(6))
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a"}\n{"nope": 1}\n')
+    assert main(["generate", str(d), "--prompts", str(bad), "--tokenizer", str(TOKENIZER)]) == 2
