@@ -168,6 +168,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.merge.cli import add_merge_parser
 
     add_merge_parser(sub)
+    from jaxfin.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
     from jaxfin.eval.generate_cli import add_generate_parser
 
     add_generate_parser(sub)

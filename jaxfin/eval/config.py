@@ -1,0 +1,130 @@
+"""`jaxfin eval` config: models x raw-text sets (+ tasks), YAML with dotted `key=value` overrides.
+
+```yaml
+models:                      # the first one is the base the forgetting report compares against
+  - {name: base, path: runs/base}
+  - runs/cpt                 # a plain path: named after its folder
+text:                        # raw-text sets (a file, folder or glob; formats as for data.sources)
+  - {name: fed, path: data/fed.jsonl, domain: true}
+  - {name: wiki, path: data/wiki.txt, domain: false}
+tasks: []                    # task YAML paths or built-in names (jaxfin.eval.tasks)
+seq_len: 1024
+batch_size: 8
+max_docs: 0                  # per text set; 0 = all
+output_dir: eval_out
+tokenizer: ""                # "" = each model's own tokenizer
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from jaxfin.config.load import ConfigError, _build, _merge, _set_dotted, _unknown, valid_keys
+
+
+@dataclass
+class ModelEntry:
+    name: str = ""  # default: the folder name
+    path: str = ""  # a jaxfin checkpoint, a training run dir (latest checkpoint) or a Hugging Face dir
+
+
+@dataclass
+class TextSet:
+    """One raw-text set: a source of kind text (see SourceConfig), and whether it is domain or general text."""
+
+    name: str = ""
+    path: str = ""
+    format: str = "auto"  # auto | jsonl | parquet | csv | text | hf_disk
+    fields: dict[str, str] = field(default_factory=dict)  # e.g. {text: body}
+    domain: bool = True
+
+
+@dataclass
+class EvalConfig:
+    models: list[ModelEntry] = field(default_factory=list)
+    text: list[TextSet] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    seq_len: int = 1024  # tokens per packed row (longer documents are scored in overlapping windows)
+    batch_size: int = 8  # rows per forward pass
+    max_docs: int = 0  # first documents of each text set; 0 = all
+    task_limit: int = 0  # examples per task; 0 = all
+    output_dir: str = "eval_out"
+    tokenizer: str = ""  # "" = each model's own tokenizer; else a .model file or HF tokenizer folder for all
+    compute_dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on accelerators) | float32 | bfloat16
+
+
+def _check_top(data: dict, where: str) -> None:
+    keys = valid_keys(EvalConfig)
+    for k in data:
+        if k not in keys:
+            raise _unknown(str(k), where, keys)
+
+
+def _derive_names(cfg: EvalConfig) -> None:
+    for i, m in enumerate(cfg.models):
+        if not m.path:
+            raise ConfigError(f"'models[{i}]' needs a path")
+        m.name = m.name or Path(m.path.rstrip("/")).name or f"model{i}"
+    for i, t in enumerate(cfg.text):
+        if not t.path:
+            raise ConfigError(f"'text[{i}]' needs a path")
+        if not t.name:
+            from jaxfin.data.sources import default_source_name
+
+            t.name = default_source_name(t.path)
+    for what, names in (("models", [m.name for m in cfg.models]), ("text", [t.name for t in cfg.text])):
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"'{what}' names must be unique; repeated: {', '.join(dup)} (set `name`)")
+
+
+def validate_eval(cfg: EvalConfig) -> None:
+    if not cfg.models:
+        raise ConfigError("'models' is empty: give at least one model path (the first is the base)")
+    if not cfg.text and not cfg.tasks:
+        raise ConfigError("nothing to evaluate: set 'text' (raw-text sets) and/or 'tasks'")
+    if cfg.seq_len < 2:
+        raise ConfigError("'seq_len' must be at least 2")
+    if cfg.batch_size < 1:
+        raise ConfigError("'batch_size' must be at least 1")
+    if cfg.max_docs < 0 or cfg.task_limit < 0:
+        raise ConfigError("'max_docs' and 'task_limit' must be >= 0 (0 = all)")
+    if cfg.compute_dtype not in ("auto", "float32", "bfloat16"):
+        raise ConfigError("'compute_dtype' must be one of auto, float32, bfloat16")
+    _derive_names(cfg)
+
+
+def load_eval_config(path: str | Path, overrides: list[str] = ()) -> EvalConfig:
+    """YAML file + `key=value` overrides (top-level keys, e.g. max_docs=100 or models=[a,b]) -> EvalConfig."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of config keys")
+    _check_top(data, str(path))
+    try:
+        cfg = _build(EvalConfig, data, "", str(path))
+        if overrides:
+            tree: dict = {}
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override '{item}' must look like key=value (e.g. max_docs=100)")
+                key, raw = item.split("=", 1)
+                key = key.strip()
+                if key not in valid_keys(EvalConfig):
+                    raise _unknown(key, "command line", valid_keys(EvalConfig))
+                _set_dotted(tree, key, yaml.safe_load(raw) if raw else "")
+            cfg = _build(EvalConfig, _merge(dataclasses.asdict(cfg), tree), "", "command line")
+    except TypeError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    validate_eval(cfg)
+    return cfg

@@ -1,0 +1,78 @@
+"""The `jaxfin eval` runner: every model x every raw-text set (and task), then eval.json, eval.md and
+forgetting.png (with two or more models) in output_dir."""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from jaxfin.eval.config import EvalConfig
+from jaxfin.eval.report import forgetting, markdown, plot_forgetting
+from jaxfin.eval.text import read_texts, text_metrics
+
+
+def _tokenizer(cfg: EvalConfig, model, name: str):
+    from jaxfin.data.tokenizer import load_tokenizer
+
+    path = cfg.tokenizer or model.tokenizer_dir
+    if not path:
+        raise FileNotFoundError(f"model '{name}' has no tokenizer files; set `tokenizer` in the eval config")
+    return load_tokenizer(path)
+
+
+def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
+    """Run everything the config asks for; write and return the report (see module docstring)."""
+    import jaxfin
+
+    out_dir = Path(cfg.output_dir)
+    texts = {}
+    for ts in cfg.text:  # read (and check) the data before loading any model
+        texts[ts.name] = read_texts(ts, cfg.max_docs)
+        log(f"text set {ts.name}: {len(texts[ts.name])} documents ({'domain' if ts.domain else 'general'})")
+    runtime = {} if cfg.compute_dtype == "auto" else {"compute_dtype": cfg.compute_dtype}
+    results: dict = {}
+    tasks: dict = {}
+    for m in cfg.models:
+        t0 = time.time()
+        log(f"model {m.name}: loading {m.path}")
+        model = jaxfin.load_model(m.path, **runtime)
+        tok = _tokenizer(cfg, model, m.name)
+        results[m.name] = {}
+        for ts in cfg.text:
+            r = text_metrics(model, tok, texts[ts.name], seq_len=cfg.seq_len, batch_size=cfg.batch_size, log=log,
+                             label=f"{m.name}/{ts.name}")  # fmt: skip
+            results[m.name][ts.name] = r
+            log(f"  {m.name} / {ts.name}: loss {r['loss']:.4f}  ppl {r['ppl']:.2f}  "
+                f"bits/byte {r['bits_per_byte']:.4f}  ({r['tokens']} tokens, {r['bytes']} bytes)")  # fmt: skip
+        if cfg.tasks:
+            from jaxfin.eval.tasks import run_task  # the task runner lives in its own module
+
+            tasks[m.name] = {}
+            for task in cfg.tasks:
+                log(f"  {m.name}: task {task}")
+                r = run_task(model, tok, task, batch_size=cfg.batch_size, limit=cfg.task_limit or None)
+                tasks[m.name][r.get("task", task)] = r
+                log(f"  {m.name} / {r.get('task', task)}: {json.dumps(r.get('metrics', {}))}")
+        log(f"model {m.name}: done in {time.time() - t0:.1f}s")
+        del model
+        gc.collect()
+    sets = [{"name": t.name, "path": t.path, "domain": t.domain, "documents": len(texts[t.name])} for t in cfg.text]
+    report = {
+        "config": dataclasses.asdict(cfg),
+        "models": [{"name": m.name, "path": m.path} for m in cfg.models],
+        "text_sets": sets,
+        "text": results,
+        "forgetting": forgetting(results, [m.name for m in cfg.models], sets) if len(cfg.models) > 1 else None,
+        "tasks": tasks,
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md = markdown(report)
+    png = plot_forgetting(report, out_dir / "forgetting.png") if cfg.text else None
+    report["files"] = {"json": str(out_dir / "eval.json"), "markdown": str(out_dir / "eval.md"), "plot": png}
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "eval.md").write_text(md + "\n")
+    return report
