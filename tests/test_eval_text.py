@@ -29,16 +29,17 @@ def _finance_file():
 
 
 def _general_file():
-    return shared_data() / "general_corpus_en" / "gutenberg_heldout.jsonl"
+    """Short general-domain documents (grade-school maths questions), read through a field mapping."""
+    return shared_data() / "instructions" / "gsm8k_test.jsonl"
 
 
-def _first_texts(path, n):
-    """The oracle's own reading: the `text` field of the first n JSON lines."""
+def _first_texts(path, n, field="text"):
+    """The oracle's own reading: the `field` of the first n JSON lines."""
     out = []
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
-                out.append(json.loads(line)["text"])
+                out.append(json.loads(line)[field])
             if len(out) == n:
                 break
     return out
@@ -140,7 +141,7 @@ def _write_config(tmp_path, models, **extra):
         "models": [{"name": "base", "path": str(models["base"][0])}, str(models["tuned"][0])],
         "text": [
             {"name": "reuters", "path": str(_finance_file()), "domain": True},
-            {"name": "gutenberg", "path": str(_general_file()), "domain": False},
+            {"name": "gsm8k", "path": str(_general_file()), "domain": False, "fields": {"text": "instruction"}},
         ],
         "seq_len": 128,
         "batch_size": 4,
@@ -163,16 +164,16 @@ def test_cli_forgetting_report(models, tmp_path, capsys):
     assert [m["name"] for m in report["models"]] == ["base", "tuned"]
     text = report["text"]
     for m in ("base", "tuned"):
-        for s in ("reuters", "gutenberg"):
+        for s in ("reuters", "gsm8k"):
             r = text[m][s]
             assert r["documents"] == 2 and r["ppl"] == pytest.approx(math.exp(r["loss"]))
     # the general set's numbers equal a direct evaluation of the same documents
-    texts = _first_texts(_general_file(), 2)
+    texts = _first_texts(_general_file(), 2, "instruction")
     nll, count = _oracle(models["tuned"][1], DEMO_SPM, texts, 128)
-    np.testing.assert_allclose(text["tuned"]["gutenberg"]["loss"], nll / count, rtol=1e-5)
+    np.testing.assert_allclose(text["tuned"]["gsm8k"]["loss"], nll / count, rtol=1e-5)
     fg = report["forgetting"]
     assert fg["base"] == "base"
-    for s in ("reuters", "gutenberg"):
+    for s in ("reuters", "gsm8k"):
         d = fg["per_set"]["tuned"][s]
         assert d["d_bits_per_byte"] == pytest.approx(
             text["tuned"][s]["bits_per_byte"] - text["base"][s]["bits_per_byte"]
@@ -182,10 +183,10 @@ def test_cli_forgetting_report(models, tmp_path, capsys):
     assert groups["domain"]["mean_d_bits_per_byte"] == pytest.approx(
         fg["per_set"]["tuned"]["reuters"]["d_bits_per_byte"]
     )
-    assert groups["general"]["mean_d_loss"] == pytest.approx(fg["per_set"]["tuned"]["gutenberg"]["d_loss"])
+    assert groups["general"]["mean_d_loss"] == pytest.approx(fg["per_set"]["tuned"]["gsm8k"]["d_loss"])
     md = (out / "eval.md").read_text()
     assert "## Forgetting" in md and md.strip() in printed
-    assert f"{fg['per_set']['tuned']['gutenberg']['d_bits_per_byte']:+.4f}" in md
+    assert f"{fg['per_set']['tuned']['gsm8k']['d_bits_per_byte']:+.4f}" in md
     png = (out / "forgetting.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 2000
 
