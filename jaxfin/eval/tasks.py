@@ -192,7 +192,7 @@ def _validate_data(v, key: str, where: str) -> dict:
         raise TaskError(f"{where}: key '{key}.{sorted(unknown)[0]}': unknown (known: path, format, fields)")
     if not isinstance(v.get("path"), str) or not v["path"]:
         raise TaskError(f"{where}: key '{key}.path': missing (the data file, relative to data_dir)")
-    fmt = v.get("format") or {".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}.get(Path(v["path"]).suffix)
+    fmt = v.get("format") or {".csv": "csv", ".jsonl": "jsonl"}.get(Path(v["path"]).suffix)
     if fmt not in ("csv", "jsonl"):
         raise TaskError(f"{where}: key '{key}.format': must be csv or jsonl, got {fmt!r}")
     fields = v.get("fields") or {}
@@ -349,22 +349,38 @@ def _bucket(n: int, cap: int) -> int:
 
 
 _FNS: dict[str, object] = {}
+LOGIT_CHUNK = 128  # positions per LM-head chunk
 
 
 def _scorer(cfg):
-    """jitted (params, tokens, segment_ids, positions, targets) -> (target log-prob, target is argmax), [B, L]."""
+    """jitted (params, tokens, segment_ids, positions, targets) -> (target log-prob, target is argmax), [B, L].
+
+    The same computation as `jaxfin.model.forward` (final hidden states times the LM head, float32 logits), but
+    the [B, L, V] logits are made LOGIT_CHUNK positions at a time, so a 128K vocabulary never needs them whole."""
     key = repr(cfg)
     if key not in _FNS:
         import jax
         import jax.numpy as jnp
 
-        from jaxfin.model import forward
+        from jaxfin.model import hidden_states, output_kernel
+        from jaxfin.model.llama import matmul
 
         def score(params, tokens, segment_ids, positions, targets):
-            logits = forward(params, cfg, tokens, segment_ids, positions)
-            logp = jax.nn.log_softmax(logits, axis=-1)
-            tgt = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-            return tgt, jnp.argmax(logits, axis=-1) == targets
+            h = hidden_states(params, cfg, tokens, segment_ids, positions)  # [B, L, D]
+            w = output_kernel(params, cfg).astype(h.dtype)
+            b, s, d = h.shape
+            c = LOGIT_CHUNK if s % LOGIT_CHUNK == 0 else s
+
+            def chunk(xs):
+                hc, tc = xs  # [B, c, D], [B, c]
+                logits = matmul(hc, w).astype(jnp.float32)
+                logp = jax.nn.log_softmax(logits, axis=-1)
+                return jnp.take_along_axis(logp, tc[..., None], axis=-1)[..., 0], jnp.argmax(logits, -1) == tc
+
+            hs = h.reshape(b, s // c, c, d).swapaxes(0, 1)
+            ts = targets.reshape(b, s // c, c).swapaxes(0, 1)
+            lp, greedy = jax.lax.map(chunk, (hs, ts))
+            return lp.swapaxes(0, 1).reshape(b, s), greedy.swapaxes(0, 1).reshape(b, s)
 
         _FNS[key] = jax.jit(score)
     return _FNS[key]
