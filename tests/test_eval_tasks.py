@@ -284,4 +284,4 @@ def test_generative_tasks_are_dispatched(monkeypatch):
     monkeypatch.setitem(sys.modules, "jaxfin.eval.gen_tasks", mod)
     out = run_task("M", "T", {"name": "ner", "type": "generative", "data": "x"}, batch_size=3, limit=5)
     assert out["task"] == "ner" and seen["batch_size"] == 3 and seen["limit"] == 5
-    assert seen["task"]["type"] == "generative" and "_where" not in seen["task"]
+    assert seen["task"]["type"] == "generative" and seen["task"]["data"] == "x"

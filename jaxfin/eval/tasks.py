@@ -2,8 +2,10 @@
 
 `run_task(model, tokenizer, task, batch_size=8, limit=None)` evaluates one task and returns
 `{"task": name, "metrics": {...}, "n": count, "examples": [...], "per_class": {...}}`.
-`task` is a YAML path, a built-in name (`fpb`, `fiqa_sa`, `fomc` -> `configs/eval/tasks/NAME.yaml`) or a dict.
-`type: generative` tasks go to `jaxfin.eval.gen_tasks.run_generative_task` (same arguments, same result shape);
+`task` is a YAML path, a built-in name (`fpb`, `fiqa_sa`, `fomc`, or any other `configs/eval/tasks/NAME.yaml`) or a
+dict.
+`type: generative` tasks go to `jaxfin.eval.gen_tasks.run_generative_task` (same arguments, same result shape; the
+task dict is passed as loaded, with `_where` = its file for error messages);
 `type: multiple_choice` (the default) are scored here.
 
 Task YAML (multiple_choice)::
@@ -109,7 +111,8 @@ def load_task(task: str | Path | Mapping) -> dict:
     if text in BUILTIN or (not path.exists() and (BUILTIN_DIR / f"{text}.yaml").is_file()):
         path = BUILTIN_DIR / f"{text}.yaml"  # a built-in name
     if not path.is_file():
-        raise TaskError(f"no task '{text}': not a YAML file and not a built-in task ({', '.join(BUILTIN)})")
+        names = ", ".join(sorted(p.stem for p in BUILTIN_DIR.glob("*.yaml"))) or ", ".join(BUILTIN)
+        raise TaskError(f"no task '{text}': not a YAML file and not a built-in task ({names})")
     try:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -451,7 +454,6 @@ def run_task(model, tokenizer, task: str | Path | Mapping, *, batch_size: int = 
     if d.get("type", "multiple_choice") == "generative":
         from jaxfin.eval.gen_tasks import run_generative_task
 
-        d.pop("_where", None)
         return run_generative_task(model, tokenizer, d, batch_size=batch_size, limit=limit)
     return run_multiple_choice(model, tokenizer, validate_task(d), batch_size=batch_size, limit=limit)
 
