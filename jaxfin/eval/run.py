@@ -24,6 +24,11 @@ def _tokenizer(cfg: EvalConfig, model, name: str):
     return load_tokenizer(path)
 
 
+def _jsonable(x):
+    """numpy scalars and arrays (e.g. in task results) as plain JSON values."""
+    return x.tolist() if hasattr(x, "tolist") else str(x)
+
+
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     """Run everything the config asks for; write and return the report (see module docstring)."""
     import jaxfin
@@ -56,7 +61,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
                 log(f"  {m.name}: task {task}")
                 r = run_task(model, tok, task, batch_size=cfg.batch_size, limit=cfg.task_limit or None)
                 tasks[m.name][r.get("task", task)] = r
-                log(f"  {m.name} / {r.get('task', task)}: {json.dumps(r.get('metrics', {}))}")
+                log(f"  {m.name} / {r.get('task', task)}: {json.dumps(r.get('metrics', {}), default=_jsonable)}")
         log(f"model {m.name}: done in {time.time() - t0:.1f}s")
         del model
         gc.collect()
@@ -73,6 +78,6 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     md = markdown(report)
     png = plot_forgetting(report, out_dir / "forgetting.png") if cfg.text else None
     report["files"] = {"json": str(out_dir / "eval.json"), "markdown": str(out_dir / "eval.md"), "plot": png}
-    (out_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out_dir / "eval.json").write_text(json.dumps(report, indent=2, default=_jsonable) + "\n")
     (out_dir / "eval.md").write_text(md + "\n")
     return report
