@@ -268,6 +268,14 @@ def test_bad_field_and_label_name_the_place(tmp_path):
         build_requests(validate_task(t), Tok())
     with pytest.raises(TaskError, match=r"d.csv:3: key 'answer': 'sideways'"):
         build_requests(validate_task({**t, "prompt": "{sentence}"}), Tok())
+
+    class Tok2:
+        bos_id, eos_id = None, 3
+        encode = staticmethod(lambda s: [ord(c) for c in s])
+
+    empty = validate_task({**t, "prompt": "", "target_delimiter": "", "add_bos": False, "answer": "sentence",
+                           "choices": ["hello", "bye"]})  # fmt: skip
+    assert build_requests(empty, Tok2())[0]["requests"][0] == ([3], [ord(c) for c in "hello"])
     with pytest.raises(TaskError, match="no task 'nosuchtask'"):
         load_task("nosuchtask")
 

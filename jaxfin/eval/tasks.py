@@ -39,9 +39,10 @@ Scoring. For each example the context is
 follows the harness's `_encode_pair`: trailing whitespace of the context moves to the continuation, the
 whole string `context + continuation` is encoded once, the first `len(encode(context))` tokens are the context and
 the rest the continuation (whole-then-split; if the split leaves no continuation token, the two parts are encoded
-separately). With `add_bos` the BOS id is put first. A request longer than `max_length + 1` tokens loses tokens on
+separately). With `add_bos` the BOS id is put first (without it, an empty context becomes [BOS or EOS], as the
+harness's prefix token). A request longer than `max_length + 1` tokens loses tokens on
 the left, as in the harness. A choice's log-likelihood is the sum over its continuation tokens of
-log p(token | everything before it); `is_greedy` says whether each of those tokens is the argmax.
+log p(token | everything before it); `is_greedy` says whether all of those tokens are the argmax.
 Metrics: see `jaxfin.eval.metrics` (acc, acc_norm by characters of the choice, macro and weighted F1 of the acc
 prediction).
 
@@ -484,7 +485,10 @@ def build_requests(task: dict, tokenizer, limit: int | None = None) -> list[dict
         reqs = []
         for c in choices:
             ctx, cont = encode_pair(tokenizer, context, task["target_delimiter"] + c)
-            reqs.append((bos + ctx, cont))
+            ctx = bos + ctx
+            if not ctx:  # nothing to condition on (add_bos false, empty context): the harness's prefix token
+                ctx = [tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id]
+            reqs.append((ctx, cont))
         items.append(
             {"index": i, "where": ex["_where"], "context": context, "choices": choices, "gold": gold,
              "few_shot_ids": shot_ids, "requests": reqs}
