@@ -168,3 +168,130 @@ def test_generate_cli(tiny, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n{"nope": 1}\n')
     assert main(["generate", str(d), "--prompts", str(bad), "--tokenizer", str(TOKENIZER)]) == 2
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generative tasks: metric math on hand-computed cases, then a tiny end-to-end run of each task
+
+
+def test_tatqa_numbers_and_normalisation():
+    from jaxfin.eval.gen_tasks import is_number, normalize_answer, to_number
+
+    assert to_number("(134)") == -134 and to_number("12%") == 0.12 and to_number("1.5 million") == 1500000
+    assert to_number("$1,496.5") == 1496.5 and to_number("no number") is None
+    assert is_number("$1,496.5") and is_number("3 million") and not is_number("3 apples") and not is_number("abc")
+    assert normalize_answer("The Company's  fixed-price") == "companys fixedprice"
+    assert normalize_answer("1,496.50") == "1496.5"
+
+
+@pytest.mark.parametrize(
+    "pred, scale, gold, want",
+    [
+        # arithmetic -12.6 million: both sides become -12600000.0000; a missing scale is wrong (F1 = EM here)
+        (["-12.6"], "million", {"answer": -12.6, "answer_type": "arithmetic", "scale": "million"}, (1.0, 1.0)),
+        (["-12.6"], "", {"answer": -12.6, "answer_type": "arithmetic", "scale": "million"}, (0.0, 0.0)),
+        (["-12600000"], "", {"answer": -12.6, "answer_type": "arithmetic", "scale": "million"}, (1.0, 1.0)),
+        # percent: -22.22 percent = -0.2222; so does an unscaled ratio -0.2222
+        (["-22.22"], "percent", {"answer": -22.22, "answer_type": "arithmetic", "scale": "percent"}, (1.0, 1.0)),
+        (["-0.2222"], "", {"answer": -22.22, "answer_type": "arithmetic", "scale": "percent"}, (1.0, 1.0)),
+        (["-22.22"], "", {"answer": -22.22, "answer_type": "arithmetic", "scale": "percent"}, (0.0, 0.0)),
+        # a span that is a number: $1,496.5 million = 1496500000.0000
+        (["1496.5"], "million", {"answer": ["$1,496.5"], "answer_type": "span", "scale": "million"}, (1.0, 1.0)),
+        (["3"], "", {"answer": 3, "answer_type": "count", "scale": ""}, (1.0, 1.0)),
+        # multi-span: gold bag {costplus, type, fixedprice, timeandmaterial}, predicted {costplus, type, fixedprice}:
+        # P 1, R 3/4, F1 = 2 * 0.75 / 1.75 = 0.857 -> 0.86
+        (["fixed-price type", "cost-plus type"], "",
+         {"answer": ["fixed-price type", "cost-plus type", "time-and-material type"], "answer_type": "multi-span",
+          "scale": ""}, (0.0, 0.86)),
+        (["cost-plus type", "time-and-material type", "fixed-price type"], "",
+         {"answer": ["fixed-price type", "cost-plus type", "time-and-material type"], "answer_type": "multi-span",
+          "scale": ""}, (1.0, 1.0)),
+        # text span: gold bag {our, allowable, incurred, costs, plus, profit} (article dropped), predicted
+        # {allowable, costs}: P 1, R 1/3, F1 = 0.5
+        (["allowable costs"], "", {"answer": ["our allowable incurred costs plus a profit"], "answer_type": "span",
+                                   "scale": ""}, (0.0, 0.5)),
+        (["company"], "", {"answer": ["the Company"], "answer_type": "span", "scale": ""}, (1.0, 1.0)),
+        ([], "", {"answer": ["2019"], "answer_type": "span", "scale": ""}, (0.0, 0.0)),
+    ],
+)  # fmt: skip
+def test_tatqa_em_f1_hand_computed(pred, scale, gold, want):
+    from jaxfin.eval.gen_tasks import tatqa_em_f1
+
+    assert tatqa_em_f1(pred, scale, gold) == want
+
+
+def test_tatqa_answer_parsing():
+    from jaxfin.eval.gen_tasks import parse_tatqa_answer
+
+    assert parse_tatqa_answer(" Answer: 1,496.5 million\nQuestion: x") == (["1,496.5"], "million")
+    assert parse_tatqa_answer("22.22%") == (["22.22"], "percent")
+    assert parse_tatqa_answer("-12.6 Thousands.") == (["-12.6"], "thousand")
+    assert parse_tatqa_answer("fixed-price type; cost-plus type") == (["fixed-price type", "cost-plus type"], "")
+    assert parse_tatqa_answer("\n\n") == ([], "")
+
+
+def test_ner_entities_parsing_and_micro_f1():
+    from jaxfin.eval.gen_tasks import conll_entities, ner_f1, parse_entities
+
+    toks = ["Silicium", "de", "Provence", "SAS", "and", "Evergreen", "Solar", "Inc", ".", "HERBERT", "SMITH"]
+    tags = ["I-ORG"] * 4 + ["O"] + ["I-ORG"] * 3 + ["O", "I-PER", "I-PER"]
+    gold1 = conll_entities(toks, tags)
+    assert gold1 == [("organization", "Silicium de Provence SAS"), ("organization", "Evergreen Solar Inc"),
+                     ("person", "HERBERT SMITH")]  # fmt: skip
+    assert conll_entities(["A", "B"], ["B-LOC", "B-LOC"]) == [("location", "A"), ("location", "B")]
+    pred1 = parse_entities("organization: Evergreen Solar Inc.\n- Person: Herbert  Smith\nfoo: bar\nnone\nlocation:")
+    assert pred1 == [("organization", "evergreen solar inc"), ("person", "herbert smith")]
+    # sentence 1: 2 of 2 predicted are right, 3 gold; sentence 2: 1 gold (loc), 1 wrong prediction (org), and a
+    # duplicate gold entity predicted once. TP 2 + 1 = 3, predicted 2 + 2 = 4, gold 3 + 3 = 6:
+    # P 3/4, R 1/2, F1 = 2 * 3/8 / (5/4) = 0.6
+    gold2 = [("location", "New York"), ("person", "Jo"), ("person", "Jo")]
+    pred2 = [("organization", "New York"), ("person", "jo")]
+    m = ner_f1([pred1, pred2], [gold1, gold2])
+    assert (m["tp"], m["predicted"], m["gold"]) == (3, 4, 6)
+    assert m["precision"] == pytest.approx(0.75) and m["recall"] == pytest.approx(0.5)
+    assert m["ner_f1"] == pytest.approx(0.6)
+    assert ner_f1([[]], [[("person", "x")]])["ner_f1"] == 0.0
+
+
+@pytest.mark.parametrize("name", ["ner", "tatqa"])
+def test_generative_task_end_to_end(tiny, name):
+    """The shipped task YAML on the shared data, 5 examples, a tiny random model: the pipeline runs through the
+    task dispatcher and returns one well-formed record per example (the scores of a random model are ~0)."""
+    from conftest import shared_data
+
+    from jaxfin.eval.gen_tasks import read_conll, read_tatqa
+    from jaxfin.eval.tasks import run_task
+
+    data = shared_data()
+    _, _, model, tok = tiny
+    res = run_task(model, tok, REPO / f"configs/eval/tasks/{name}.yaml", batch_size=4, limit=5)
+    assert res["task"] == name and res["n"] == 5 and len(res["examples"]) == 5
+    ex = res["examples"]
+    assert all(isinstance(e["generation"], str) and e["prompt_tokens"] <= model.config.max_position_embeddings
+               for e in ex)  # fmt: skip
+    if name == "ner":
+        gold = read_conll(data / "finance_ner_alvarado/FIN3_test.conll.txt")[:5]
+        assert [e["id"] for e in ex] == [g["id"] for g in gold]
+        assert sum(len(e["gold"]) for e in ex) == res["metrics"]["gold"] > 0
+        assert 0.0 <= res["metrics"]["ner_f1"] <= 1.0
+    else:
+        gold = read_tatqa(data / "tatqa/tatqa_dataset_dev.json")[:5]
+        assert [e["id"] for e in ex] == [g["id"] for g in gold]
+        assert [e["gold"] for e in ex] == [g["answer"] for g in gold]
+        assert all(e["truncated"] for e in ex) and res["metrics"]["truncated"] == 5  # tables > 256 tokens
+        assert res["metrics"]["exact_match"] == np.mean([e["em"] for e in ex])
+        assert 0.0 <= res["metrics"]["f1"] <= 1.0
+
+
+def test_tatqa_gold_answers_written_in_the_prompt_format_score_one():
+    """Every dev answer, written as the prompt asks (spans joined by '; ', then the scale word) and parsed back,
+    scores EM 1, except two whose own text is ambiguous in that format ('$(9.8) million' with no gold scale, which
+    the official number reader takes as -9.8, and the span 'in thousands')."""
+    from conftest import shared_data
+
+    from jaxfin.eval.gen_tasks import parse_tatqa_answer, read_tatqa, tatqa_answer, tatqa_em_f1
+
+    exs = read_tatqa(shared_data() / "tatqa/tatqa_dataset_dev.json")
+    assert len(exs) == 1668
+    missed = [ex["answer"] for ex in exs if tatqa_em_f1(*parse_tatqa_answer(tatqa_answer(ex)), ex)[0] != 1.0]
+    assert missed == [["$(9.8) million"], ["in thousands"]]
