@@ -420,7 +420,7 @@ def score_requests(model, requests: list[tuple[list[int], list[int]]], *, batch_
     row_len = _bucket(max(lengths), max_length)
     rows = _pack(lengths, row_len)
     fn = _scorer(model.config)
-    out: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
+    pending = []  # dispatch every batch before reading any result back: the host packs while the device computes
     for b0 in range(0, len(rows), batch_size):
         chunk = rows[b0 : b0 + batch_size]
         tok = np.zeros((batch_size, row_len), np.int32)
@@ -438,7 +438,11 @@ def score_requests(model, requests: list[tuple[list[int], list[int]]], *, batch_
                 pos[r, o : o + n] = np.arange(n)
                 spans.append((i, r, o + n - n_conts[i], o + n))
                 o += n
-        lp, greedy = fn(model.params, jnp.asarray(tok), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(tgt))
+        pending.append(
+            (fn(model.params, jnp.asarray(tok), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(tgt)), spans)
+        )
+    out: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
+    for (lp, greedy), spans in pending:
         lp, greedy = np.asarray(lp, np.float64), np.asarray(greedy)
         for i, r, a, b in spans:
             out[i] = (float(lp[r, a:b].sum()), bool(greedy[r, a:b].all()))
