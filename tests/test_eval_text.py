@@ -18,7 +18,7 @@ import jaxfin  # noqa: E402
 from jaxfin.cli import main  # noqa: E402
 from jaxfin.data.tokenizer import load_tokenizer  # noqa: E402
 from jaxfin.eval.config import load_eval_config  # noqa: E402
-from jaxfin.eval.text import read_texts, text_metrics  # noqa: E402
+from jaxfin.eval.text import encode_documents, packed_batches, read_texts, text_metrics  # noqa: E402
 
 DEMO_SPM = REPO / "demo_data" / "tokenizer.model"
 N_DOCS = 4
@@ -111,7 +111,10 @@ def test_loss_and_bits_per_byte_match_transformers(models, name, seq_len):
     ts = type("TS", (), dict(name="fin", path=str(_finance_file()), format="auto", fields={}))
     got_texts = read_texts(ts, N_DOCS)
     assert got_texts == texts
-    r = text_metrics(model, load_tokenizer(path), got_texts, seq_len=seq_len, batch_size=4)
+    tok = load_tokenizer(path)
+    rows = [b["segment_ids"] for b, _ in packed_batches(encode_documents(texts, tok), min(seq_len, 544), 4)]
+    assert max(int(r.max()) for r in rows) >= 2  # documents share rows: segment ids keep them apart
+    r = text_metrics(model, tok, got_texts, seq_len=seq_len, batch_size=4)
     assert r["tokens"] == count and r["bytes"] == n_bytes and r["documents"] == N_DOCS
     np.testing.assert_allclose(r["loss"], nll / count, rtol=1e-5)
     np.testing.assert_allclose(r["ppl"], math.exp(nll / count), rtol=1e-5)
@@ -204,5 +207,8 @@ def test_config_errors(models, tmp_path, capsys):
     cfg.write_text(yaml.safe_dump(bad))
     assert main(["eval", str(cfg)]) == 2
     assert "models[0].paht" in capsys.readouterr().err
+    assert main(["eval", str(_write_config(tmp_path, models)), f"models=[{models['base'][0]},{tmp_path}/nope]"]) == 2
+    assert "model 'nope': no model directory" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before any work
     c = load_eval_config(_write_config(tmp_path, models), ["max_docs=7", "seq_len=64"])
     assert (c.max_docs, c.seq_len, c.models[1].name) == (7, 64, "tuned")

@@ -34,6 +34,9 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     import jaxfin
 
     out_dir = Path(cfg.output_dir)
+    for m in cfg.models:  # fail before hours of work on the first models
+        if not Path(m.path).is_dir():
+            raise FileNotFoundError(f"model '{m.name}': no model directory at {m.path}")
     texts = {}
     for ts in cfg.text:  # read (and check) the data before loading any model
         texts[ts.name] = read_texts(ts, cfg.max_docs)
