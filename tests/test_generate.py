@@ -45,10 +45,12 @@ def test_kv_cache_logits_equal_full_forward(tiny):
     from jaxfin.model import forward
 
     _, _, model, _ = tiny
-    n = 12
-    fn = decode_fn(model.config, n, (), 0.0, 0, 1.0, keep_logits=True)  # no EOS: every row runs n steps
+    n = 10
+    fn = decode_fn(model.config, n, True, keep_logits=True)
+    knobs = (np.float32(1.0), np.int32(0), np.float32(1.0))
     tokens, pad = left_pad(PROMPTS, bucket(max(map(len, PROMPTS))), 4)
-    out, lengths, logits = map(np.asarray, fn(model.params, tokens, pad, KEY))
+    no_eos = np.array([-1], np.int32)  # every row runs n steps
+    out, lengths, logits = map(np.asarray, fn(model.params, tokens, pad, KEY, no_eos, *knobs))
     assert (lengths[:3] == n).all() and lengths[3] == 1  # the filler row generates nothing
     for r, prompt in enumerate(PROMPTS):
         seq = np.array([prompt + out[r].tolist()], np.int32)
@@ -57,15 +59,12 @@ def test_kv_cache_logits_equal_full_forward(tiny):
         np.testing.assert_allclose(logits[r], want, atol=1e-4, rtol=1e-4)
         assert (out[r] == want.argmax(-1)).all()
     stop = 388  # a token some rows generate: those rows stop right after it, the others run on
-    out2, lengths2, _ = map(
-        np.asarray, decode_fn(model.config, n, (stop,), 0.0, 0, 1.0)(model.params, tokens, pad, KEY)
-    )
+    out2, lengths2, _ = map(np.asarray, fn(model.params, tokens, pad, KEY, np.array([stop], np.int32), *knobs))
     for r in range(len(PROMPTS)):
         hits = np.flatnonzero(out[r] == stop)
         expect = hits[0] + 1 if len(hits) else n
-        assert (
-            lengths2[r] == expect and (out2[r, :expect] == out[r, :expect]).all() and (out2[r, expect:] == stop).all()
-        )
+        assert lengths2[r] == expect and (out2[r, :expect] == out[r, :expect]).all()
+        assert (out2[r, expect:] == stop).all()
     assert sorted(set(lengths2[:3].tolist())) != [n]  # the stop token did end some row early
 
 
@@ -85,21 +84,25 @@ def test_greedy_equals_transformers_and_is_deterministic(tiny):
                               pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))  # fmt: skip
         assert g.tokens == ref[0, len(prompt) :].tolist()
         assert g.finish_reason == ("eos" if g.tokens[-1] == 3 else "length")
-    again = generate_full(model, tok, PROMPTS, cfg, batch_size=2)
-    assert [g.tokens for g in again] == [g.tokens for g in gens]
+    again = generate_full(model, tok, PROMPTS[::-1], cfg, batch_size=4)  # other rows, other padding
+    assert [g.tokens for g in again[::-1]] == [g.tokens for g in gens]
 
 
 def test_sampling_top_k_one_is_greedy_and_seeded(tiny):
     from jaxfin.eval.generate import GenerationConfig, generate_full
 
     _, _, model, tok = tiny
-    greedy = generate_full(model, tok, PROMPTS, GenerationConfig(max_new_tokens=8))
-    top1 = generate_full(model, tok, PROMPTS, GenerationConfig(max_new_tokens=8, temperature=1.3, top_k=1, seed=5))
+    greedy = generate_full(model, tok, PROMPTS, GenerationConfig(max_new_tokens=10), batch_size=4)
+    top1 = generate_full(
+        model, tok, PROMPTS, GenerationConfig(max_new_tokens=10, temperature=1.3, top_k=1, seed=5), batch_size=4
+    )
     assert [g.tokens for g in top1] == [g.tokens for g in greedy]
-    hot = GenerationConfig(max_new_tokens=8, temperature=2.0, seed=1)
-    a, b = generate_full(model, tok, PROMPTS, hot), generate_full(model, tok, PROMPTS, hot)
+    hot = GenerationConfig(max_new_tokens=10, temperature=2.0, seed=1)
+    a, b = (generate_full(model, tok, PROMPTS, hot, batch_size=4) for _ in range(2))
     assert [g.tokens for g in a] == [g.tokens for g in b]  # same seed, same draws
-    other = generate_full(model, tok, PROMPTS, GenerationConfig(max_new_tokens=8, temperature=2.0, seed=2))
+    other = generate_full(
+        model, tok, PROMPTS, GenerationConfig(max_new_tokens=10, temperature=2.0, seed=2), batch_size=4
+    )
     assert [g.tokens for g in other] != [g.tokens for g in a]
 
 
@@ -138,15 +141,20 @@ def test_stop_strings_and_lora_merge(tiny):
     from jaxfin.model.lora import add_adapters
 
     _, _, model, tok = tiny
-    base = generate_full(model, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=12))[0]
+    base = generate_full(model, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=10), batch_size=4)[0]
     assert base.text and base.finish_reason in ("eos", "length")
     stop = base.text[len(base.text) // 2 : len(base.text) // 2 + 2]
-    cut = generate_full(model, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=12, stop=["@@", stop]))[0]
+    cut = generate_full(
+        model, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=10, stop=["@@", stop]), batch_size=4
+    )[0]
     assert cut.text == base.text[: base.text.find(stop)] and cut.finish_reason == "stop"
     assert cut.tokens == base.tokens
     lcfg = dataclasses.replace(model.config, lora=dataclasses.replace(model.config.lora, rank=4))
     lora = Model(lcfg, add_adapters(model.params, lcfg, jax.random.PRNGKey(1)))
-    assert generate_full(lora, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=12))[0].tokens == base.tokens
+    assert (
+        generate_full(lora, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=10), batch_size=4)[0].tokens
+        == base.tokens
+    )
 
 
 def test_generate_cli(tiny, tmp_path):
@@ -159,12 +167,14 @@ def test_generate_cli(tiny, tmp_path):
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "Net income"}) + "\n" + json.dumps({"prompt": "The bank"}) + "\n")
     out = tmp_path / "out.jsonl"
-    rc = main(["generate", str(d), "--prompts", str(prompts), "--max-new-tokens", "6", "--out", str(out),
-               "--tokenizer", str(TOKENIZER)])  # fmt: skip
+    rc = main(["generate", str(d), "--prompts", str(prompts), "--max-new-tokens", "10", "--out", str(out),
+               "--batch-size", "4", "--tokenizer", str(TOKENIZER)])  # fmt: skip
     assert rc == 0
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert [r["prompt"] for r in rows] == ["Net income", "The bank"]
-    assert [r["text"] for r in rows] == generate(model, tok, ["Net income", "The bank"], GenerationConfig(6))
+    assert [r["text"] for r in rows] == generate(
+        model, tok, ["Net income", "The bank"], GenerationConfig(10), batch_size=4
+    )
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n{"nope": 1}\n')
     assert main(["generate", str(d), "--prompts", str(bad), "--tokenizer", str(TOKENIZER)]) == 2

@@ -66,30 +66,30 @@ class Generation:
 # --------------------------------------------------------------------------------------------- sampling
 
 
-def filter_logits(logits, top_k: int = 0, top_p: float = 1.0):
-    """Logits [..., V] with everything outside the top-k and outside the nucleus set to NEG.
+def filter_logits(logits, top_k=0, top_p=1.0):
+    """Logits [..., V] (float32) with every token outside the top-k and outside the nucleus set to NEG. top_k (0 =
+    off) and top_p (1 = off) may be traced scalars: one compiled program serves every setting.
 
-    top-p keeps the smallest prefix of the tokens sorted by probability whose mass reaches top_p (the most
-    likely token always stays), as transformers' TopPLogitsWarper does."""
+    top-p keeps the smallest set of most likely tokens whose probability reaches top_p (the most likely token
+    always stays), as transformers' TopPLogitsWarper does; it applies after top-k (on the renormalised top-k).
+    Both are thresholds on the logit value, so tokens tied with the last kept one are kept too."""
     logits = logits.astype(jnp.float32)
-    if top_k and top_k < logits.shape[-1]:
-        kth = jax.lax.top_k(logits, top_k)[0][..., -1:]
-        logits = jnp.where(logits < kth, NEG, logits)
-    if top_p < 1.0:
-        order = jnp.argsort(-logits, axis=-1)
-        sorted_logits = jnp.take_along_axis(logits, order, -1)
-        probs = jax.nn.softmax(sorted_logits, -1)
-        before = jnp.cumsum(probs, -1) - probs  # mass of the strictly more likely tokens
-        keep_sorted = before < top_p
-        keep = jnp.take_along_axis(keep_sorted, jnp.argsort(order, axis=-1), -1)  # back to vocabulary order
-        logits = jnp.where(keep, logits, NEG)
-    return logits
+    v = logits.shape[-1]
+    desc = -jnp.sort(-logits, axis=-1)
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, v), v)
+    kth = jax.lax.dynamic_slice_in_dim(desc, k - 1, 1, axis=-1)
+    desc = jnp.where(desc < kth, NEG, desc)
+    probs = jax.nn.softmax(desc, -1)
+    before = jnp.cumsum(probs, -1) - probs  # mass of the strictly more likely tokens
+    keep = (before < top_p) | (top_p >= 1.0)
+    cutoff = jnp.min(jnp.where(keep, desc, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where((logits < kth) | (logits < cutoff), NEG, logits)
 
 
-def sample(logits, key, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0):
-    """int32 token ids [...] from logits [..., V]: argmax when temperature is 0, else a draw from
-    softmax(filtered logits / temperature)."""
-    if temperature == 0:
+def sample(logits, key, temperature=0.0, top_k=0, top_p=1.0, *, greedy: bool | None = None):
+    """int32 token ids [...] from logits [..., V]: argmax when greedy (default: temperature == 0, which then must be
+    a Python number), else a draw from softmax(filter_logits(logits / temperature, top_k, top_p))."""
+    if greedy if greedy is not None else temperature == 0:
         return jnp.argmax(logits, -1).astype(jnp.int32)
     scaled = logits.astype(jnp.float32) / temperature
     return jax.random.categorical(key, filter_logits(scaled, top_k, top_p), -1).astype(jnp.int32)
@@ -155,26 +155,24 @@ def forward_cached(params, cfg, tokens, start, pad, k_cache, v_cache):
     return logits, (k_cache, v_cache)
 
 
-def _decode(params, tokens, pad, key, *, cfg, max_new, eos_ids, temperature, top_k, top_p, keep_logits):
+def _decode(params, tokens, pad, key, eos, temperature, top_k, top_p, *, cfg, max_new, greedy, keep_logits):
     """tokens [B, P] left-padded prompts -> (generated [B, max_new] (EOS-padded after a row stops), number of
     generated tokens per row [B], logits [B, max_new, V] of each generated position or None)."""
     b, p = tokens.shape
     dtype = compute_dtype(cfg)
     shape = (cfg.num_layers, b, p + max_new, cfg.num_kv_heads, cfg.head_size)
     caches = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
-    eos = jnp.asarray(eos_ids, jnp.int32)
-    fill = eos_ids[0] if eos_ids else 0
+    fill = jnp.maximum(eos[0], 0)
 
     def pick(logits, i):
-        return sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p)
+        return sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, greedy=greedy)
 
     logits, caches = forward_cached(params, cfg, tokens, 0, pad, *caches)
     last = logits[:, -1]
     first = pick(last, 0)
     out = jnp.full((b, max_new), fill, jnp.int32).at[:, 0].set(first)
     done = pad >= p  # filler rows (no prompt) that only keep the batch shape fixed
-    if eos_ids:
-        done = done | jnp.isin(first, eos)
+    done = done | jnp.isin(first, eos)
     lengths = jnp.ones((b,), jnp.int32)
     all_logits = jnp.zeros((b, max_new, last.shape[-1]), jnp.float32).at[:, 0].set(last) if keep_logits else None
 
@@ -191,8 +189,7 @@ def _decode(params, tokens, pad, key, *, cfg, max_new, eos_ids, temperature, top
         lengths = lengths + (~done).astype(jnp.int32)
         if keep_logits:
             all_logits = jax.lax.dynamic_update_index_in_dim(all_logits, logits[:, 0], i, 1)
-        if eos_ids:
-            done = done | jnp.isin(tok, eos)
+        done = done | jnp.isin(tok, eos)
         return i + 1, out, lengths, done, caches, all_logits
 
     state = (jnp.int32(1), out, lengths, done, caches, all_logits)
@@ -203,16 +200,17 @@ def _decode(params, tokens, pad, key, *, cfg, max_new, eos_ids, temperature, top
 _COMPILED: dict = {}
 
 
-def decode_fn(cfg, max_new: int, eos_ids: tuple[int, ...], temperature: float, top_k: int, top_p: float,
-              keep_logits: bool = False):  # fmt: skip
-    """The jitted `(params, tokens [B, P], pad [B], key) -> (generated, lengths, logits|None)`, one per model
-    config and sampling setting (jit then compiles once per (B, P) bucket)."""
-    k = (repr(cfg), max_new, tuple(eos_ids), float(temperature), int(top_k), float(top_p), keep_logits)
+def decode_fn(cfg, max_new: int, greedy: bool, keep_logits: bool = False):
+    """The jitted `(params, tokens [B, P], pad [B], key, eos [E] int32, temperature, top_k, top_p) -> (generated
+    [B, max_new], lengths [B], logits [B, max_new, V] | None)`, one per model config, max_new_tokens and greedy or
+    not; the sampling settings and stop ids are arguments, so jit compiles once per (B, P, E) shape only. Use -1
+    as an EOS id that never matches; rows stop at any of `eos`, and are filled with eos[0] after."""
+    k = (repr(cfg), max_new, greedy, keep_logits)
     if k not in _COMPILED:
         _COMPILED[k] = jax.jit(
-            lambda params, tokens, pad, key: _decode(
-                params, tokens, pad, key, cfg=cfg, max_new=max_new, eos_ids=tuple(eos_ids),
-                temperature=temperature, top_k=top_k, top_p=top_p, keep_logits=keep_logits,
+            lambda params, tokens, pad, key, eos, temperature, top_k, top_p: _decode(
+                params, tokens, pad, key, eos, temperature, top_k, top_p, cfg=cfg, max_new=max_new, greedy=greedy,
+                keep_logits=keep_logits,
             )
         )  # fmt: skip
     return _COMPILED[k]
@@ -311,7 +309,9 @@ def generate_full(model, tokenizer, prompts, cfg: GenerationConfig | None = None
         if not x:
             raise ValueError(f"prompt {i} is empty")
     eos = stop_token_ids(model, tokenizer, chat_template)
-    fn = decode_fn(mcfg, cfg.max_new_tokens, eos, cfg.temperature, cfg.top_k, cfg.top_p)
+    fn = decode_fn(mcfg, cfg.max_new_tokens, cfg.temperature == 0)
+    eos_arr = np.asarray(eos or (-1,), np.int32)
+    knobs = (np.float32(cfg.temperature or 1.0), np.int32(cfg.top_k), np.float32(cfg.top_p))
     limit = mcfg.max_position_embeddings
     key = jax.random.PRNGKey(cfg.seed)
     results: list[Generation] = []
@@ -324,7 +324,7 @@ def generate_full(model, tokenizer, prompts, cfg: GenerationConfig | None = None
                 f"model's context ({limit} positions)"
             )
         tokens, pad = left_pad(chunk, length, batch_size)
-        out, lengths, _ = fn(params, tokens, pad, jax.random.fold_in(key, start))
+        out, lengths, _ = fn(params, tokens, pad, jax.random.fold_in(key, start), eos_arr, *knobs)
         out, lengths = np.asarray(out), np.asarray(lengths)
         for r, prompt_ids in enumerate(chunk):
             gen = out[r, : lengths[r]].tolist()
