@@ -211,5 +211,6 @@ def validate(cfg: Config) -> None:
     _choice(o.type, ("next_token", "dpo", "reward"), "objective.type")
     _choice(o.loss, ("sigmoid", "robust", "hinge", "ipo"), "objective.loss")
     _choice(o.reference, ("frozen", "precomputed", "none"), "objective.reference")
+    _choice(cfg.checkpoint.best_mode, ("min", "max"), "checkpoint.best_mode")
     if cfg.checkpoint.keep < 1:
         raise ConfigError("'checkpoint.keep' must be >= 1")

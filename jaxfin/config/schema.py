@@ -172,10 +172,24 @@ class ObjectiveConfig:
 
 
 @dataclass
+class EvalDuringTrainingConfig:
+    """Evaluation tasks during training (jaxfin/eval/tasks.py), logged as eval/<task>/<metric>."""
+
+    every: int = 0  # run the tasks every N steps (and at the end); 0 = never
+    tasks: list[str] = field(default_factory=list)  # task YAML paths or built-in names (fpb, fiqa_sa, fomc, ...)
+    limit: int = 200  # examples per task (0 = all)
+    batch_size: int = 8
+
+
+@dataclass
 class CheckpointConfig:
     every: int = 500  # 0 = only on exit
     keep: int = 3  # keep the last K
     async_save: bool = True
+    # Keep the best model so far in OUTPUT_DIR/best (a Hugging Face dir + best.json) by this logged metric
+    # (e.g. dev_loss, dev_rewards/accuracy, eval/fpb/acc); "" = off.
+    best_metric: str = "dev_loss"
+    best_mode: str = "min"  # min | max
 
 
 @dataclass
@@ -197,6 +211,7 @@ class Config:
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    eval: EvalDuringTrainingConfig = field(default_factory=EvalDuringTrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     export_hf: str = ""  # if set, export the final model as a Hugging Face dir here (LoRA adapters merged)

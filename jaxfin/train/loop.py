@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import yaml
 
 from jaxfin.config.load import ConfigError
@@ -236,6 +237,12 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
                 else:
                     meta["dev_bad_evals"] += 1
                 window_t0 = time.time()  # keep eval time out of tokens/s
+            if cfg.eval.every and cfg.eval.tasks and (step % cfg.eval.every == 0 or step == t.steps):
+                rec = rec or {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"])}
+                rec.update(_eval_tasks(cfg, state["params"], tok, out))
+                window_t0 = time.time()
+            if rec is not None:
+                _keep_best(cfg, state["params"], rec, meta, out, hf_extra)
             if rec is not None and main:
                 metrics.write({"step": rec.pop("step"), **rec})
                 print(progress.line(step, rec), flush=True)
@@ -276,6 +283,46 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
         "dev_loss_best": meta["dev_best"],
         "output_dir": str(out),
     }
+
+
+def _eval_tasks(cfg: Config, params, tok: Tokenizer, out: Path) -> dict:
+    """The configured evaluation tasks on the current params, as eval/<task>/<metric>. Process 0 runs them (on
+    its own devices) and the others receive the numbers, so every process logs and compares the same values."""
+    host = to_host(params)  # a collective: every process takes part
+    res = {}
+    if is_main():
+        from jaxfin.eval.tasks import run_task
+
+        model = Model(cfg.model, host, str(out))
+        for task in cfg.eval.tasks:
+            r = run_task(model, tok, task, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit or None)
+            res.update({f"eval/{r['task']}/{k}": float(v) for k, v in r["metrics"].items()})
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        names = sorted(res) if is_main() else []
+        names = multihost_utils.broadcast_one_to_all(np.array(json.dumps(names).encode().ljust(4096), "S4096"))
+        names = json.loads(bytes(names).decode().strip())
+        values = multihost_utils.broadcast_one_to_all(np.array([res.get(n, 0.0) for n in names], np.float64))
+        res = dict(zip(names, map(float, values)))
+    return res
+
+
+def _keep_best(cfg: Config, params, rec: dict, meta: dict, out: Path, hf_extra) -> None:
+    """OUTPUT_DIR/best: the model with the best `checkpoint.best_metric` so far, as a Hugging Face dir (written by
+    process 0 alone; LoRA adapters merged), with best.json saying which step and value."""
+    name = cfg.checkpoint.best_metric
+    if not name or name not in rec:
+        return
+    value, best = float(rec[name]), meta.get("best")
+    better = best is None or (value < best["value"] if cfg.checkpoint.best_mode == "min" else value > best["value"])
+    if not better:
+        return
+    host = to_host(params)
+    meta["best"] = {"metric": name, "value": value, "step": int(rec["step"])}
+    if is_main():
+        Model(cfg.model, host, str(out), hf_extra).save(out / "best", format="hf")
+        (out / "best" / "best.json").write_text(json.dumps(meta["best"], indent=2) + "\n")
 
 
 def _agree(flag: bool) -> bool:
