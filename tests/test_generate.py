@@ -157,6 +157,51 @@ def test_stop_strings_and_lora_merge(tiny):
     )
 
 
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>' + '\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def test_chat_templates(tiny, tmp_path):
+    """A prompt rendered with the tokenizer's own template equals transformers' apply_chat_template(...,
+    add_generation_prompt=True) ids, and so does the built-in chatml; the end-of-turn token stops a generation;
+    a string prompt is one user turn; generation on the rendered ids = generation on the messages."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from jaxfin.data.tokenizer import load_tokenizer
+    from jaxfin.eval.generate import GenerationConfig, generate_full, render_prompt, stop_token_ids
+
+    _, _, model, _ = tiny
+    lines = (REPO / "demo_data/finance_train.jsonl").read_text().splitlines()[:200]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=1000, special_tokens=["<s>", "</s>", "<|im_start|>", "<|im_end|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())  # fmt: skip
+    bpe.train_from_iterator([json.loads(x)["text"] for x in lines], trainer)
+    hf = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", eos_token="</s>")
+    hf.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    hf.chat_template = CHATML
+    hf.save_pretrained(tmp_path / "tok")
+    tok = load_tokenizer(tmp_path / "tok")
+    chat = [{"role": "system", "content": "You are a credit analyst."}, {"role": "user", "content": "Rate BBB-?"}]
+    want = list(hf.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
+    assert render_prompt(chat, tok, "tokenizer") == want
+    assert render_prompt(chat, tok, "chatml") == want
+    one = hf.apply_chat_template([{"role": "user", "content": "Hi"}], add_generation_prompt=True, return_dict=True)
+    assert render_prompt("Hi", tok, "tokenizer") == list(one["input_ids"])
+    im_end = hf.convert_tokens_to_ids("<|im_end|>")
+    assert im_end in stop_token_ids(model, tok, "chatml") and im_end in stop_token_ids(model, tok, "tokenizer")
+    cfg = GenerationConfig(max_new_tokens=10)
+    a = generate_full(model, tok, [chat], cfg, batch_size=4, chat_template="tokenizer")[0]
+    b = generate_full(model, tok, [want], cfg, batch_size=4, chat_template="tokenizer")[0]
+    assert a.prompt_tokens == want and a.tokens == b.tokens
+    with pytest.raises(ValueError, match="chat template"):
+        render_prompt(chat, tok, None)
+
+
 def test_generate_cli(tiny, tmp_path):
     """`jaxfin generate MODEL --prompts FILE --out FILE.jsonl`: one record per prompt, greedy = the API."""
     from jaxfin.cli import main
