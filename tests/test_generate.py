@@ -202,7 +202,7 @@ def test_chat_templates(tiny, tmp_path):
         render_prompt(chat, tok, None)
 
 
-def test_generate_cli(tiny, tmp_path):
+def test_generate_cli(tiny, tmp_path, capsys):
     """`jaxfin generate MODEL --prompts FILE --out FILE.jsonl`: one record per prompt, greedy = the API."""
     from jaxfin.cli import main
     from jaxfin.eval.generate import GenerationConfig, generate
@@ -220,6 +220,12 @@ def test_generate_cli(tiny, tmp_path):
     assert [r["text"] for r in rows] == generate(
         model, tok, ["Net income", "The bank"], GenerationConfig(10), batch_size=4
     )
+    txt = tmp_path / "p.txt"
+    txt.write_text("Net income\n\nThe bank\n")
+    assert main(["generate", str(d), "--prompts", str(txt), "--max-new-tokens", "10", "--batch-size", "4",
+                 "--stop", "@@", "\\n", "--top-k", "1", "--temperature", "0.5"]) == 0  # fmt: skip
+    printed = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["tokens"] for r in printed] == [r["tokens"] for r in rows]  # top-k 1 = greedy; the folder's tokenizer
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "a"}\n{"nope": 1}\n')
     assert main(["generate", str(d), "--prompts", str(bad), "--tokenizer", str(TOKENIZER)]) == 2

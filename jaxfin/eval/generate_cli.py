@@ -54,7 +54,7 @@ def run_generate_cli(args) -> int:
     tok = load_tokenizer(tok_path)
     cfg = GenerationConfig(
         max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        stop=list(args.stop), seed=args.seed,
+        stop=[x.replace("\\n", "\n").replace("\\t", "\t") for x in args.stop], seed=args.seed,
     )  # fmt: skip
     gens = generate_full(model, tok, prompts, cfg, batch_size=args.batch_size, chat_template=args.chat_template)
     lines = [
@@ -85,7 +85,8 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off")
-    p.add_argument("--stop", nargs="*", default=[], metavar="S", help="stop strings (the text is cut before them)")
+    p.add_argument("--stop", nargs="+", action="extend", default=[], metavar="S",
+                   help="stop strings (the text is cut before the first); \\n, \\t = newline, tab")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--chat-template", choices=["tokenizer", "llama3", "chatml"], default=None,
