@@ -174,6 +174,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.eval.generate_cli import add_generate_parser
 
     add_generate_parser(sub)
+    from jaxfin.eval.agents import add_agents_parser
+
+    add_agents_parser(sub)
     return parser
 
 
