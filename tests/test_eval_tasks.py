@@ -293,3 +293,30 @@ def test_generative_tasks_are_dispatched(monkeypatch):
     out = run_task("M", "T", {"name": "ner", "type": "generative", "data": "x"}, batch_size=3, limit=5)
     assert out["task"] == "ner" and seen["batch_size"] == 3 and seen["limit"] == 5
     assert seen["task"]["type"] == "generative" and seen["task"]["data"] == "x"
+
+
+def test_f1_and_accuracy_match_sklearn():
+    """The metric math against scikit-learn itself (a test dependency only), on random 3-class labels including
+    runs where a class is never predicted or never gold."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    rng = np.random.default_rng(0)
+    names = ["negative", "neutral", "positive"]
+    for trial in range(40):
+        n = int(rng.integers(1, 30))
+        gold = rng.integers(0, 3, n)
+        pred = rng.integers(0, 2 if trial % 3 == 0 else 3, n)  # every third run never predicts "positive"
+        g, p = [names[i] for i in gold], [names[i] for i in pred]
+        macro, weighted = f1_scores(g, p)
+        assert macro == pytest.approx(f1_score(g, p, average="macro", zero_division=0))
+        assert weighted == pytest.approx(f1_score(g, p, average="weighted", zero_division=0))
+        labels = sorted(set(g) | set(p))
+        prec, rec, f1, sup = precision_recall_fscore_support(g, p, labels=labels, zero_division=0)
+        ours = per_class_f1(g, p)
+        for i, c in enumerate(labels):
+            assert (ours[c]["precision"], ours[c]["recall"], ours[c]["f1"]) == pytest.approx((prec[i], rec[i], f1[i]))
+            assert ours[c]["support"] == sup[i]
+        ll = rng.normal(size=(n, 3))
+        m = multiple_choice_metrics(ll.tolist(), [names] * n, gold.tolist())
+        assert m["acc"] == pytest.approx(accuracy_score(gold, ll.argmax(1)))
+        assert m["f1_macro"] == pytest.approx(f1_score(gold, ll.argmax(1), average="macro", zero_division=0))
