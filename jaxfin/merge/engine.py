@@ -9,6 +9,7 @@ the tensors' bytes in order. The per-tensor math is `jaxfin.merge.methods.merge_
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -41,6 +42,7 @@ ARCH_KEYS = (
 ALL_INPUTS = {"linear", "passthrough"}  # methods without a base: every source (the base too) is an input
 
 
+@functools.cache
 def _np_dtypes() -> dict[str, np.dtype]:
     import ml_dtypes
 
@@ -266,7 +268,7 @@ def plan_tensors(
     def out_dtype(m: str, name: str) -> str:
         if plan.out_dtype or plan.dtype:
             return plan.out_dtype or plan.dtype
-        d = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(readers[m].dtype(name))
+        d = {v: k for k, v in NAMES.items()}.get(readers[m].dtype(name))
         if d is None:
             raise MergeConfigError(f"{m}: tensor {name} is stored as {readers[m].dtype(name)}, not a float type")
         return d
@@ -369,7 +371,7 @@ def run_merge(
         writer = ShardWriter(hf_dir, [t.spec for t in tasks], _parse_size(max_shard_size))
         glob_names, model_names = plan.parameter_names()
         implicit = {x.model for s in plan.slices for x in s.sources if x.implicit}
-        run = _device_runner(merge_fn) if device else merge_fn
+        run = functools.partial(merge_fn, backend="jax") if device else merge_fn  # jit per options and shape
         read = 0
 
         def load(task: TensorTask):
@@ -490,13 +492,3 @@ def _whole_model_thresholds(plan: MergePlan, tasks: list[TensorTask], load: Call
             out[m] = {"magnitude_threshold": lo, "outlier_threshold": hi}
     log.info("whole-model thresholds: %s", out)
     return out
-
-
-def _device_runner(merge_fn: Callable) -> Callable:
-    """merge_tensor's jax backend (jit per method options and tensor shape, on JAX's default device)."""
-
-    def run(method, tensors, base, model_params, params, *, seed, name):
-        y = merge_fn(method, tensors, base, model_params, params, seed=seed, name=name, backend="jax")
-        return np.asarray(y)
-
-    return run

@@ -582,16 +582,12 @@ def _jax_dyn(dyn):
 
     out = {}
     for k, v in dyn.items():
-        if k == "key":
-            out[k] = jnp.asarray(v, dtype=jnp.uint32)  # [N, 2]
-        elif k == "u32_threshold":
+        if k in ("key", "u32_threshold"):  # key: [N, 2]
             out[k] = jnp.asarray(v, dtype=jnp.uint32)
         elif k in ("k", "k_top"):
             out[k] = jnp.asarray(v, dtype=jnp.int32)
         elif k == "keep_all":
             out[k] = jnp.asarray(v, dtype=bool)
-        elif isinstance(v, list):
-            out[k] = jnp.asarray(v, dtype=jnp.float32)
         else:
             out[k] = jnp.asarray(v, dtype=jnp.float32)
     return out
