@@ -87,23 +87,20 @@ def make_train_step(cfg: Config, optimizer, schedule):
         # micro-batch m = rows m, m+M, m+2M, ...: every device keeps its own rows (no resharding between micro-batches)
         micro = jax.tree.map(lambda x: x.reshape(-1, micro_batches, *x.shape[1:]).swapaxes(0, 1), batch)
 
-        def accumulate(carry, xs):
-            mb, m = xs
-            grads, loss, count, metrics = carry
+        def micro_step(m, mb):
             rng = None if key is None else jax.random.fold_in(key, m)
-            (mb_loss, (n, mb_metrics)), g = grad_fn(part, params, mb, ref_params, rng)
-            grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
-            metrics = jax.tree.map(jnp.add, metrics, mb_metrics)
-            return (grads, loss + mb_loss, count + n, metrics), None
+            (loss, (n, metrics)), g = grad_fn(part, params, mb, ref_params, rng)
+            return constrain_params(jax.tree.map(lambda x: x.astype(jnp.float32), g)), loss, n, metrics
 
-        zeros = constrain_params(jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), part))
-        first = jax.tree.map(lambda x: x[0], micro)
-        metric_shapes = jax.eval_shape(lambda: sums(part, params, first, ref_params, None)[1][1])
-        carry = (zeros, 0.0, 0.0, jax.tree.map(jnp.zeros_like, metric_shapes))
-        if micro_batches == 1:  # same result; skipping the scan roughly halves compile time on CPU
-            (grads, loss, count, msums), _ = accumulate(carry, (first, 0))
-        else:
-            (grads, loss, count, msums), _ = jax.lax.scan(accumulate, carry, (micro, jnp.arange(micro_batches)))
+        totals = micro_step(0, jax.tree.map(lambda x: x[0], micro))
+        if micro_batches > 1:  # the others added in a scan (a Python loop would compile M copies of the model)
+
+            def accumulate(carry, xs):
+                return jax.tree.map(jnp.add, carry, micro_step(*xs)), None
+
+            rest = (jnp.arange(1, micro_batches), jax.tree.map(lambda x: x[1:], micro))
+            totals, _ = jax.lax.scan(accumulate, totals, rest)
+        grads, loss, count, msums = totals
         count = jnp.maximum(count, 1.0)
         grads = constrain_params(jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, part))
         updates, opt_state = inner.update(grads, state["opt_state"], part)
