@@ -212,3 +212,15 @@ def test_config_errors(models, tmp_path, capsys):
     assert not (tmp_path / "out").exists()  # refused before any work
     c = load_eval_config(_write_config(tmp_path, models), ["max_docs=7", "seq_len=64"])
     assert (c.max_docs, c.seq_len, c.models[1].name) == (7, 64, "tuned")
+
+
+def test_loss_fn_compiled_once_per_model_config():
+    """Every model / text set of one architecture reuses one jitted loss (a fresh Model must not recompile)."""
+    import dataclasses
+
+    from jaxfin.config.schema import ModelConfig
+    from jaxfin.eval.text import _loss_fn
+
+    cfg = ModelConfig()
+    assert _loss_fn(cfg) is _loss_fn(dataclasses.replace(cfg))
+    assert _loss_fn(cfg) is not _loss_fn(dataclasses.replace(cfg, num_layers=cfg.num_layers + 1))

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import yaml
 
-from jaxfin.config.load import ConfigError, _build, _merge, _set_dotted, _unknown, valid_keys
+from jaxfin.config.load import ConfigError, _build, _merge, _set_dotted, _unknown, read_yaml_mapping, valid_keys
 
 
 @dataclass
@@ -101,15 +101,7 @@ def validate_eval(cfg: EvalConfig) -> None:
 
 def load_eval_config(path: str | Path, overrides: list[str] = ()) -> EvalConfig:
     """YAML file + `key=value` overrides (top-level keys, e.g. max_docs=100 or models=[a,b]) -> EvalConfig."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must be a mapping of config keys")
+    data = read_yaml_mapping(path)
     _check_top(data, str(path))
     try:
         cfg = _build(EvalConfig, data, "", str(path))

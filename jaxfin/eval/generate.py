@@ -244,6 +244,13 @@ def plain_params(model):
     return model.params, model.config
 
 
+def device_params(params):
+    """`params` with its numpy leaves (a host copy, as training's periodic evaluation passes) put on the default
+    device once, so jitted calls over many batches do not copy every weight from the host on each call; device
+    arrays are left as they are."""
+    return jax.tree.map(lambda a: jnp.asarray(a) if isinstance(a, np.ndarray) else a, params)
+
+
 GENERATION_PROMPTS = {
     "llama3": "<|start_header_id|>assistant<|end_header_id|>\n\n",
     "chatml": "<|im_start|>assistant\n",
@@ -304,6 +311,7 @@ def generate_full(model, tokenizer, prompts, cfg: GenerationConfig | None = None
     """Like `generate`, but one Generation (text, token ids, prompt ids, finish reason) per prompt."""
     cfg = cfg or GenerationConfig()
     params, mcfg = plain_params(model)
+    params = device_params(params)
     ids = [render_prompt(p, tokenizer, chat_template) for p in prompts]
     for i, x in enumerate(ids):
         if not x:

@@ -411,6 +411,9 @@ def score_requests(model, requests: list[tuple[list[int], list[int]]], *, batch_
     `batch_size` packed rows."""
     import jax.numpy as jnp
 
+    from jaxfin.eval.generate import device_params
+
+    params = device_params(model.params)
     seqs, n_conts = [], []
     for ctx, cont in requests:
         full = (ctx + cont)[-(max_length + 1) :]
@@ -438,9 +441,7 @@ def score_requests(model, requests: list[tuple[list[int], list[int]]], *, batch_
                 pos[r, o : o + n] = np.arange(n)
                 spans.append((i, r, o + n - n_conts[i], o + n))
                 o += n
-        pending.append(
-            (fn(model.params, jnp.asarray(tok), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(tgt)), spans)
-        )
+        pending.append((fn(params, jnp.asarray(tok), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(tgt)), spans))
     out: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
     for (lp, greedy), spans in pending:
         lp, greedy = np.asarray(lp, np.float64), np.asarray(greedy)

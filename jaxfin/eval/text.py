@@ -88,16 +88,23 @@ def packed_batches(docs: list[np.ndarray], seq_len: int, batch_size: int):
         yield {k: np.stack([r[k] for r in part]) for k in part[0]}, len(rows)
 
 
+_FNS: dict[str, object] = {}
+
+
 def _loss_fn(cfg):
-    from jaxfin.model import forward
-    from jaxfin.train.loss import next_token_loss_sum
+    """The jitted (params, batch) -> (nll sum, target count), one per model config (not per call: a second model
+    or text set of the same architecture reuses the compiled function)."""
+    key = repr(cfg)
+    if key not in _FNS:
+        from jaxfin.model import forward
+        from jaxfin.train.loss import next_token_loss_sum
 
-    @jax.jit
-    def f(params, batch):
-        logits = forward(params, cfg, batch["tokens"], batch["segment_ids"], batch["positions"])
-        return next_token_loss_sum(logits, batch)
+        def f(params, batch):
+            logits = forward(params, cfg, batch["tokens"], batch["segment_ids"], batch["positions"])
+            return next_token_loss_sum(logits, batch)
 
-    return f
+        _FNS[key] = jax.jit(f)
+    return _FNS[key]
 
 
 def text_metrics(
@@ -119,11 +126,14 @@ def text_metrics(
             f'{model.config.vocab_size} entries; evaluate with the model\'s own tokenizer (tokenizer: "")'
         )
     seq_len = min(seq_len, max(16, -(-max(len(d) for d in docs) // 16) * 16))  # short sets: shorter rows
+    from jaxfin.eval.generate import device_params
+
     f = _loss_fn(model.config)
+    params = device_params(model.params)
     nll, count = 0.0, 0.0
     t0 = last = time.time()
     for i, (batch, n_rows) in enumerate(packed_batches(docs, seq_len, batch_size)):
-        s, c = f(model.params, {k: jnp.asarray(v) for k, v in batch.items()})
+        s, c = f(params, {k: jnp.asarray(v) for k, v in batch.items()})
         nll += float(s)
         count += float(c)
         done = min((i + 1) * batch_size, n_rows)
