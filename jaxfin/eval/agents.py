@@ -25,7 +25,6 @@ summaries in a second.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from jaxfin.config.load import ConfigError, _build
+from jaxfin.eval.generate import GenerationConfig, generate
 
 ROLE_TEMPLATE = "{system}\n\nQuestion: {question}\nAnswer:"
 SUMMARY_TEMPLATE = "Question: {question}\n\nThe experts answered:\n{answers}\n\nFinal answer:"
@@ -45,21 +45,11 @@ class Role:
 
 
 @dataclass
-class Generation:
-    max_new_tokens: int = 96
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int = 0
-
-
-@dataclass
 class AgentsConfig:
     model: str = ""
     tokenizer: str = ""
     chat_template: str | None = None
-    generation: Generation = field(default_factory=Generation)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     roles: list[Role] = field(default_factory=list)
     summary: Role = field(default_factory=lambda: Role(name="summary"))
     role_template: str = ROLE_TEMPLATE
@@ -141,20 +131,19 @@ def run_agents(cfg: AgentsConfig, model=None, tokenizer=None, log=print) -> list
     """[{question, answers: {role: text}, summary}] for every question; also written to cfg.output as JSON lines."""
     import jaxfin
     from jaxfin.data.tokenizer import load_tokenizer
-    from jaxfin.eval.generate import GenerationConfig, generate
 
     questions = read_questions(cfg)
     model = model or jaxfin.load_model(cfg.model)
     tokenizer = tokenizer or load_tokenizer(cfg.tokenizer or model.tokenizer_dir)
-    gen = GenerationConfig(**dataclasses.asdict(cfg.generation))
     roles = cfg.roles
     prompts = [role_prompt(cfg, r, q) for q in questions for r in roles]
     log(f"agents: {len(roles)} roles x {len(questions)} questions")
-    texts = generate(model, tokenizer, prompts, gen, batch_size=cfg.batch_size, chat_template=cfg.chat_template)
+    run = {"batch_size": cfg.batch_size, "chat_template": cfg.chat_template}
+    texts = generate(model, tokenizer, prompts, cfg.generation, **run)
     answers = [{r.name: texts[i * len(roles) + j] for j, r in enumerate(roles)} for i in range(len(questions))]
     log(f"agents: {len(questions)} summaries")
-    summaries = generate(model, tokenizer, [summary_prompt(cfg, q, a) for q, a in zip(questions, answers)], gen,
-                         batch_size=cfg.batch_size, chat_template=cfg.chat_template)  # fmt: skip
+    summary_prompts = [summary_prompt(cfg, q, a) for q, a in zip(questions, answers)]
+    summaries = generate(model, tokenizer, summary_prompts, cfg.generation, **run)
     out = [{"question": q, "answers": a, "summary": s} for q, a, s in zip(questions, answers, summaries)]
     if cfg.output:
         Path(cfg.output).parent.mkdir(parents=True, exist_ok=True)
