@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from jaxfin.config.load import ConfigError, _build, _merge, parse_overrides, validate
+from jaxfin.config.load import ConfigError, _build, _merge, parse_overrides, read_yaml_mapping, validate
 from jaxfin.config.schema import Config
 
 
@@ -58,17 +58,14 @@ def _dotted(tree: dict) -> dict:
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list[dict]]:
     """(output dir, stages), each stage {name, config: Config | None, vocab_expand: list | None}."""
     path = Path(path)
-    spec = (yaml.safe_load(path.read_text()) or {}).get("recipe")
+    spec = read_yaml_mapping(path).get("recipe")
     where = str(path)
     if not isinstance(spec, dict) or not spec.get("stages"):
         raise ConfigError(f"{where}: 'recipe' needs 'stages' (a list)")
     out = Path(spec.get("output_dir") or f"runs/recipes/{path.stem}")
     base: dict = {}
     if spec.get("config"):
-        base_path = path.parent / spec["config"]
-        if not base_path.is_file():
-            raise ConfigError(f"{where}: recipe.config '{spec['config']}' not found (looked at {base_path})")
-        base = yaml.safe_load(base_path.read_text()) or {}
+        base = read_yaml_mapping(path.parent / spec["config"])
     cli = parse_overrides(list(overrides))
     if "output_dir" in cli:  # on the command line, output_dir is the recipe's root
         out = Path(cli.pop("output_dir"))

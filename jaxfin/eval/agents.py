@@ -61,21 +61,15 @@ class AgentsConfig:
 
 
 def load_agents_config(path: str | Path, overrides: list[str] = ()) -> AgentsConfig:
-    from jaxfin.config.load import _merge, _set_dotted
+    from jaxfin.config.load import _merge, _set_dotted, read_yaml_mapping
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
     extra: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value (e.g. output=out.jsonl)")
         key, raw = item.split("=", 1)
         _set_dotted(extra, key.strip(), yaml.safe_load(raw))
-    try:
-        data = _merge(yaml.safe_load(path.read_text()) or {}, extra)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    data = _merge(read_yaml_mapping(path), extra)
     try:
         cfg = _build(AgentsConfig, data, "", str(path))
     except TypeError as e:

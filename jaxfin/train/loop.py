@@ -12,7 +12,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import yaml
 
 from jaxfin.config.load import ConfigError
@@ -286,25 +285,16 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
 
 
 def _eval_tasks(cfg: Config, params, tok: Tokenizer, out: Path) -> dict:
-    """The configured evaluation tasks on the current params, as eval/<task>/<metric>. Process 0 runs them (on
-    its own devices) and the others receive the numbers, so every process logs and compares the same values."""
-    host = to_host(params)  # a collective: every process takes part
+    """The configured evaluation tasks on the current params, as eval/<task>/<metric>. Every process runs them on
+    its own devices from the gathered params (small, deterministic work), so all log and compare the same numbers
+    without another exchange."""
+    from jaxfin.eval.tasks import run_task
+
+    model = Model(cfg.model, to_host(params), str(out))  # to_host is a collective: every process takes part
     res = {}
-    if is_main():
-        from jaxfin.eval.tasks import run_task
-
-        model = Model(cfg.model, host, str(out))
-        for task in cfg.eval.tasks:
-            r = run_task(model, tok, task, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit or None)
-            res.update({f"eval/{r['task']}/{k}": float(v) for k, v in r["metrics"].items()})
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        names = sorted(res) if is_main() else []
-        names = multihost_utils.broadcast_one_to_all(np.array(json.dumps(names).encode().ljust(4096), "S4096"))
-        names = json.loads(bytes(names).decode().strip())
-        values = multihost_utils.broadcast_one_to_all(np.array([res.get(n, 0.0) for n in names], np.float64))
-        res = dict(zip(names, map(float, values)))
+    for task in cfg.eval.tasks:
+        r = run_task(model, tok, task, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit or None)
+        res.update({f"eval/{r['task']}/{k}": float(v) for k, v in r["metrics"].items()})
     return res
 
 
