@@ -105,7 +105,6 @@ def test_overlong_pairs_truncated_and_counted(tmp_path):
             assert (prompt == PROMPT + j).all() and len(prompt) <= p  # ... the prompt its end
             if j not in over:
                 assert len(t) == 1 + p + n + 1
-    # the long prompt is cut to make room for both (short) completions; long completions share the row
     # a long prompt is cut (keeping its end) to make room for both short completions, which stay whole
     assert view.keep[1, 0, 1] == view.keep[1, 1, 1] == 4  # 3 tokens + EOS
     assert view.keep[1, 0, 0] == view.keep[1, 1, 0] == (seq_len - 8) // 2  # the prompt gets the rest

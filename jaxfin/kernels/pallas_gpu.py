@@ -313,23 +313,31 @@ def _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
     return dq, dk, dv
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _flash(q, k, v, seg, causal, scale, block_q, block_k, interpret):
-    return _fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret)[0]
+def _flash_vjp(fwd, bwd):
+    """The differentiable attention over a kernel pair (shared by the GPU and TPU backends).
+
+    fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret) -> (o, lse);
+    bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret) -> (dq, dk, dv).
+    """
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
+    def flash(q, k, v, seg, causal, scale, block_q, block_k, interpret):
+        return fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret)[0]
+
+    def flash_fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret):
+        o, lse = fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret)
+        return o, (q, k, v, seg, o, lse)
+
+    def flash_bwd(causal, scale, block_q, block_k, interpret, res, do):
+        q, k, v, seg, o, lse = res
+        dq, dk, dv = bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret)
+        return dq, dk, dv, None
+
+    flash.defvjp(flash_fwd, flash_bwd)
+    return flash
 
 
-def _flash_fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret):
-    o, lse = _fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret)
-    return o, (q, k, v, seg, o, lse)
-
-
-def _flash_bwd(causal, scale, block_q, block_k, interpret, res, do):
-    q, k, v, seg, o, lse = res
-    dq, dk, dv = _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret)
-    return dq, dk, dv, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = _flash_vjp(_fwd, _bwd)
 
 
 def _is_pow2(n: int) -> bool:

@@ -40,7 +40,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxfin.kernels.pallas_gpu import _loop_bounds, _visibility, _visible
+from jaxfin.kernels.pallas_gpu import _flash_vjp, _loop_bounds, _visibility, _visible
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
@@ -99,6 +99,32 @@ def _segment_layouts(seg):
     q_seg = lax.broadcast_in_dim(seg, (b, s, NUM_LANES), (0, 1))
     kv_seg = lax.broadcast_in_dim(seg, (b, NUM_SUBLANES, s), (0, 2))
     return q_seg, kv_seg
+
+
+def _q_major_specs(d, group, nq, block_q, block_k):
+    """Index map for q-shaped blocks and the in_specs [q, k, v, q segments, kv segments] of a grid
+    (B, Hq, q blocks, k blocks) that walks k innermost, clamped to each q block's visible k range."""
+
+    def q_map(b, h, i, j, *m):
+        return (b, h, i, 0)
+
+    def kv_map(b, h, i, j, *m):
+        return (b, h // group, _clamp_block(m[4], m[5], b * nq + i, j), 0)
+
+    def qseg_map(b, h, i, j, *m):
+        return (b, i, 0)
+
+    def kseg_map(b, h, i, j, *m):
+        return (b, 0, _clamp_block(m[4], m[5], b * nq + i, j))
+
+    kv_blk = pl.BlockSpec((None, None, block_k, d), kv_map)
+    return q_map, [
+        pl.BlockSpec((None, None, block_q, d), q_map),
+        kv_blk,
+        kv_blk,
+        pl.BlockSpec((None, block_q, NUM_LANES), qseg_map),
+        pl.BlockSpec((None, NUM_SUBLANES, block_k), kseg_map),
+    ]
 
 
 def _params(interpret, semantics):
@@ -163,17 +189,7 @@ def _fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret, count=False):
     meta = _metadata(seg, causal, block_q, block_k)
     q_seg, kv_seg = _segment_layouts(seg)
 
-    def q_map(b, h, i, j, *m):
-        return (b, h, i, 0)
-
-    def kv_map(b, h, i, j, *m):
-        return (b, h // group, _clamp_block(m[4], m[5], b * nq + i, j), 0)
-
-    def qseg_map(b, h, i, j, *m):
-        return (b, i, 0)
-
-    def kseg_map(b, h, i, j, *m):
-        return (b, 0, _clamp_block(m[4], m[5], b * nq + i, j))
+    q_map, q_major_in = _q_major_specs(d, group, nq, block_q, block_k)
 
     out_specs = [pl.BlockSpec((None, None, block_q, d), q_map), pl.BlockSpec((None, None, block_q, NUM_LANES), q_map)]
     out_shape = [jax.ShapeDtypeStruct(q.shape, q.dtype), jax.ShapeDtypeStruct((b, hq, s, NUM_LANES), jnp.float32)]
@@ -189,13 +205,7 @@ def _fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret, count=False):
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=_N_META,
             grid=(b, hq, nq, nk),
-            in_specs=[
-                pl.BlockSpec((None, None, block_q, d), q_map),
-                pl.BlockSpec((None, None, block_k, d), kv_map),
-                pl.BlockSpec((None, None, block_k, d), kv_map),
-                pl.BlockSpec((None, block_q, NUM_LANES), qseg_map),
-                pl.BlockSpec((None, NUM_SUBLANES, block_k), kseg_map),
-            ],
+            in_specs=q_major_in,
             out_specs=out_specs,
             scratch_shapes=[
                 pltpu.VMEM((block_q, NUM_LANES), jnp.float32),
@@ -274,17 +284,7 @@ def _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
     common = dict(scale=scale, causal=causal, block_q=block_q, block_k=block_k, nq=nq, nk=nk)
 
     # dq: grid (B, Hq, q blocks, k blocks), k innermost
-    def q_map(b, h, i, j, *m):
-        return (b, h, i, 0)
-
-    def kv_map(b, h, i, j, *m):
-        return (b, h // group, _clamp_block(m[4], m[5], b * nq + i, j), 0)
-
-    def qseg_map(b, h, i, j, *m):
-        return (b, i, 0)
-
-    def kseg_map(b, h, i, j, *m):
-        return (b, 0, _clamp_block(m[4], m[5], b * nq + i, j))
+    q_map, q_major_in = _q_major_specs(d, group, nq, block_q, block_k)
 
     q_blk = pl.BlockSpec((None, None, block_q, d), q_map)
     row_blk = pl.BlockSpec((None, None, block_q, NUM_LANES), q_map)
@@ -293,16 +293,7 @@ def _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
         grid_spec=pltpu.PrefetchScalarGridSpec(
             num_scalar_prefetch=_N_META,
             grid=(b, hq, nq, nk),
-            in_specs=[
-                q_blk,
-                pl.BlockSpec((None, None, block_k, d), kv_map),
-                pl.BlockSpec((None, None, block_k, d), kv_map),
-                pl.BlockSpec((None, block_q, NUM_LANES), qseg_map),
-                pl.BlockSpec((None, NUM_SUBLANES, block_k), kseg_map),
-                q_blk,
-                row_blk,
-                row_blk,
-            ],
+            in_specs=[*q_major_in, q_blk, row_blk, row_blk],
             out_specs=q_blk,
             scratch_shapes=[pltpu.VMEM((block_q, d), jnp.float32)],
         ),
@@ -353,23 +344,7 @@ def _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
 
 
 # ------------------------------------------------------------------------------------------------- custom VJP
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-def _flash(q, k, v, seg, causal, scale, block_q, block_k, interpret):
-    return _fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret)[0]
-
-
-def _flash_fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret):
-    o, lse = _fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret)
-    return o, (q, k, v, seg, o, lse)
-
-
-def _flash_bwd(causal, scale, block_q, block_k, interpret, res, do):
-    q, k, v, seg, o, lse = res
-    dq, dk, dv = _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret)
-    return dq, dk, dv, None
-
-
-_flash.defvjp(_flash_fwd, _flash_bwd)
+_flash = _flash_vjp(_fwd, _bwd)
 
 
 # ------------------------------------------------------------------------------------------------------ entry

@@ -97,7 +97,7 @@ def add_adapters(params: dict, cfg: ModelConfig, key: jax.Array) -> dict:
     return out
 
 
-def adapter_delta(a, b, scale: float, contract: int):
+def adapter_delta(a, b, scale: float):
     """scale * A @ B per layer, shaped like the kernel [L, in..., out...], in float32."""
     n, r = a.shape[0], a.shape[-1]
     a32 = jnp.asarray(a, jnp.float32).reshape(n, -1, r)
@@ -119,7 +119,7 @@ def merge_adapters(params: dict, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
             if not isinstance(p, dict) or "lora_a" not in p:
                 continue
             w = p["kernel"]
-            delta = adapter_delta(p["lora_a"], p["lora_b"], scale, TARGETS[name][1])
+            delta = adapter_delta(p["lora_a"], p["lora_b"], scale)
             merged = {k: v for k, v in p.items() if k not in ADAPTER_LEAVES}
             merged["kernel"] = (jnp.asarray(w, jnp.float32) + delta).astype(w.dtype)
             out["layers"][group][name] = merged

@@ -199,22 +199,30 @@ def is_everything(sel: dict) -> bool:
 # ---------------------------------------------------------------------------------------------- optimizer
 
 
+def _contiguous(idx: tuple[int, ...]) -> bool:
+    return idx == tuple(range(idx[0], idx[-1] + 1))
+
+
 def _take(x, idx):
     if idx is True:
         return x
-    if idx == tuple(range(idx[0], idx[-1] + 1)):  # contiguous: a static slice
+    if _contiguous(idx):  # a static slice
         return x[idx[0] : idx[-1] + 1]
     return jnp.take(x, np.asarray(idx), axis=0)
+
+
+def _set_layers(x, y, idx: tuple[int, ...]):
+    """x with its layers idx (along axis 0) replaced by y [len(idx), ...]."""
+    if _contiguous(idx):
+        return jax.lax.dynamic_update_slice_in_dim(x, y, idx[0], axis=0)
+    return x.at[np.asarray(idx)].set(y)
 
 
 def _place(template, u, idx):
     """A full-leaf update: u where trained, -0.0 elsewhere (p + -0.0 == p bit-for-bit, -0.0 and NaN-free)."""
     if idx is True:
         return u
-    full = jnp.full(template.shape, -0.0, u.dtype)
-    if idx == tuple(range(idx[0], idx[-1] + 1)):
-        return jax.lax.dynamic_update_slice_in_dim(full, u, idx[0], axis=0)
-    return full.at[np.asarray(idx)].set(u)
+    return _set_layers(jnp.full(template.shape, -0.0, u.dtype), u, idx)
 
 
 def trainable_part(tree: dict, sel: dict) -> dict:
@@ -246,9 +254,7 @@ def with_trainable(params: dict, part: dict, sel: dict) -> dict:
             return x
         if v is True:
             return y
-        if v == tuple(range(v[0], v[-1] + 1)):
-            return jax.lax.dynamic_update_slice_in_dim(x, y.astype(x.dtype), v[0], axis=0)
-        return x.at[np.asarray(v)].set(y.astype(x.dtype))
+        return _set_layers(x, y.astype(x.dtype), v)
 
     return unflatten({p: one(flat[p], v, got.get(p)) for p, v in s.items()})
 
