@@ -41,3 +41,16 @@ def shared_data() -> Path:
     if not path.is_dir():
         pytest.fail(f"shared test data not found at {path}: set JAXFIN_SHARED_DATA to the shared data folder")
     return path
+
+
+def tiny_hf_llama(seed: int = 0, **overrides):
+    """A tiny random transformers Llama in eval mode: vocab 1024 (the demo tokenizer's), bos 2, eos 3, hidden 32,
+    2 layers, GQA 4/2; `overrides` are LlamaConfig fields. Save it with `save_pretrained` for jaxfin to load."""
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+               num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, bos_token_id=2,
+               eos_token_id=3)  # fmt: skip
+    return transformers.AutoModelForCausalLM.from_config(transformers.LlamaConfig(**{**cfg, **overrides})).eval()

@@ -10,7 +10,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import yaml
-from conftest import REPO, shared_data
+from conftest import REPO, shared_data, tiny_hf_llama
 
 from jaxfin.eval.metrics import f1_scores, multiple_choice_metrics, per_class_f1
 from jaxfin.eval.tasks import TaskError, build_requests, load_task, run_task, validate_task
@@ -21,18 +21,11 @@ SP_MODEL = REPO / "demo_data/tokenizer.model"
 @pytest.fixture(scope="module")
 def hf_pair(tmp_path_factory):
     """A tiny random HF Llama (vocab 1024, bos 2, eos 3), the same weights loaded by jaxfin, and the demo tokenizer."""
-    import torch
-    import transformers
 
     import jaxfin
     from jaxfin.data.tokenizer import load_tokenizer
 
-    torch.manual_seed(0)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=1024, rope_theta=500000.0, bos_token_id=2, eos_token_id=3,
-    )  # fmt: skip
-    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    hf = tiny_hf_llama(max_position_embeddings=1024)
     path = tmp_path_factory.mktemp("hf") / "tiny"
     hf.save_pretrained(path)
     return hf, jaxfin.load_model(path), load_tokenizer(SP_MODEL)

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, tiny_hf_llama
 
 TOKENIZER = REPO / "demo_data/tokenizer.model"
 KEY = np.array([0, 0], np.uint32)  # a raw PRNG key (greedy ignores it)
@@ -15,17 +15,11 @@ KEY = np.array([0, 0], np.uint32)  # a raw PRNG key (greedy ignores it)
 def tiny(tmp_path_factory):
     """(HF dir, transformers model, jaxfin Model, tokenizer): a tiny random Llama with GQA 4/2."""
     import torch
-    import transformers
 
     import jaxfin
     from jaxfin.data.tokenizer import load_tokenizer
 
-    torch.manual_seed(0)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, rope_theta=500000.0, bos_token_id=2, eos_token_id=3,
-    )  # fmt: skip
-    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    hf = tiny_hf_llama()
     with torch.no_grad():  # larger weights than the 0.02 init: peaked, varied next-token distributions
         for p in hf.parameters():
             if p.ndim > 1:

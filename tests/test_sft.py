@@ -13,13 +13,12 @@ from jaxfin.config import load_config
 from jaxfin.data.tokenizer import load_tokenizer
 from jaxfin.train import train
 from jaxfin.train.data_stream import DataStream
-from tests.conftest import shared_data
+from tests.conftest import shared_data, tiny_hf_llama
 from tests.test_render import hf_tok  # noqa: F401 - the ChatML byte-level BPE fixture
 
 
 def test_sft_loss_is_transformers_loss_on_assistant_tokens(small_config, hf_tok, tmp_path):  # noqa: F811
     import torch
-    import transformers
 
     lines = (shared_data() / "instructions" / "gsm8k_train.jsonl").read_text().splitlines()[:120]
     records = [json.loads(x) for x in lines]
@@ -33,12 +32,8 @@ def test_sft_loss_is_transformers_loss_on_assistant_tokens(small_config, hf_tok,
         )
         oracle[tuple(enc["input_ids"])] = np.asarray(enc["assistant_masks"])
 
-    torch.manual_seed(0)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=len(hf_tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, bos_token_id=0, eos_token_id=1,
-    )  # fmt: skip
-    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    hf = tiny_hf_llama(vocab_size=len(hf_tokenizer), max_position_embeddings=512, rope_theta=10000.0, bos_token_id=0,
+                       eos_token_id=1)  # fmt: skip
     hf.save_pretrained(tmp_path / "hf_in")
     out = tmp_path / "run"
     source = f"{{name: gsm8k, path: {tmp_path / 'sft.jsonl'}, kind: chat, chat_template: tokenizer}}"

@@ -8,6 +8,7 @@ import sys
 
 from jaxfin.config import load_config
 from jaxfin.train import train
+from tests.conftest import tiny_hf_llama
 
 
 def test_early_stop_when_dev_loss_stops_improving(small_config, tmp_path):
@@ -49,12 +50,7 @@ def test_cpt_from_hf_checkpoint(small_config, tmp_path):
     from jaxfin.data.tokenizer import load_tokenizer
     from jaxfin.train.data_stream import DataStream
 
-    torch.manual_seed(0)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=1024, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, rope_theta=500000.0, bos_token_id=2, eos_token_id=3,
-    )  # fmt: skip
-    hf = transformers.AutoModelForCausalLM.from_config(hf_cfg).eval()
+    hf = tiny_hf_llama(max_position_embeddings=64)
     hf.save_pretrained(tmp_path / "hf_in")
 
     out = tmp_path / "run"

@@ -172,13 +172,14 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
             print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
                   f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
 
-    selection = trainable_selection(abstract_params(cfg), cfg)
+    shapes = abstract_params(cfg)
+    selection = trainable_selection(shapes, cfg)
     optimizer = make_optimizer(cfg.optimizer, t.steps, selection)
     schedule = make_schedule(cfg.optimizer, t.steps)
     state = init_state(cfg, optimizer, mesh, params)
     del params
     if main:
-        print(trainable_report(abstract_params(cfg), selection, optimizer), flush=True)
+        print(trainable_report(shapes, selection, optimizer), flush=True)
 
     ckpt = Checkpointer(out, cfg.checkpoint)
     meta = {"dev_best": None, "dev_bad_evals": 0, "dev_first": None}

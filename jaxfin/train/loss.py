@@ -13,10 +13,15 @@ def target_weights(batch) -> jnp.ndarray:
     return (same_doc & (batch["loss_mask"][:, 1:] != 0)).astype(jnp.float32)
 
 
+def token_logps(logits, batch):
+    """(log-prob of each next token [B, S-1], its target weight [B, S-1]): position t predicts token t+1. The
+    log-softmax is taken only at the target (logit - logsumexp), never materialised over the vocabulary."""
+    logits = logits[:, :-1].astype(jnp.float32)
+    picked = jnp.take_along_axis(logits, batch["tokens"][:, 1:, None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1), target_weights(batch)
+
+
 def next_token_loss_sum(logits, batch):
     """(sum of token losses, number of target tokens); divide once over the whole global batch."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    targets = batch["tokens"][:, 1:]
-    nll = -jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    w = target_weights(batch)
-    return jnp.sum(nll * w), jnp.sum(w)
+    logp, w = token_logps(logits, batch)
+    return -jnp.sum(logp * w), jnp.sum(w)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxfin.train.loss import target_weights
+from jaxfin.train.loss import token_logps
 
 DPO_LOSSES = ("sigmoid", "robust", "hinge", "ipo")
 
@@ -42,16 +42,6 @@ def num_pairs(seq_len: int) -> int:
 def _split_pairs(per_segment, p: int):
     """[B, S+1] per-segment values -> (chosen [B, P], rejected [B, P]): segments 2k+1 and 2k+2."""
     return per_segment[:, 1 : 2 * p : 2], per_segment[:, 2 : 2 * p + 1 : 2]
-
-
-def token_logps(logits, batch):
-    """(log-prob of each target token [B, S-1], its weight [B, S-1]); position t predicts token t+1 in the same
-    segment where loss_mask[t+1] is set (jaxfin.train.loss.target_weights)."""
-    logits = logits[:, :-1].astype(jnp.float32)
-    targets = batch["tokens"][:, 1:]
-    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    logp = picked - jax.nn.logsumexp(logits, axis=-1)
-    return logp, target_weights(batch)
 
 
 def pair_logps(logits, batch) -> dict:
