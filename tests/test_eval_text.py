@@ -7,18 +7,17 @@ import shutil
 
 import numpy as np
 import pytest
+import sentencepiece as spm
+import torch
+import transformers
 import yaml
 from conftest import REPO, shared_data
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
-
-import jaxfin  # noqa: E402
-from jaxfin.cli import main  # noqa: E402
-from jaxfin.data.tokenizer import load_tokenizer  # noqa: E402
-from jaxfin.eval.config import load_eval_config  # noqa: E402
-from jaxfin.eval.text import encode_documents, packed_batches, read_texts, text_metrics  # noqa: E402
+import jaxfin
+from jaxfin.cli import main
+from jaxfin.data.tokenizer import load_tokenizer
+from jaxfin.eval.config import load_eval_config
+from jaxfin.eval.text import encode_documents, packed_batches, read_texts, text_metrics
 
 DEMO_SPM = REPO / "demo_data" / "tokenizer.model"
 N_DOCS = 4

@@ -10,7 +10,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import peft
 import pytest
+import torch
+import transformers
 
 import jaxfin
 from jaxfin.config import ConfigError, config_from_dict
@@ -20,6 +23,7 @@ from jaxfin.model.llama import forward, init_params, param_shapes
 from jaxfin.model.lora import adapter_paths, add_adapters, merge_adapters, split_adapters, without_lora
 from jaxfin.train.optimizer import make_optimizer
 from jaxfin.train.trainable import flatten, selection
+from tests.conftest import tiny_hf_llama
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 D, F, V, L, HQ, HKV, DH, R = 32, 48, 64, 3, 4, 2, 8, 3
@@ -208,26 +212,13 @@ def test_bad_lora_config_is_refused(lora, match):
 
 # ---------------------------------------------------------------------------------------------- HF / PEFT
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
-
 
 @pytest.fixture(scope="module")
 def hf_base(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_base")
-    torch.manual_seed(0)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=V,
-        hidden_size=D,
-        intermediate_size=F,
-        num_hidden_layers=2,
-        num_attention_heads=HQ,
-        num_key_value_heads=HKV,
-        max_position_embeddings=64,
-        rope_theta=500000.0,
-    )
-    transformers.LlamaForCausalLM(hf_cfg).save_pretrained(path, safe_serialization=True)
+    hf = tiny_hf_llama(vocab_size=V, hidden_size=D, intermediate_size=F, num_attention_heads=HQ,
+                       num_key_value_heads=HKV, max_position_embeddings=64, bos_token_id=1, eos_token_id=2)  # fmt: skip
+    hf.save_pretrained(path, safe_serialization=True)
     return path
 
 

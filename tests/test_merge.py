@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 import yaml
 from conftest import REPO
 
@@ -22,8 +23,6 @@ from jaxfin.cli import main
 from jaxfin.merge.config import MergeConfigError, evaluate_setting, load_merge_config, parse_merge_config
 from jaxfin.merge.engine import run_merge
 from jaxfin.merge.methods import merge_tensor
-
-transformers = pytest.importorskip("transformers")
 
 
 def _texts(lo: int, hi: int) -> list[str]:

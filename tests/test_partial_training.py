@@ -18,17 +18,17 @@ from pathlib import Path
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import peft
 import pytest
+import torch
+import transformers
 import yaml
 
 import jaxfin
 from jaxfin.config import load_config
 from jaxfin.train import train
 from jaxfin.train.trainable import flatten
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-peft = pytest.importorskip("peft")
+from tests.conftest import tiny_hf_llama
 
 STEPS = 6
 TOKENS = np.array([[2, 17, 301, 45, 999, 12, 7, 640, 88, 3, 150, 23, 511, 1000, 64, 5]])
@@ -57,12 +57,9 @@ LORA = [
 @pytest.fixture(scope="module")
 def hf_base(tmp_path_factory):
     path = tmp_path_factory.mktemp("hf_base")
-    torch.manual_seed(0)
-    hf_cfg = transformers.LlamaConfig(
-        vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=HQ,
-        num_key_value_heads=HKV, max_position_embeddings=64, rope_theta=500000.0, bos_token_id=2, eos_token_id=3,
-    )  # fmt: skip
-    transformers.LlamaForCausalLM(hf_cfg).save_pretrained(path, safe_serialization=True)
+    hf = tiny_hf_llama(vocab_size=V, hidden_size=D, intermediate_size=F, num_hidden_layers=L, num_attention_heads=HQ,
+                       num_key_value_heads=HKV, max_position_embeddings=64)  # fmt: skip
+    hf.save_pretrained(path, safe_serialization=True)
     return path
 
 

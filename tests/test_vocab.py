@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import transformers
 from conftest import REPO, shared_data
 
 from jaxfin.cli import main
 from jaxfin.vocab import expand_vocab, read_corpus
 
-transformers = pytest.importorskip("transformers")
 SPIECE = "▁"
 
 
