@@ -184,7 +184,7 @@ def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("absl", "orbax", "jax._src"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     try:
         return args.func(args)
     except USER_ERRORS as e:
@@ -192,6 +192,18 @@ def run(argv: list[str] | None, parser: argparse.ArgumentParser) -> int:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """parse_args, except that `key=value` overrides may also come after options (`CONFIG --json k=v`): argparse
+    ends a positional `nargs="*"` list at the first option, and `parse_intermixed_args` does not work with
+    subcommands. Anything else left over is still an error."""
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -311,3 +311,28 @@ def test_unknown_key_inside_a_source_names_the_nearest_source_key():
         load_config(None, ["data.sources=[{path: a.jsonl, kind: prose}]"])
     with pytest.raises(ConfigError, match="data.mix_by"):
         load_config(None, ["data.mix_by=docs"])
+
+
+def test_overrides_may_follow_options(capsys):
+    """`CONFIG --print-config k=v` (and `bench train CONFIG --json k=v`): overrides after an option still apply."""
+    from jaxfin import cli, launch
+
+    assert launch.main([str(TINY), "train.steps=3", "--print-config", "model.num_layers=2"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["steps"] == 3 and printed["model"]["num_layers"] == 2
+    args = cli.parse_args(
+        cli.build_parser(), ["bench", "train", str(TINY), "--json", "model.remat=none", "--steps", "2"]
+    )
+    assert args.overrides == ["model.remat=none"] and args.json and args.steps == 2
+
+
+def test_leftover_arguments_that_are_not_overrides_are_still_errors(capsys):
+    from jaxfin import cli
+
+    with pytest.raises(SystemExit) as ei:
+        cli.parse_args(cli.build_parser(), ["train", str(TINY), "--print-config", "--no-such-flag"])
+    assert ei.value.code == 2 and "unrecognized arguments: --no-such-flag" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a stray word, not key=value
+        cli.parse_args(cli.build_parser(), ["train", str(TINY), "--print-config", "oops"])
+    with pytest.raises(SystemExit):  # a subcommand without overrides takes none
+        cli.parse_args(cli.build_parser(), ["convert", "a", "b", "x=1"])
