@@ -124,3 +124,29 @@ def test_compare_torch_without_torch_is_a_message(monkeypatch, capsys):
     monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))
     assert main(["bench", "train", str(REPO / "configs/tiny.yaml"), "--compare-torch"]) == 2
     assert "error: --compare-torch needs torch and transformers" in capsys.readouterr().err
+
+
+def _gemm_floor_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("cpu_gemm_floor", REPO / "benchmarks" / "cpu_gemm_floor.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("overrides", [[], ["model.tie_embeddings=true", "model.num_kv_heads=4"]])
+def test_cpu_gemm_floor_lists_every_matmul_of_the_step(overrides):
+    """The GEMM list's FLOPs equal the training FLOPs formula (6N + full, unmasked attention) minus the norm scales,
+    the only parameters outside a matmul; remat adds exactly the layers' forward GEMMs (2N_layers + attention)."""
+    cfg = load_config(REPO / "configs" / "tiny.yaml", overrides)
+    m, s = cfg.model, cfg.data.seq_len
+    tokens = cfg.train.batch_size * s
+    gemms = _gemm_floor_module().step_gemms(cfg)
+    total = sum(g["gflop"] * g["count"] for g in gemms) * 1e9
+    norms = 2 * m.num_layers * m.hidden_size + m.hidden_size
+    assert total == pytest.approx(tokens * (flops_per_token(m, s, causal=False) - 6 * norms), rel=1e-9)
+    recomputed = sum(g["gflop"] * g["count"] for g in gemms if g["fwd"]) * 1e9
+    layer_params = flops_params(m) - norms - m.hidden_size * m.vocab_size
+    attn = 4 * m.num_layers * m.num_heads * m.head_size * s
+    assert recomputed == pytest.approx(tokens * (2 * layer_params + attn), rel=1e-9)
