@@ -5,9 +5,10 @@
 Issue 4 asks `jaxfin bench train configs/tiny.yaml --compare-torch` for a ratio >= 2.0 on the 2-core CI CPU. Every
 matrix multiply of the float32 train step (per layer: the seven projections forward, their input and weight
 gradients, and the six attention products; the LM head's three; the layers' forward ones twice when `model.remat`
-recomputes them) is timed alone, compiled by XLA (jax.jit of one dot) and run by torch (the BLAS behind
-transformers' step), interleaved, each library's empty-call overhead subtracted; also one 2048^3 GEMM in each, the
-machine's practical float32 peak. The real steps (`jaxfin bench train`'s two sides) run in the same process tree.
+recomputes them) is timed alone: compiled by XLA (jax.jit of one dot) with jaxfin's CPU flags (Eigen, `xla`) and
+with XLA's default (YNNPACK, `xla_ynn`), and run by torch (the BLAS behind transformers' step), interleaved, each
+one's empty-call overhead subtracted; also one 2048^3 GEMM in each, the machine's practical float32 peak. The real
+steps (`jaxfin bench train`'s two sides, jaxfin with the flags `jaxfin train` sets) run in the same process tree.
 
 What it shows: a 2x ratio needs the whole jaxfin step in half torch's step time. `gemm_only_ratio` = torch's step /
 torch's GEMMs alone: the ratio of a step that ran torch's own BLAS GEMMs and nothing else (no norms, softmax, AdamW
@@ -85,39 +86,51 @@ def _median_s(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+LIBS = ("xla", "xla_ynn", "torch")  # XLA with jaxfin's CPU flags (Eigen), XLA's default (YNNPACK), torch
+
+
 def time_gemms(gemms: list[dict], reps: int) -> dict:
-    """Adds xla_ms and torch_ms (one call, empty-call overhead subtracted) to each GEMM, XLA and torch interleaved;
-    returns each library's GFLOP/s on a 2048^3 GEMM."""
+    """Adds {lib}_ms (one call, empty-call overhead subtracted) to each GEMM for each of LIBS, interleaved; returns
+    each one's GFLOP/s on a 2048^3 GEMM."""
     import jax
     import jax.numpy as jnp
     import numpy as np
     import torch
 
+    from jaxfin.parallel.xla_flags import CPU_FLAGS
+
     torch.set_num_threads(_cpus())
     rng = np.random.default_rng(0)
     tr = {"nn": lambda a, b: a @ b, "nt": lambda a, b: a @ b.mT, "tn": lambda a, b: a.mT @ b}
-    one = jnp.ones((1,), jnp.float32)
-    bump = jax.jit(lambda x: x + 1)
-    t_one = torch.ones(1)
-    xla_call = _median_s(lambda: bump(one).block_until_ready(), reps)
-    torch_call = _median_s(lambda: t_one + 1, reps)
+    options = {"xla": CPU_FLAGS, "xla_ynn": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT"}}
+
+    def compiled(fn, lib, *args):
+        return jax.jit(fn).lower(*args).compile(compiler_options=options[lib])
+
+    one, t_one = jnp.ones((1,), jnp.float32), torch.ones(1)
+    call = {lib: _median_s(partial(_wait, compiled(lambda x: x + 1, lib, one), one), reps) for lib in options}
+    call["torch"] = _median_s(lambda: t_one + 1, reps)
     gemms.append(dict(name="peak 2048^3", count=0, batch=1, m=2048, k=2048, n=2048, layout="nn", fwd=False))
     for g in gemms:
         sa, sb = _shapes(g)
         a, b = rng.standard_normal(sa, np.float32), rng.standard_normal(sb, np.float32)
-        ja, jb = jnp.asarray(a), jnp.asarray(b)
-        ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-        run_xla = partial(lambda f, x, y: f(x, y).block_until_ready(), jax.jit(tr[g["layout"]]), ja, jb)
-        run_torch = partial(tr[g["layout"]], ta, tb)
-        np.testing.assert_allclose(np.asarray(jax.jit(tr[g["layout"]])(ja, jb)), run_torch().numpy(), 1e-3, 1e-2)
-        xs, ts = [], []
-        for _ in range(3):  # interleaved rounds: both libraries see the same machine
-            xs.append(_median_s(run_xla, reps))
-            ts.append(_median_s(run_torch, reps))
-        g["xla_ms"] = 1e3 * max(statistics.median(xs) - xla_call, 0.0)
-        g["torch_ms"] = 1e3 * max(statistics.median(ts) - torch_call, 0.0)
+        ja, jb, ta, tb = jnp.asarray(a), jnp.asarray(b), torch.from_numpy(a), torch.from_numpy(b)
+        run = {lib: partial(_wait, compiled(tr[g["layout"]], lib, ja, jb), ja, jb) for lib in options}
+        run["torch"] = partial(tr[g["layout"]], ta, tb)
+        for lib in options:
+            np.testing.assert_allclose(np.asarray(run[lib]()), run["torch"]().numpy(), rtol=1e-3, atol=1e-2)
+        times = {lib: [] for lib in LIBS}
+        for _ in range(3):  # interleaved rounds: every library sees the same machine
+            for lib in LIBS:
+                times[lib].append(_median_s(run[lib], reps))
+        for lib in LIBS:
+            g[f"{lib}_ms"] = 1e3 * max(statistics.median(times[lib]) - call[lib], 0.0)
     peak = gemms.pop()
-    return {lib: 2 * 2048**3 / peak[f"{lib}_ms"] / 1e6 for lib in ("xla", "torch")}
+    return {lib: 2 * 2048**3 / peak[f"{lib}_ms"] / 1e6 for lib in LIBS}
+
+
+def _wait(f, *args):
+    return f(*args).block_until_ready()
 
 
 def _cpus() -> int:
@@ -143,17 +156,16 @@ def run(config: str, steps: int, reps: int) -> dict:
     real_jaxfin = bench_jaxfin(cfg, steps)
     peak = time_gemms(gemms, reps)
     flop = _total(gemms, "gflop", False)
-    xla_ms, torch_gemm_ms = _total(gemms, "xla_ms", False), _total(gemms, "torch_ms", False)
+    torch_gemm_ms = _total(gemms, "torch_ms", False)
     torch_ms, jaxfin_ms = 1e3 * real_torch["step_time_s"], 1e3 * real_jaxfin["step_time_s"]
     return {
         "benchmark": "cpu_gemm_floor",
         "config": config,
         "tokens_per_step": cfg.train.batch_size * cfg.data.seq_len,
         "gemm_gflop_per_step": {r: _total(gemms, "gflop", r == "full") for r in ("none", "full")},
-        "xla_gemm_ms": {r: _total(gemms, "xla_ms", r == "full") for r in ("none", "full")},
+        **{f"{x}_gemm_ms": {r: _total(gemms, f"{x}_ms", r == "full") for r in ("none", "full")} for x in LIBS[:2]},
         "torch_gemm_ms": torch_gemm_ms,
-        "xla_gemm_gflops": flop / xla_ms * 1e3,
-        "torch_gemm_gflops": flop / torch_gemm_ms * 1e3,
+        "gemm_gflops": {lib: flop / _total(gemms, f"{lib}_ms", False) * 1e3 for lib in LIBS},
         "peak_gemm_gflops": peak,
         "jaxfin_step_ms": jaxfin_ms,
         "jaxfin_remat": cfg.model.remat,
@@ -173,15 +185,24 @@ def run(config: str, steps: int, reps: int) -> dict:
 
 
 def summary(r: dict) -> str:
-    lines = [f"{'GEMM':22s} {'count':>5s} {'GFLOP':>7s} {'XLA ms':>7s} {'torch ms':>8s}"]
+    lines = [f"{'GEMM (ms alone)':22s} {'count':>5s} {'GFLOP':>7s} {'XLA':>7s} {'XLA-YNN':>8s} {'torch':>7s}"]
     for g in r["gemms"]:
-        lines.append(f"{g['name']:22s} {g['count']:5d} {g['gflop']:7.3f} {g['xla_ms']:7.3f} {g['torch_ms']:8.3f}")
-    x, gf = r["xla_gemm_ms"], r["gemm_gflop_per_step"]
+        lines.append(
+            f"{g['name']:22s} {g['count']:5d} {g['gflop']:7.3f} {g['xla_ms']:7.3f} {g['xla_ynn_ms']:8.3f} "
+            f"{g['torch_ms']:7.3f}"
+        )
+    x, y, gf, rate, peak = (
+        r["xla_gemm_ms"],
+        r["xla_ynn_gemm_ms"],
+        r["gemm_gflop_per_step"],
+        r["gemm_gflops"],
+        r["peak_gemm_gflops"],
+    )
     lines += [
-        f"GEMMs per step {gf['none']:.2f} GFLOP ({gf['full']:.2f} with remat). Alone: torch {r['torch_gemm_ms']:.1f} ms"
-        f" ({r['torch_gemm_gflops']:.0f} GFLOP/s), XLA {x['none']:.1f} ms ({r['xla_gemm_gflops']:.0f} GFLOP/s; "
-        f"{x['full']:.1f} with remat). 2048^3 GEMM: torch {r['peak_gemm_gflops']['torch']:.0f}, XLA "
-        f"{r['peak_gemm_gflops']['xla']:.0f} GFLOP/s",
+        f"GEMMs per step {gf['none']:.2f} GFLOP ({gf['full']:.2f} with remat), one by one: torch "
+        f"{r['torch_gemm_ms']:.1f} ms ({rate['torch']:.0f} GFLOP/s), XLA {x['none']:.1f} ms ({rate['xla']:.0f}; "
+        f"{x['full']:.1f} with remat), XLA-YNN {y['none']:.1f} ms ({rate['xla_ynn']:.0f}). 2048^3: torch "
+        f"{peak['torch']:.0f}, XLA {peak['xla']:.0f}, XLA-YNN {peak['xla_ynn']:.0f} GFLOP/s",
         f"real steps: jaxfin {r['jaxfin_step_ms']:.1f} ms (remat {r['jaxfin_remat']}), torch "
         f"{r['torch_step_ms']:.1f} ms: ratio {r['ratio']:.2f}",
         f"{r['target_ratio']:.1f}x needs a {r['target_step_ms']:.1f} ms step, its GEMMs at >= "
@@ -199,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true")
     p.add_argument("--out", help="also write the JSON here")
     args = p.parse_args(argv)
+    from jaxfin.parallel.xla_flags import apply_xla_flags
+
+    apply_xla_flags()  # the real jaxfin step runs as `jaxfin train` does, before JAX starts its backend
     r = run(args.config, args.steps, args.reps)
     text = json.dumps(r, indent=2)
     if args.out:

@@ -29,12 +29,12 @@ def _add_distributed_args(p: argparse.ArgumentParser) -> None:
 
 
 def init_distributed(args) -> None:
-    """GPU XLA flags (before the backend starts), then jax.distributed when this is one process of several
+    """Our XLA flags (before the backend starts), then jax.distributed when this is one process of several
     (flags, environment, or a detected cluster)."""
     from jaxfin.parallel.distributed import initialize
-    from jaxfin.parallel.xla_flags import apply_gpu_flags
+    from jaxfin.parallel.xla_flags import apply_xla_flags
 
-    apply_gpu_flags()
+    apply_xla_flags()
     initialize(args.coordinator, args.num_processes, args.process_id)
 
 

@@ -1,7 +1,8 @@
 """Fast, single-process checks of the scale-out pieces: the sharding rules and their error messages, cluster
-detection, the GPU XLA flags, and the remat policies (same gradients, less saved)."""
+detection, our XLA flags, and the remat policies (same gradients, less saved)."""
 
 import dataclasses
+import os
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from jaxfin.config.schema import ModelConfig
 from jaxfin.model.llama import forward, init_params, param_shapes
 from jaxfin.parallel.distributed import detect
 from jaxfin.parallel.rules import PARAM_AXES, check_divisible, param_specs
-from jaxfin.parallel.xla_flags import GPU_FLAGS, apply_gpu_flags, merged_flags
+from jaxfin.parallel.xla_flags import DEFAULT_FLAGS, apply_xla_flags, merged_flags
 
 CFG = ModelConfig(
     vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -115,24 +116,31 @@ def test_gke_tpu_slice_is_left_to_jax():
 
 
 # ------------------------------------------------------------------------------------------- XLA flags
-def test_gpu_flags_are_added_and_the_users_own_win():
+def test_xla_flags_are_added_and_the_users_own_win():
     merged = merged_flags("--xla_gpu_enable_latency_hiding_scheduler=false --xla_dump_to=/tmp/x")
     assert "--xla_gpu_enable_latency_hiding_scheduler=false" in merged and "=true" not in merged.split()[0]
     assert merged.count("xla_gpu_enable_latency_hiding_scheduler") == 1
     assert "--xla_dump_to=/tmp/x" in merged
-    for k in GPU_FLAGS:
+    for k in DEFAULT_FLAGS:
         assert f"--{k}=" in merged
+    assert merged_flags("--xla_cpu_experimental_ynn_fusion_type=LIBRARY_FUSION_TYPE_DOT").count("ynn") == 1
     env = {"XLA_FLAGS": "--a=1", "JAXFIN_XLA_FLAGS": "0"}
-    apply_gpu_flags(env)
+    apply_xla_flags(env)
     assert env["XLA_FLAGS"] == "--a=1"
 
 
-def test_gpu_flags_are_known_to_this_xla():
-    """XLA aborts on an unknown flag, so a renamed flag would break every launch: start a backend with them."""
-    code = "import os; from jaxfin.parallel.xla_flags import apply_gpu_flags; apply_gpu_flags(); "
-    code += "import jax; print(float(jax.numpy.ones(3).sum()))"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
-    assert proc.returncode == 0 and proc.stdout.strip() == "3.0", proc.stderr[-2000:]
+def test_xla_flags_are_known_to_this_xla_and_take_effect():
+    """XLA aborts on an unknown flag, so a renamed flag would break every launch: start a backend with them. On CPU
+    the matmul must then compile to Eigen's dot, not a YNNPACK fusion (the CPU flag's whole point)."""
+    code = "import os; from jaxfin.parallel.xla_flags import apply_xla_flags; apply_xla_flags(); import jax; "
+    code += (
+        "a = jax.numpy.ones((64, 64)); print(float(a.sum()), jax.jit(jax.numpy.dot).lower(a, a).compile().as_text())"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXFIN_XLA_FLAGS")}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    total, hlo = proc.stdout.split(" ", 1)
+    assert total == "4096.0" and " dot(" in hlo and "ynn" not in hlo, hlo
 
 
 # ------------------------------------------------------------------------------------------- remat

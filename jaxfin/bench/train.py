@@ -343,10 +343,10 @@ def format_summary(r: dict) -> str:
 
 def run_bench_train(args) -> int:
     from jaxfin.config import load_config
-    from jaxfin.parallel.xla_flags import apply_gpu_flags
+    from jaxfin.parallel.xla_flags import apply_xla_flags
 
     cfg = load_config(args.config, args.overrides)
-    apply_gpu_flags()  # the XLA flags `jaxfin train` runs with (GPU only), before the backend starts
+    apply_xla_flags()  # the XLA flags `jaxfin train` runs with, before the backend starts
     if cfg.init_from:
         raise ValueError(
             f"init_from is set ({cfg.init_from}): the benchmark measures the shape in model.* with random weights; "

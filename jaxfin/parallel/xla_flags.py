@@ -1,8 +1,9 @@
-"""XLA flags that make sharded training fast on NVIDIA GPUs (after MaxText's H100 settings), set by
-`python -m jaxfin.launch` / `jaxfin train` before JAX starts its backend.
+"""XLA flags set by `python -m jaxfin.launch` / `jaxfin train` / `jaxfin bench train` before JAX starts its
+backend: sharded training on NVIDIA GPUs (after MaxText's H100 settings), and small matmuls on CPU.
 
 Overridable: a flag already in XLA_FLAGS wins over ours (same name, any value), and JAXFIN_XLA_FLAGS=0 turns
-our defaults off. They are inert on CPU and TPU (XLA reads them only when compiling for a GPU).
+our defaults off. Each set is inert elsewhere (XLA reads xla_gpu_* only when compiling for a GPU, xla_cpu_* only
+for the CPU).
 """
 
 from __future__ import annotations
@@ -26,14 +27,24 @@ GPU_FLAGS = {
 }
 
 
-def merged_flags(current: str, defaults: dict[str, str] = GPU_FLAGS) -> str:
+CPU_FLAGS = {
+    # Eigen's matmuls instead of YNNPACK's (jax 0.10's default): 1.3-1.6x faster on the [1024, 128] x [128, 384]
+    # products of small models, the step of configs/tiny.yaml ~1.15x (benchmarks/cpu_gemm_floor.py shows both);
+    # YNNPACK wins only from ~2048^3 up, shapes nobody trains on a CPU
+    "xla_cpu_experimental_ynn_fusion_type": "",
+}
+
+DEFAULT_FLAGS = GPU_FLAGS | CPU_FLAGS
+
+
+def merged_flags(current: str, defaults: dict[str, str] = DEFAULT_FLAGS) -> str:
     """`current` plus each default flag it does not already set."""
     present = {f.lstrip("-").split("=", 1)[0] for f in current.split()}
     extra = [f"--{k}={v}" for k, v in defaults.items() if k not in present]
     return " ".join([current.strip(), *extra]).strip()
 
 
-def apply_gpu_flags(env=os.environ) -> None:
+def apply_xla_flags(env=os.environ) -> None:
     if env.get("JAXFIN_XLA_FLAGS", "1") == "0":
         return
     env["XLA_FLAGS"] = merged_flags(env.get("XLA_FLAGS", ""))
