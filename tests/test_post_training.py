@@ -89,6 +89,36 @@ def test_precomputed_reference_trains_like_a_frozen_copy(pairs_config, tmp_path)
     assert (tmp_path / "precomputed" / "reference_logps.npz").stat().st_mtime_ns == stamp  # cache reused
     resumed = _records(tmp_path / "precomputed")
     assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in runs["frozen"]], rel=1e-5)
+    # resumed again with the table lost: it is rebuilt from the initial model, not from the step-3 weights
+    shutil.rmtree(tmp_path / "precomputed" / "checkpoints" / "6")
+    (tmp_path / "precomputed" / "reference_logps.npz").unlink()
+    train(load_config(pairs_config, [f"output_dir={tmp_path / 'precomputed'}", "objective.reference=precomputed",
+                                     *common]))  # fmt: skip
+    rebuilt = _records(tmp_path / "precomputed")
+    assert [r["loss"] for r in rebuilt] == pytest.approx([r["loss"] for r in runs["frozen"]], rel=1e-5)
+
+
+def test_reference_cache_follows_the_initial_weights_not_their_path(pairs_config, tmp_path):
+    """Rerunning a finished run keeps its table while init_from holds the same weights, and recomputes it when a
+    different model was written over the same init_from path."""
+    import jax
+
+    from jaxfin.model import Model
+    from jaxfin.model.llama import init_params
+
+    model_cfg = load_config(pairs_config).model
+    init, out = tmp_path / "init", tmp_path / "run"
+    run = [f"output_dir={out}", f"init_from={init}", "objective.reference=precomputed", "train.steps=2",
+           "train.dev_batches=1"]  # fmt: skip
+    seen = []
+    for seed in (1, 1, 2):  # the same weights twice, then other weights at the same path
+        Model(model_cfg, init_params(model_cfg, jax.random.key(seed))).save(init, format="hf")
+        train(load_config(pairs_config, run))
+        with np.load(out / "reference_logps.npz") as z:
+            seen.append((str(z["key"]), z["train"].copy(), (out / "reference_logps.npz").stat().st_mtime_ns))
+    assert seen[1][0] == seen[0][0] and seen[1][2] == seen[0][2]  # same weights: the cache is reused
+    assert seen[2][0] != seen[0][0] and seen[2][2] != seen[0][2]  # new weights: recomputed...
+    assert not np.allclose(seen[2][1], seen[0][1])  # ...and they are another model's log-probs
 
 
 @pytest.mark.slow

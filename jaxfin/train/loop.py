@@ -181,6 +181,13 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
     if main:
         print(trainable_report(shapes, selection, optimizer), flush=True)
 
+    ref_table = dev_refs = None
+    if cfg.objective.type == "dpo" and cfg.objective.reference == "precomputed":
+        from jaxfin.train.reference import precompute
+
+        # before restoring: the reference is the initial model, also when a resumed run must rebuild its table
+        ref_table, dev_refs = precompute(cfg, data, mesh, state, out)
+
     ckpt = Checkpointer(out, cfg.checkpoint)
     meta = {"dev_best": None, "dev_bad_evals": 0, "dev_first": None}
     restored = ckpt.restore(abstract_state(state))
@@ -191,12 +198,7 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
             print(f"resumed from {out / 'checkpoints' / str(int(state['step']))}", flush=True)
     start = int(state["step"])
 
-    ref_table = dev_refs = None
     chunk = t.batch_size // t.micro_batches
-    if cfg.objective.type == "dpo" and cfg.objective.reference == "precomputed":
-        from jaxfin.train.reference import precompute
-
-        ref_table, dev_refs = precompute(cfg, data, mesh, state, out)
     t0 = time.time()  # compile ahead, so the first tokens/s is not the compile time
     ref_pairs = 0 if ref_table is None else ref_table.shape[-1]
     train_step = compile_train_step(cfg, optimizer, schedule, mesh, state, ref_pairs)

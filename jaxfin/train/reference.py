@@ -3,8 +3,10 @@ computed in one pass before training and cached, so training holds one model ins
 
 The loader is a pure function of the step, so the table is indexed by (step, row): `ref_logps[step, row, 0|1, k]`
 is the reference log-prob of the chosen (0) / rejected (1) completion of pair k of that row. It is cached in
-OUTPUT_DIR/reference_logps.npz under a key of everything it depends on (data plan, steps, batch, initial model),
-so a resumed run reuses it and a changed run recomputes it.
+OUTPUT_DIR/reference_logps.npz under a key of everything it depends on (data plan, steps, batch, and the initial
+model's weights, not its path: a model overwritten in place is a new reference), so a resumed run reuses it and a
+changed run recomputes it. The trainer calls `precompute` before restoring a checkpoint, so a resumed run that
+lost its table rebuilds it from the initial model, never from the trained one.
 """
 
 from __future__ import annotations
@@ -37,6 +39,19 @@ def _compile(cfg: Config, mesh, state, rows: int):
         return fn.lower(abstract_state(state["params"]), batch_spec(mesh, rows, cfg.data.seq_len)).compile()
 
 
+def weights_fingerprint(params, mesh) -> list:
+    """Per leaf: shape, dtype, and the float32 sum and sum of squares (7 significant digits), reduced on the
+    devices where the weights live, so no host ever holds the model."""
+    leaves = jax.tree.leaves(params)
+    sums = jax.jit(
+        lambda ls: [
+            jnp.stack([jnp.sum(x.astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))]) for x in ls
+        ],
+        out_shardings=replicated(mesh),
+    )(leaves)
+    return [[list(x.shape), str(x.dtype), [float(f"{v:.7g}") for v in np.asarray(s)]] for x, s in zip(leaves, sums)]
+
+
 def _trim(tables: list[np.ndarray]) -> np.ndarray:
     """Stack per-batch [B, 2, S//2] tables cut to the most pairs any row holds (the rest are empty slots)."""
     used = max((int(np.flatnonzero(np.abs(t).sum((0, 1)))[-1]) + 1 for t in tables if np.abs(t).sum()), default=1)
@@ -48,8 +63,9 @@ def precompute(cfg: Config, data, mesh, state, out: Path) -> tuple[np.ndarray, d
     t = cfg.train
     chunk = t.batch_size // t.micro_batches
     key = xxhash.xxh3_64_hexdigest(
-        json.dumps([data.fingerprint, t.steps, t.batch_size, chunk, cfg.init_from, t.seed, t.dev_batches]).encode()
-    )
+        json.dumps([data.fingerprint, t.steps, t.batch_size, chunk, weights_fingerprint(state["params"], mesh),
+                    t.seed, t.dev_batches]).encode()
+    )  # fmt: skip
     path = out / CACHE
     if path.is_file():
         with np.load(path) as z:
