@@ -46,7 +46,8 @@ def test_documents_within_spec() -> None:
 
 
 def test_shipped_tokenizer() -> None:
-    spm = pytest.importorskip("sentencepiece")
+    import sentencepiece as spm
+
     sp = spm.SentencePieceProcessor(model_file=str(DEMO_DATA / dc.TOKENIZER_FILE))
     assert sp.vocab_size() == dc.DEFAULT_VOCAB
     assert (sp.pad_id(), sp.unk_id(), sp.bos_id(), sp.eos_id()) == (0, 1, 2, 3)

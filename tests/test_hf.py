@@ -13,17 +13,16 @@ import jax
 import ml_dtypes
 import numpy as np
 import pytest
+import sentencepiece as spm
+import torch
+import transformers
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-spm = pytest.importorskip("sentencepiece")
-
-import jaxfin  # noqa: E402
-from jaxfin.config import ConfigError, ModelConfig  # noqa: E402
-from jaxfin.hf import config_from_hf, load_hf, params_from_hf, params_to_hf, save_hf  # noqa: E402
-from jaxfin.hf.cli import convert_main  # noqa: E402
-from jaxfin.hf.tokenizer import export_tokenizer  # noqa: E402
-from jaxfin.model.store import load_jaxfin, save_jaxfin  # noqa: E402
+import jaxfin
+from jaxfin.config import ConfigError, ModelConfig
+from jaxfin.hf import config_from_hf, load_hf, params_from_hf, params_to_hf, save_hf
+from jaxfin.hf.cli import convert_main
+from jaxfin.hf.tokenizer import export_tokenizer
+from jaxfin.model.store import load_jaxfin, save_jaxfin
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPM = REPO / "demo_data" / "tokenizer.model"
