@@ -13,7 +13,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m jaxfin.launch",
         description="Run a training config on this host (or, with the multi-host flags, as one process of many).",
         epilog="XLA flags are added to XLA_FLAGS (jaxfin/parallel/xla_flags.py): on GPUs, overlapping and combining "
-        "collectives; on CPU, Eigen matmuls. A flag you set yourself wins, JAXFIN_XLA_FLAGS=0 turns them off. "
+        "collectives; on CPU, no YNNPACK fusions. A flag you set yourself wins, JAXFIN_XLA_FLAGS=0 turns them off. "
         "Pod scripts: launch/README.md.",
     )
     _add_run_args(p)

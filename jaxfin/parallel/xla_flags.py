@@ -28,9 +28,9 @@ GPU_FLAGS = {
 
 
 CPU_FLAGS = {
-    # Eigen's matmuls instead of YNNPACK's (jax 0.10's default): 1.3-1.6x faster on the [1024, 128] x [128, 384]
-    # products of small models, the step of configs/tiny.yaml ~1.15x (benchmarks/cpu_gemm_floor.py shows both);
-    # YNNPACK wins only from ~2048^3 up, shapes nobody trains on a CPU
+    # no YNNPACK fusions (jax 0.10 hands dots and reductions to YNNPACK by default): the step of configs/tiny.yaml
+    # runs ~1.1x faster in interleaved A/B on a 2-core CPU; one by one its GEMMs take the same time either way
+    # (benchmarks/cpu_gemm_floor.py), and YNNPACK wins only from ~2048^3 GEMMs, sizes nobody trains on a CPU
     "xla_cpu_experimental_ynn_fusion_type": "",
 }
 
