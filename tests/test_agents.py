@@ -68,3 +68,10 @@ def test_agents_cli(model_dir, tmp_path, capsys):
     bad.write_text(f"model: {model_dir}\nroles: []\n")
     assert main(["agents", str(bad)]) == 2
     assert "roles" in capsys.readouterr().err
+
+
+def test_unknown_override_key_names_the_closest_one():
+    from jaxfin.config import ConfigError
+
+    with pytest.raises(ConfigError, match="generation.max_new_tokens"):
+        load_agents_config(REPO / "configs/agents/finance_brain.yaml", ["generation.max_new_token=12"])

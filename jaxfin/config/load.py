@@ -126,15 +126,17 @@ def _set_dotted(tree: dict, key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def parse_overrides(overrides: list[str]) -> dict:
+def parse_overrides(overrides: list[str], cls=Config, example: str = "train.steps=100") -> dict:
+    """`key=value` items -> a nested dict of YAML values, every key checked against `cls`'s dotted keys."""
+    keys = valid_keys(cls)
     tree: dict = {}
     for item in overrides:
         if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. train.steps=100)")
+            raise ConfigError(f"override '{item}' must look like key=value (e.g. {example})")
         key, raw = item.split("=", 1)
         key = key.strip()
-        if key not in valid_keys():
-            raise _unknown(key, "command line")
+        if key not in keys:
+            raise _unknown(key, "command line", keys)
         _set_dotted(tree, key, yaml.safe_load(raw) if raw else "")
     return tree
 

@@ -29,8 +29,6 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from jaxfin.config.load import ConfigError, _build
 from jaxfin.eval.generate import GenerationConfig, generate
 
@@ -61,14 +59,9 @@ class AgentsConfig:
 
 
 def load_agents_config(path: str | Path, overrides: list[str] = ()) -> AgentsConfig:
-    from jaxfin.config.load import _merge, _set_dotted, read_yaml_mapping
+    from jaxfin.config.load import _merge, parse_overrides, read_yaml_mapping
 
-    extra: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override '{item}' must look like key=value (e.g. output=out.jsonl)")
-        key, raw = item.split("=", 1)
-        _set_dotted(extra, key.strip(), yaml.safe_load(raw))
+    extra = parse_overrides(list(overrides), AgentsConfig, "output=out.jsonl")
     data = _merge(read_yaml_mapping(path), extra)
     try:
         cfg = _build(AgentsConfig, data, "", str(path))

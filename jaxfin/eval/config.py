@@ -22,9 +22,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from jaxfin.config.load import ConfigError, _build, _merge, _set_dotted, _unknown, read_yaml_mapping, valid_keys
+from jaxfin.config.load import ConfigError, _build, _merge, _unknown, parse_overrides, read_yaml_mapping, valid_keys
 
 
 @dataclass
@@ -106,15 +104,7 @@ def load_eval_config(path: str | Path, overrides: list[str] = ()) -> EvalConfig:
     try:
         cfg = _build(EvalConfig, data, "", str(path))
         if overrides:
-            tree: dict = {}
-            for item in overrides:
-                if "=" not in item:
-                    raise ConfigError(f"override '{item}' must look like key=value (e.g. max_docs=100)")
-                key, raw = item.split("=", 1)
-                key = key.strip()
-                if key not in valid_keys(EvalConfig):
-                    raise _unknown(key, "command line", valid_keys(EvalConfig))
-                _set_dotted(tree, key, yaml.safe_load(raw) if raw else "")
+            tree = parse_overrides(list(overrides), EvalConfig, "max_docs=100")
             cfg = _build(EvalConfig, _merge(dataclasses.asdict(cfg), tree), "", "command line")
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from None
