@@ -23,6 +23,7 @@ Everything Triton-specific (compiler params, the triton import) lives in `_compi
 from __future__ import annotations
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -85,8 +86,37 @@ def _loop_bounds(vis):
 
 
 def _padded_len(s: int, block_q: int, block_k: int) -> int:
-    m = max(block_q, block_k)  # both powers of two, so the larger is a multiple of the smaller
+    m = math.lcm(block_q, block_k)
     return -(-s // m) * m
+
+
+def check_shapes(q, k, v) -> None:
+    """The layout every attention kernel takes: q [B, S, Hq, D], k = v [B, S, Hkv, D], Hq a multiple of Hkv."""
+    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
+        raise ValueError(f"expected q [B, S, Hq, D] and k, v [B, S, Hkv, D]; got {q.shape}, {k.shape}, {v.shape}")
+    b, s, hq, d = q.shape
+    if k.shape[0] != b or k.shape[1] != s or k.shape[3] != d:
+        raise ValueError(f"q {q.shape} and k/v {k.shape} must agree on batch, length and head dim")
+    if hq % k.shape[2]:
+        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({k.shape[2]})")
+
+
+def padded_inputs(q, k, v, segment_ids, block_q: int, block_k: int):
+    """(q, k, v, segment ids) with the ids defaulted to one document per row and the length padded to a multiple
+    of both blocks; the padding is segment 0, so it is masked and its rows come out zero."""
+    b, s = q.shape[:2]
+    if segment_ids is None:
+        seg = jnp.ones((b, s), jnp.int32)
+    else:
+        if segment_ids.shape != (b, s):
+            raise ValueError(f"segment_ids must be [B, S] = {(b, s)}; got {segment_ids.shape}")
+        seg = segment_ids.astype(jnp.int32)
+    sp = _padded_len(s, block_q, block_k)
+    if sp != s:
+        pad = ((0, 0), (0, sp - s), (0, 0), (0, 0))
+        q, k, v = jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad)
+        seg = jnp.pad(seg, ((0, 0), (0, sp - s)))
+    return q, k, v, seg
 
 
 def visited_blocks(segment_ids, causal: bool = True, block_q: int = 64, block_k: int = 64) -> np.ndarray:
@@ -361,13 +391,8 @@ def pallas_attention(
     `interpret=None` interprets on CPU and compiles (Triton) elsewhere. Lengths that are not a multiple of the
     block are padded inside (padding is segment 0, masked) and the result sliced back.
     """
-    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
-        raise ValueError(f"expected q [B, S, Hq, D] and k, v [B, S, Hkv, D]; got {q.shape}, {k.shape}, {v.shape}")
-    b, s, hq, d = q.shape
-    if k.shape[0] != b or k.shape[1] != s or k.shape[3] != d:
-        raise ValueError(f"q {q.shape} and k/v {k.shape} must agree on batch, length and head dim")
-    if hq % k.shape[2]:
-        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({k.shape[2]})")
+    check_shapes(q, k, v)
+    s, d = q.shape[1], q.shape[3]
     if not _is_pow2(d) or d < 16:
         raise ValueError(f"pallas attention needs a power-of-two head dim >= 16 (e.g. 64, 128); got {d}")
     for name, blk in (("block_q", block_q), ("block_k", block_k)):
@@ -376,17 +401,7 @@ def pallas_attention(
     if interpret is None:
         interpret = jax.default_backend() == "cpu"
     scale = float(d**-0.5 if sm_scale is None else sm_scale)
-    if segment_ids is None:
-        seg = jnp.ones((b, s), jnp.int32)
-    else:
-        if segment_ids.shape != (b, s):
-            raise ValueError(f"segment_ids must be [B, S] = {(b, s)}; got {segment_ids.shape}")
-        seg = segment_ids.astype(jnp.int32)
-    sp = _padded_len(s, block_q, block_k)
-    if sp != s:
-        pad = ((0, 0), (0, sp - s), (0, 0), (0, 0))
-        q, k, v = jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad)
-        seg = jnp.pad(seg, ((0, 0), (0, sp - s)))
+    q, k, v, seg = padded_inputs(q, k, v, segment_ids, block_q, block_k)
     out = _flash(q, k, v, seg, bool(causal), scale, int(block_q), int(block_k), bool(interpret))
     return out[:, :s]
 

@@ -31,7 +31,6 @@ Fully masked rows (padding) give exactly 0, lse 0 and zero gradients, never NaN.
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +39,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxfin.kernels.pallas_gpu import _flash_vjp, _loop_bounds, _visibility, _visible
+from jaxfin.kernels.pallas_gpu import _flash_vjp, _loop_bounds, _visibility, _visible, check_shapes, padded_inputs
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
@@ -349,30 +348,15 @@ _flash = _flash_vjp(_fwd, _bwd)
 
 # ------------------------------------------------------------------------------------------------------ entry
 def _prepare(q, k, v, segment_ids, sm_scale, block_q, block_k):
-    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
-        raise ValueError(f"expected q [B, S, Hq, D] and k, v [B, S, Hkv, D]; got {q.shape}, {k.shape}, {v.shape}")
-    b, s, hq, d = q.shape
-    if k.shape[0] != b or k.shape[1] != s or k.shape[3] != d:
-        raise ValueError(f"q {q.shape} and k/v {k.shape} must agree on batch, length and head dim")
-    if hq % k.shape[2]:
-        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({k.shape[2]})")
+    check_shapes(q, k, v)
+    s, d = q.shape[1], q.shape[3]
     if not (d % NUM_LANES == 0 or (d < NUM_LANES and d % NUM_SUBLANES == 0)):
         raise ValueError(f"pallas TPU attention needs head dim a multiple of 128, or of 8 below 128; got {d}")
     for name, blk in (("block_q", block_q), ("block_k", block_k)):
         if blk <= 0 or blk % NUM_LANES:
             raise ValueError(f"pallas TPU attention needs {name} to be a multiple of {NUM_LANES}; got {blk}")
     scale = float(d**-0.5 if sm_scale is None else sm_scale)
-    if segment_ids is None:
-        seg = jnp.ones((b, s), jnp.int32)
-    else:
-        if segment_ids.shape != (b, s):
-            raise ValueError(f"segment_ids must be [B, S] = {(b, s)}; got {segment_ids.shape}")
-        seg = segment_ids.astype(jnp.int32)
-    sp = -(-s // math.lcm(block_q, block_k)) * math.lcm(block_q, block_k)
-    if sp != s:  # padding is segment 0: masked, and its rows come out zero
-        pad = ((0, 0), (0, sp - s), (0, 0), (0, 0))
-        q, k, v = jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad)
-        seg = jnp.pad(seg, ((0, 0), (0, sp - s)))
+    q, k, v, seg = padded_inputs(q, k, v, segment_ids, block_q, block_k)
     q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, S, D]: sequence on sublanes, D on lanes
     return q, k, v, seg, scale, s
 
