@@ -39,3 +39,33 @@ def assert_close(got, want, tol, what):
     assert np.isfinite(got).all(), f"{what}: NaN or inf"
     err = np.abs(got - want).max() / max(1.0, np.abs(want).max())
     assert err < tol, f"{what}: max error {err:.2e} (relative to max |ref| when > 1) exceeds {tol:.0e}"
+
+
+def case_segments(rng, kind: str, b: int, s: int, lengths=(5, 30)) -> np.ndarray:
+    """ "pad": two documents then padding, and every row after the first all padding; "docs": many short
+    documents per row, ending in 7 padding tokens."""
+    if kind == "pad":
+        seg = np.zeros((b, s), np.int32)
+        seg[0, : s // 3], seg[0, s // 3 : s - 20] = 1, 2
+        return seg
+    return np.stack([packed_row(rng, s, lengths, pad_tail=7) for _ in range(b)])
+
+
+def check_against_reference(kernel, q, k, v, w, seg, causal, tol, zero_pad_grads=("dq", "dk", "dv"), **kw):
+    """The kernel's output and q/k/v gradients equal the XLA reference's in float32 on the same (rounded) inputs,
+    in the inputs' dtype and shape; padding rows come out exactly zero, as do the named gradients there."""
+    from jaxfin.kernels.attention import xla_attention
+
+    args = dict(segment_ids=jnp.asarray(seg), causal=causal)
+    out, grads = out_and_grads(kernel, q, k, v, w, **args, **kw)
+    ref_out, ref_grads = out_and_grads(xla_attention, *(x.astype(jnp.float32) for x in (q, k, v)), w, **args)
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert_close(out, ref_out, tol, "output")
+    names = ("dq", "dk", "dv")
+    for what, g, r in zip(names, grads, ref_grads):
+        assert g.dtype == q.dtype and g.shape == r.shape
+        assert_close(g, r, tol, what)
+    pad = np.asarray(seg) == 0
+    assert (np.asarray(out, np.float32)[pad] == 0).all(), "padding rows must be exactly zero"
+    for what in zero_pad_grads:  # padding tokens neither attend nor are attended to
+        assert (np.asarray(grads[names.index(what)], np.float32)[pad] == 0).all(), f"padding rows get no {what}"

@@ -7,8 +7,8 @@ import pytest
 from jaxfin.kernels.attention import xla_attention
 from jaxfin.kernels.pallas_gpu import pallas_attention, visited_blocks
 from tests.attention_cases import assert_close as _close
+from tests.attention_cases import case_segments, check_against_reference
 from tests.attention_cases import out_and_grads as _out_and_grads
-from tests.attention_cases import packed_row as _docs
 from tests.attention_cases import qkv as _inputs
 
 CASES = {
@@ -25,28 +25,10 @@ def test_matches_reference_forward_and_gradients(name):
     dtype, causal, b, s, hq, hkv, d, bq, bk, segments, tol = CASES[name]
     rng = np.random.default_rng(0)
     q, k, v, w = _inputs(1, b, s, hq, hkv, d, dtype)
-    if segments == "pad":  # two documents then padding; the last row of the batch is all padding
-        seg = np.zeros((b, s), np.int32)
-        seg[0, : s // 3], seg[0, s // 3 : s - 20] = 1, 2
-        if b > 1:
-            seg[1] = 0
-    else:  # many short documents, ending in padding
-        seg = np.stack([_docs(rng, s, pad_tail=7) for _ in range(b)])
+    seg = case_segments(rng, segments, b, s)
+    if segments == "docs":
         assert visited_blocks(seg, causal, bq, bk).sum() < seg.shape[0] * (-(-s // bq)) * (-(-s // bk)) / 2
-    seg = jnp.asarray(seg)
-    kw = dict(segment_ids=seg, causal=causal)
-    out, grads = _out_and_grads(pallas_attention, q, k, v, w, block_q=bq, block_k=bk, **kw)
-    # the oracle: the XLA reference in float32 on the same (rounded) inputs
-    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
-    ref_out, ref_grads = _out_and_grads(xla_attention, *f32, w, **kw)
-    assert out.dtype == dtype and out.shape == q.shape
-    _close(out, ref_out, tol, "output")
-    for what, g, r in zip(("dq", "dk", "dv"), grads, ref_grads):
-        assert g.dtype == dtype
-        _close(g, r, tol, what)
-    pad = np.asarray(seg) == 0
-    assert (np.asarray(out, np.float32)[pad] == 0).all(), "padding rows must be exactly zero"
-    assert (np.asarray(grads[0], np.float32)[pad] == 0).all(), "padding rows get no query gradient"
+    check_against_reference(pallas_attention, q, k, v, w, seg, causal, tol, block_q=bq, block_k=bk)
 
 
 def test_defaults_without_segment_ids():
