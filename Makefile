@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint format install clean
+.PHONY: demo test test-isa lint format install clean
 
 $(BIN)/jaxfin: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -26,6 +26,17 @@ format: install
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+
+# The numerics-heavy tests again with XLA:CPU capped to an older vector ISA (--xla_cpu_max_isa: SSE4_2, AVX,
+# AVX2, AVX512 on x86; NEON, SVE on ARM), a second CPU code path (other lane widths, other summation orders), in
+# its own compilation cache. ISA=AVX2 make test-isa picks another cap.
+ISA ?= SSE4_2
+NUMERICS_TESTS := tests/test_model_packing.py tests/test_attention.py tests/test_attention_training.py \
+	tests/test_hf.py tests/test_lora.py tests/test_loss_and_optimizer.py tests/test_dtypes.py \
+	tests/test_preference.py tests/test_parallel.py tests/test_merge_methods.py tests/test_eval_text.py
+test-isa: install
+	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_max_isa=$(ISA)" JAX_COMPILATION_CACHE_DIR=/tmp/jaxfin-test-xla-cache-$(ISA) \
+		$(BIN)/python -m pytest -q -n 2 --dist loadfile $(NUMERICS_TESTS)
 
 clean:
 	rm -rf runs

@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.config.schema import ModelConfig, RopeScaling
 from jaxfin.model import forward, hidden_states, init_params
@@ -100,7 +101,10 @@ def test_scan_loop_and_remat_agree(params):
     for other in (g_loop, g_remat):
         assert jax.tree.structure(other) == jax.tree.structure(g_scan)
         for (path, a), b in zip(jax.tree.leaves_with_path(g_scan), jax.tree.leaves(other)):
-            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-4, atol=1e-5, err_msg=str(path))
+            # float32, different summation orders: depth ~4L reductions of up to S*D terms (the embedding
+            # gradient sums over tokens); relative to the gradient's max-abs (cancelled entries keep its error)
+            assert_close_to_scale(b, a, rounding_tol(np.float32, S * CFG.hidden_size, depth=4 * CFG.num_layers),
+                                  err_msg=str(path))  # fmt: skip
     # each layer gets its own gradient (the loop indexes the right layer)
     gq = np.asarray(g_scan["layers"]["self_attn"]["q_proj"]["kernel"])
     assert np.abs(gq[0]).max() > 0 and np.abs(gq[1]).max() > 0 and not np.allclose(gq[0], gq[1])
