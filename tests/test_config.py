@@ -326,6 +326,44 @@ def test_overrides_may_follow_options(capsys):
     assert args.overrides == ["model.remat=none"] and args.json and args.steps == 2
 
 
+FORGETTING = REPO / "configs/eval/forgetting.yaml"
+AGENTS = REPO / "configs/agents/finance_brain.yaml"
+
+
+@pytest.mark.parametrize(
+    "head, config, key, value, printed_at",
+    [
+        (["train"], TINY, "train.steps", 5, ("train", "steps")),
+        (["eval"], FORGETTING, "max_docs", 7, ("max_docs",)),
+        (["agents"], AGENTS, "batch_size", 3, ("batch_size",)),
+    ],
+)
+def test_overrides_anywhere_after_the_subcommand(capsys, head, config, key, value, printed_at):
+    """`SUB --print-config CONFIG k=v` and `SUB CONFIG --print-config k=v` both apply k=v; a misspelt key after an
+    option is refused, naming the nearest valid key."""
+    from jaxfin import cli
+
+    for argv in ([*head, "--print-config", str(config), f"{key}={value}"],
+                 [*head, str(config), "--print-config", f"{key}={value}"]):  # fmt: skip
+        assert cli.main(argv) == 0
+        node = yaml.safe_load(capsys.readouterr().out)
+        for k in printed_at:
+            node = node[k]
+        assert node == value, argv
+    typo = key[:-2] + key[-1] + key[-2]  # two letters swapped
+    assert cli.main([*head, str(config), "--print-config", f"{typo}=1"]) == 2
+    assert f"unknown config key '{typo}'; did you mean '{key}'" in capsys.readouterr().err
+
+
+def test_bench_train_overrides_after_options(capsys):
+    from jaxfin import cli
+
+    args = cli.parse_args(cli.build_parser(), ["bench", "train", "--json", str(TINY), "--steps", "2", "train.steps=5"])
+    assert args.overrides == ["train.steps=5"] and args.json and args.steps == 2
+    assert cli.main(["bench", "train", str(TINY), "--json", "train.stpes=5"]) == 2
+    assert "unknown config key 'train.stpes'; did you mean 'train.steps'" in capsys.readouterr().err
+
+
 def test_leftover_arguments_that_are_not_overrides_are_still_errors(capsys):
     from jaxfin import cli
 

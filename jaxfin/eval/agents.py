@@ -149,6 +149,7 @@ def add_agents_parser(sub) -> None:
     )
     p.add_argument("config", help="agents YAML")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model=runs/x output=out.jsonl")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.set_defaults(func=lambda args: _cli(args))
 
 
@@ -156,6 +157,13 @@ def _cli(args) -> int:
     import sys
 
     cfg = load_agents_config(args.config, args.overrides)
+    if args.print_config:
+        import dataclasses
+
+        import yaml
+
+        print(yaml.safe_dump(dataclasses.asdict(cfg), sort_keys=False, allow_unicode=True), end="")
+        return 0
     for r in run_agents(cfg, log=lambda m: print(m, file=sys.stderr)):
         print(json.dumps(r, ensure_ascii=False))
     return 0
