@@ -26,9 +26,14 @@ and torch.optim.AdamW (same lr schedule, betas, eps, weight decay, clipping) in 
 cores, float32 on CPU and bfloat16 autocast on CUDA (model.compute_dtype=auto), same warm-up and timed steps, and
 adds `torch_tokens_per_s`, `ratio` (jaxfin / torch tokens/s) and the full torch result under `torch`. Torch runs
 without gradient checkpointing (its fastest) whatever model.remat says, unless --torch-gradient-checkpointing.
+With --rounds N both sides are built and warmed up once, then time N rounds of --steps steps in turn (torch,
+jaxfin, torch, jaxfin, ...), so that a noisy stretch of a shared machine hits both: each side's tokens/s is the
+median over rounds, `ratio` the median of the per-round ratios, with `ratio_min` / `ratio_max` and every round
+(tokens/s, ratio, wall-clock start and end) under `rounds`. Torch stays resident meanwhile, so on a GPU JAX
+allocates on demand (XLA_PYTHON_CLIENT_PREALLOCATE=false unless set).
 
 Examples:
-  jaxfin bench train configs/tiny.yaml --compare-torch
+  jaxfin bench train configs/tiny.yaml --compare-torch --rounds 5
   jaxfin bench train configs/llama-3.2-1b.yaml --json --out bench.json
   jaxfin bench train configs/llama-3-8b.yaml model.num_layers=8 train.batch_size=2
 """
@@ -63,6 +68,7 @@ def _add_train(sub) -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps (default 10)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps after compiling (default 1)")
     p.add_argument("--compare-torch", action="store_true", help="also train the same shape with transformers + torch")
+    p.add_argument("--rounds", type=int, default=1, help="with --compare-torch: alternating timed rounds (default 1)")
     p.add_argument(
         "--torch-gradient-checkpointing",
         action="store_true",

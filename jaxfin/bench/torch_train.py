@@ -1,19 +1,22 @@
 """The PyTorch side of `jaxfin bench train --compare-torch`: the same model shape and batch trained with
 `transformers` + `torch.optim.AdamW`, timed the same way.
 
-    python -m jaxfin.bench.torch_train < SPEC.json      # or: python -m jaxfin.bench.torch_train SPEC.json
+    python -m jaxfin.bench.torch_train SPEC.json        # or the spec as the first line of stdin
 
 SPEC is one JSON object (written by jaxfin.bench.train.torch_spec):
     hf_config       config.json of the model (jaxfin.hf.config_to_hf of the jaxfin ModelConfig)
     batch_size, seq_len, steps, warmup, seed
+    rounds          timed rounds of `steps` steps each (default 1); with `cue`, each waits for a line on stdin
+                    so that the caller can alternate them with its own (jaxfin bench train --rounds)
     optimizer       {lr, b1, b2, eps, weight_decay, clip_norm}, and the learning-rate schedule as jaxfin's
                     (jaxfin/train/optimizer.py): {schedule, warmup_steps, total_steps, min_lr_ratio}
     compute_dtype   auto (bfloat16 autocast on CUDA, float32 on CPU) | float32 | bfloat16
     param_dtype     float32 | bfloat16
     threads         intra-op threads (default: all cores)
     gradient_checkpointing   recompute each layer in the backward pass (default false: torch's fastest)
-Prints one JSON object on stdout (the last line). It runs in its own process (the jaxfin CLI starts it as a
-subprocess) so its peak RSS, thread pools and GPU memory are not shared with JAX's.
+After each round, one JSON line {"round", "step_times_s", "tokens_per_s", "start", "end"} (wall-clock
+seconds); then the whole result as one JSON object (the last line). It runs in its own process (the jaxfin CLI
+starts it as a subprocess) so its peak RSS, thread pools and GPU memory are not shared with JAX's.
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def lr_factor(step: int, o: dict) -> float:
     return 1.0
 
 
-def run(spec: dict) -> dict:
+def run(spec: dict, cue=None) -> dict:
+    """Build, warm up, then time spec["rounds"] rounds; `cue()` (if given) is called before each round."""
     try:
         import torch
         import transformers
@@ -109,19 +113,27 @@ def run(spec: dict) -> dict:
     for _ in range(int(spec.get("warmup", 1))):
         loss = step()
     sync()
-    times = []
-    for _ in range(int(spec["steps"])):
-        t0 = time.perf_counter()
-        loss = step()
-        sync()
-        times.append(time.perf_counter() - t0)
+    times, rounds = [], []
+    for r in range(int(spec.get("rounds", 1))):
+        if cue is not None:
+            cue()
+        start, round_times = time.time(), []
+        for _ in range(int(spec["steps"])):
+            t0 = time.perf_counter()
+            loss = step()
+            sync()
+            round_times.append(time.perf_counter() - t0)
+        rounds.append({"round": r, "step_times_s": round_times, "tokens_per_s": b * s / statistics.median(round_times),
+                       "start": start, "end": time.time()})  # fmt: skip
+        print(json.dumps(rounds[-1]), flush=True)
+        times += round_times
     median = statistics.median(times)
     if device.type == "cuda":  # over the whole run, like JAX's peak_bytes_in_use
         peak, peak_kind = torch.cuda.max_memory_allocated(), "device max_memory_allocated"
     else:
         peak, peak_kind = _peak_rss_bytes(), "host peak RSS (whole process)"
     return {
-        "tokens_per_s": b * s / median,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in rounds),
         "step_time_s": median,
         "step_time_mean_s": statistics.fmean(times),
         "step_times_s": times,
@@ -137,6 +149,7 @@ def run(spec: dict) -> dict:
         "transformers": transformers.__version__,
         "attn_implementation": model.config._attn_implementation,
         "gradient_checkpointing": bool(spec.get("gradient_checkpointing")),
+        "rounds": rounds,
     }
 
 
@@ -146,9 +159,10 @@ def main(argv: list[str] | None = None) -> int:
         with open(argv[0]) as f:
             spec = json.load(f)
     else:
-        spec = json.load(sys.stdin)
+        spec = json.loads(sys.stdin.readline())
+    cue = sys.stdin.readline if spec.get("cue") else None  # the caller writes one line per round
     try:
-        result = run(spec)
+        result = run(spec, cue)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -17,6 +17,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -133,8 +134,9 @@ def _peak_memory(devices) -> tuple[int, str]:
     return _peak_rss_bytes(), "host peak RSS (whole process)"
 
 
-def bench_jaxfin(cfg: Config, steps: int, warmup: int = 1) -> dict:
-    """Compile, warm up, then time `steps` train steps on one fixed batch."""
+def bench_jaxfin(cfg: Config, steps: int, warmup: int = 1, rounds: int = 1, before_round=None) -> dict:
+    """Compile, warm up, then time `rounds` rounds of `steps` train steps on one fixed batch; `before_round(r)`
+    (if given) runs before round r, outside the timing (the other side's round, when alternating)."""
     import jax
 
     from jaxfin.model.config import compute_dtype
@@ -150,21 +152,29 @@ def bench_jaxfin(cfg: Config, steps: int, warmup: int = 1) -> dict:
     for _ in range(warmup):
         state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))
-    times, losses = [], []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        state, metrics = step(state, batch)
-        jax.block_until_ready((state, metrics))
-        times.append(time.perf_counter() - t0)
-        losses.append(metrics["loss"])
+    times, losses, per_round = [], [], []
+    for r in range(rounds):
+        if before_round is not None:
+            before_round(r)
+        start, round_times = time.time(), []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            state, metrics = step(state, batch)
+            jax.block_until_ready((state, metrics))
+            round_times.append(time.perf_counter() - t0)
+            losses.append(metrics["loss"])
+        tps = b * s / statistics.median(round_times)
+        per_round.append({"round": r, "step_times_s": round_times, "tokens_per_s": tps, "start": start,
+                          "end": time.time()})  # fmt: skip
+        times += round_times
     devices = sorted(mesh.devices.flat, key=lambda d: d.id)
     peak, peak_kind = _peak_memory([d for d in devices if d.process_index == jax.process_index()])
-    median = statistics.median(times)
     return {
-        "tokens_per_s": b * s / median,
-        "step_time_s": median,
+        "tokens_per_s": statistics.median(r["tokens_per_s"] for r in per_round),
+        "step_time_s": statistics.median(times),
         "step_time_mean_s": statistics.fmean(times),
         "step_times_s": times,
+        "rounds": per_round,
         "compile_s": compile_s,
         "loss": float(losses[-1]) if losses else None,
         "peak_memory_bytes": peak,
@@ -186,7 +196,12 @@ def torch_available() -> bool:
 
 
 def torch_spec(
-    cfg: Config, steps: int, warmup: int = 1, threads: int | None = None, gradient_checkpointing: bool = False
+    cfg: Config,
+    steps: int,
+    warmup: int = 1,
+    threads: int | None = None,
+    gradient_checkpointing: bool = False,
+    rounds: int = 1,
 ) -> dict:
     """The JSON spec jaxfin/bench/torch_train.py reads: the same model shape, batch shape, optimizer and steps."""
     from jaxfin.hf.convert import config_to_hf
@@ -199,6 +214,7 @@ def torch_spec(
         "seq_len": cfg.data.seq_len,
         "steps": steps,
         "warmup": warmup,
+        "rounds": rounds,
         "seed": cfg.train.seed,
         "optimizer": {
             "lr": o.lr,
@@ -219,22 +235,59 @@ def torch_spec(
     }
 
 
-def bench_torch(spec: dict, timeout: float | None = None) -> dict:
-    """Run the torch side in a subprocess (its own peak RSS, thread pools and GPU memory) and return its JSON.
+class TorchWorker:
+    """The torch side in a subprocess (its own peak RSS, thread pools and GPU memory), built and warmed up at
+    start, then timing one round of spec["steps"] steps at each `round()`; `result()` is its whole JSON.
 
     The script is run by path, not as `-m jaxfin.bench.torch_train`, so that importing the jaxfin package (and
     with it JAX) does not count in torch's memory."""
-    script = Path(__file__).with_name("torch_train.py")
-    proc = subprocess.run(
-        [sys.executable, str(script)], input=json.dumps(spec), capture_output=True, text=True, timeout=timeout
-    )
-    if proc.returncode != 0:
-        lines = proc.stderr.strip().splitlines()
-        if proc.returncode == 2 and lines and lines[-1].startswith("error: "):
+
+    def __init__(self, spec: dict):
+        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (open while the worker lives)
+        script = Path(__file__).with_name("torch_train.py")
+        self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.stderr, text=True)  # fmt: skip
+        self._send(json.dumps({**spec, "cue": True}))
+
+    def _send(self, line: str) -> None:
+        try:
+            self.proc.stdin.write(line + "\n")
+            self.proc.stdin.flush()
+        except BrokenPipeError:
+            self._failed()
+
+    def _json_line(self, key: str) -> dict:
+        for line in self.proc.stdout:
+            if line.startswith("{") and key in (out := json.loads(line)):
+                return out
+        self._failed()
+
+    def round(self, r: int = 0) -> dict:
+        self._send("go")
+        return self._json_line("round")
+
+    def result(self) -> dict:
+        out = self._json_line("params")  # the whole result is the only line with "params"
+        self.proc.wait()
+        self.stderr.close()
+        return out
+
+    def _failed(self):
+        code = self.proc.wait()
+        self.stderr.seek(0)
+        lines = self.stderr.read().strip().splitlines()
+        if code == 2 and lines and lines[-1].startswith("error: "):
             raise ValueError(lines[-1][len("error: ") :])
         tail = "\n".join(lines[-20:])
-        raise ValueError(f"the torch side failed (exit {proc.returncode}); its last output:\n{tail}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise ValueError(f"the torch side failed (exit {code}); its last output:\n{tail}")
+
+
+def bench_torch(spec: dict) -> dict:
+    """All of spec["rounds"] torch rounds back to back, and its JSON."""
+    worker = TorchWorker(spec)
+    for r in range(int(spec.get("rounds", 1))):
+        worker.round(r)
+    return worker.result()
 
 
 # ---------------------------------------------------------------------------------------------- both
@@ -255,16 +308,21 @@ def bench_train(
     compare_torch: bool = False,
     peak_tflops_override: float | None = None,
     torch_gradient_checkpointing: bool = False,
+    rounds: int = 1,
 ) -> dict:
-    """The JSON result of `jaxfin bench train` (see the CLI's --help for the keys)."""
-    if steps < 1 or warmup < 0:
-        raise ValueError("--steps must be >= 1 and --warmup >= 0")
+    """The JSON result of `jaxfin bench train` (see the CLI's --help for the keys). With compare_torch, torch and
+    jaxfin time `rounds` rounds of `steps` steps in turn (torch, jaxfin, torch, ...), both built and warmed up
+    once; each side's tokens/s is the median over rounds, `ratio` the median of the per-round ratios."""
+    if steps < 1 or warmup < 0 or rounds < 1:
+        raise ValueError("--steps and --rounds must be >= 1 and --warmup >= 0")
     if compare_torch and not torch_available():
         raise ValueError("--compare-torch needs torch and transformers installed (pip install -e '.[test]')")
-    torch = None
-    if compare_torch:  # first, before JAX takes (and on GPUs preallocates) device memory in this process
-        torch = bench_torch(torch_spec(cfg, steps, warmup, gradient_checkpointing=torch_gradient_checkpointing))
-    jx = bench_jaxfin(cfg, steps, warmup)
+    worker, torch_rounds = None, []
+    if compare_torch:  # first, before JAX takes device memory in this process
+        spec = torch_spec(cfg, steps, warmup, gradient_checkpointing=torch_gradient_checkpointing, rounds=rounds)
+        worker = TorchWorker(spec)
+    before = None if worker is None else (lambda r: torch_rounds.append(worker.round(r)))
+    jx = bench_jaxfin(cfg, steps, warmup, rounds if compare_torch else 1, before)
     s = cfg.data.seq_len
     fpt = flops_per_token(cfg.model, s)
     peak = peak_tflops_override or peak_tflops(jx["device_kind"])
@@ -293,9 +351,18 @@ def bench_train(
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "step_times_s": jx["step_times_s"],
     }
-    if torch is not None:
+    if worker is not None:
+        torch = worker.result()
+        ratios = [j["tokens_per_s"] / t["tokens_per_s"] for j, t in zip(jx["rounds"], torch["rounds"])]
         result["torch_tokens_per_s"] = torch["tokens_per_s"]
-        result["ratio"] = result["tokens_per_s"] / torch["tokens_per_s"]
+        result["ratio"] = statistics.median(ratios)
+        result["ratio_min"], result["ratio_max"] = min(ratios), max(ratios)
+        result["rounds"] = [
+            {"round": j["round"], "jaxfin_tokens_per_s": j["tokens_per_s"], "torch_tokens_per_s": t["tokens_per_s"],
+             "ratio": q, "jaxfin_start": j["start"], "jaxfin_end": j["end"], "torch_start": t["start"],
+             "torch_end": t["end"]}
+            for j, t, q in zip(jx["rounds"], torch["rounds"], ratios)
+        ]  # fmt: skip
         result["torch"] = torch
     return result
 
@@ -337,7 +404,9 @@ def format_summary(r: dict) -> str:
             f"   peak {_gb(t['peak_memory_bytes'])} ({t['peak_memory_kind']})   torch {t['torch']}, transformers "
             f"{t['transformers']}, {t['attn_implementation']}, {t['compute_dtype']}, {t['threads']} threads"
         )
-        lines.append(f"ratio   {r['ratio']:.2f}x  (jaxfin tokens/s / torch tokens/s)")
+        n = len(r["rounds"])
+        spread = f", min {r['ratio_min']:.2f} max {r['ratio_max']:.2f} over {n} alternating rounds" if n > 1 else ""
+        lines.append(f"ratio   {r['ratio']:.2f}x  (jaxfin tokens/s / torch tokens/s; median{spread})")
     return "\n".join(lines)
 
 
@@ -346,6 +415,8 @@ def run_bench_train(args) -> int:
     from jaxfin.parallel.xla_flags import apply_xla_flags
 
     cfg = load_config(args.config, args.overrides)
+    if args.compare_torch:  # torch stays resident between rounds: JAX must not take 75% of a GPU's memory up front
+        os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     apply_xla_flags()  # the XLA flags `jaxfin train` runs with, before the backend starts
     if cfg.init_from:
         raise ValueError(
@@ -353,7 +424,13 @@ def run_bench_train(args) -> int:
             "add init_from= to the command line and set model.* to the checkpoint's shape"
         )
     result = bench_train(
-        cfg, args.steps, args.warmup, args.compare_torch, args.peak_tflops, args.torch_gradient_checkpointing
+        cfg,
+        args.steps,
+        args.warmup,
+        args.compare_torch,
+        args.peak_tflops,
+        args.torch_gradient_checkpointing,
+        args.rounds,
     )
     result = {"config": args.config, "overrides": list(args.overrides), **result}
     return emit(result, args, format_summary)
