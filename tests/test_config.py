@@ -374,3 +374,12 @@ def test_leftover_arguments_that_are_not_overrides_are_still_errors(capsys):
         cli.parse_args(cli.build_parser(), ["train", str(TINY), "--print-config", "oops"])
     with pytest.raises(SystemExit):  # a subcommand without overrides takes none
         cli.parse_args(cli.build_parser(), ["convert", "a", "b", "x=1"])
+
+
+def test_float64_model_dtype_needs_x64():
+    import jax
+
+    with jax.enable_x64(False), pytest.raises(ConfigError, match="JAX_ENABLE_X64"):
+        load_config(None, ["model.param_dtype=float64"])
+    with jax.enable_x64(True):
+        assert load_config(None, ["model.compute_dtype=float64"]).model.compute_dtype == "float64"

@@ -90,24 +90,50 @@ def _grads_and_logits(cfg, params, tokens, seg, pos, proj):
     return jax.jit(jax.grad(f, has_aux=True))(params)
 
 
-def test_scan_loop_and_remat_agree(params):
+def _scan_loop_remat(cfg, params):
     _, _, tokens, seg, pos = (jnp.asarray(x) for x in _packed())
-    proj = jnp.asarray(np.random.default_rng(1).standard_normal((1, S, CFG.vocab_size)), jnp.float32)
-    g_scan, l_scan = _grads_and_logits(CFG, params, tokens, seg, pos, proj)
-    g_loop, l_loop = _grads_and_logits(dataclasses.replace(CFG, scan_layers=False), params, tokens, seg, pos, proj)
-    g_remat, l_remat = _grads_and_logits(dataclasses.replace(CFG, remat="full"), params, tokens, seg, pos, proj)
-    np.testing.assert_allclose(np.asarray(l_loop), np.asarray(l_scan), rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(np.asarray(l_remat), np.asarray(l_scan), rtol=1e-5, atol=1e-5)
-    for other in (g_loop, g_remat):
-        assert jax.tree.structure(other) == jax.tree.structure(g_scan)
-        for (path, a), b in zip(jax.tree.leaves_with_path(g_scan), jax.tree.leaves(other)):
-            # float32, different summation orders: depth ~4L reductions of up to S*D terms (the embedding
-            # gradient sums over tokens); relative to the gradient's max-abs (cancelled entries keep its error)
-            assert_close_to_scale(b, a, rounding_tol(np.float32, S * CFG.hidden_size, depth=4 * CFG.num_layers),
-                                  err_msg=str(path))  # fmt: skip
-    # each layer gets its own gradient (the loop indexes the right layer)
-    gq = np.asarray(g_scan["layers"]["self_attn"]["q_proj"]["kernel"])
+    proj = jnp.asarray(np.random.default_rng(1).standard_normal((1, S, cfg.vocab_size)), params["norm"]["scale"].dtype)
+    return [
+        _grads_and_logits(c, params, tokens, seg, pos, proj)
+        for c in (cfg, dataclasses.replace(cfg, scan_layers=False), dataclasses.replace(cfg, remat="full"))
+    ]
+
+
+def test_scan_loop_and_remat_are_one_program_in_float64(params):
+    """Program structure without float32 rounding: in float64 the three layouts agree to float64 rounding, so
+    any float32 difference between them (the next test) is rounding, not a wrong layer index or a lost term."""
+    cfg = dataclasses.replace(CFG, param_dtype="float64", compute_dtype="float64")
+    with jax.enable_x64(True):
+        p64 = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
+        (g_scan, l_scan), *others = _scan_loop_remat(cfg, p64)
+        assert l_scan.dtype == jnp.float64  # no float32 cast left inside the model
+        tol = rounding_tol(np.float64, S * CFG.hidden_size, depth=4 * CFG.num_layers)  # ~6e-13
+        for g, logits in others:
+            assert_close_to_scale(logits, l_scan, tol)
+            for (path, a), b in zip(jax.tree.leaves_with_path(g_scan), jax.tree.leaves(g)):
+                assert_close_to_scale(b, a, tol, err_msg=str(path))
+    gq = np.asarray(g_scan["layers"]["self_attn"]["q_proj"]["kernel"])  # each layer gets its own gradient
     assert np.abs(gq[0]).max() > 0 and np.abs(gq[1]).max() > 0 and not np.allclose(gq[0], gq[1])
+
+
+def test_scan_loop_and_remat_agree(params):
+    """float32: the three layouts agree within float32 rounding of depth ~4L reductions of up to S*D terms (the
+    embedding gradient sums over tokens), relative to each tensor's max-abs (cancelled entries keep its error);
+    each is as close to the float64 result, which shows that bound is the rounding there is."""
+    (g_scan, l_scan), *others = _scan_loop_remat(CFG, params)
+    tol = rounding_tol(np.float32, S * CFG.hidden_size, depth=4 * CFG.num_layers)  # ~1.1e-4
+    with jax.enable_x64(True):
+        cfg64 = dataclasses.replace(CFG, param_dtype="float64", compute_dtype="float64")
+        p64 = jax.tree.map(lambda x: jnp.asarray(np.asarray(x), jnp.float64), params)
+        g64, l64 = _scan_loop_remat(cfg64, p64)[0]
+        g64, l64 = jax.tree.map(np.asarray, g64), np.asarray(l64)
+    for g, logits in [(g_scan, l_scan), *others]:
+        assert jax.tree.structure(g) == jax.tree.structure(g_scan)
+        assert_close_to_scale(logits, l_scan, tol)
+        assert_close_to_scale(logits, l64, tol)
+        for (path, a), b, c in zip(jax.tree.leaves_with_path(g_scan), jax.tree.leaves(g), jax.tree.leaves(g64)):
+            assert_close_to_scale(b, a, tol, err_msg=str(path))
+            assert_close_to_scale(b, c, tol, err_msg=f"{path} vs float64")
 
 
 def _init_shapes(cfg):

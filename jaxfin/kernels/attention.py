@@ -84,21 +84,22 @@ def attention_mask(segment_ids, seq_len: int, batch: int, causal: bool):
 
 
 def xla_attention(q, k, v, *, segment_ids=None, causal=True, sm_scale=None):
-    """Reference: softmax in float32, grouped-query einsum, masked rows -> 0."""
+    """Reference: softmax in float32 (or the inputs' wider dtype), grouped-query einsum, masked rows -> 0."""
     b, s, hq, d = q.shape
     hkv = k.shape[2]
     if hq % hkv:
         raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({hkv})")
     scale = d**-0.5 if sm_scale is None else sm_scale
     qg = q.reshape(b, s, hkv, hq // hkv, d)
-    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=jnp.float32) * scale
+    acc = jnp.promote_types(q.dtype, jnp.float32)
+    scores = jnp.einsum("bskgd,btkd->bkgst", qg, k, preferred_element_type=acc) * scale
     mask = attention_mask(segment_ids, s, b, causal)[:, None, None]
     scores = jnp.where(mask, scores, -jnp.inf)
     row_max = jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True))
     probs = jnp.exp(scores - jnp.where(jnp.isfinite(row_max), row_max, 0.0))
     denom = jnp.sum(probs, axis=-1, keepdims=True)
     probs = probs / jnp.where(denom == 0, 1.0, denom)
-    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    out = jnp.einsum("bkgst,btkd->bskgd", probs.astype(v.dtype), v, preferred_element_type=acc)
     return out.reshape(b, s, hq, d).astype(q.dtype)
 
 

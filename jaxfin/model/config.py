@@ -10,7 +10,8 @@ from jaxfin.config.schema import ModelConfig
 
 FAMILIES = ("llama", "mistral", "qwen2")
 ROPE_TYPES = ("default", "llama3")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# float64 is for numerical checks (tests of program structure without float32 rounding); it needs JAX's x64 mode
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16, "float64": jnp.float64}
 
 
 def validate_model_config(m: ModelConfig) -> None:
@@ -39,6 +40,8 @@ def validate_model_config(m: ModelConfig) -> None:
             raise ConfigError(f"'model.{key}' must be one of {', '.join(DTYPES)}")
     if m.compute_dtype not in (*DTYPES, "auto"):
         raise ConfigError(f"'model.compute_dtype' must be auto or one of {', '.join(DTYPES)}")
+    if "float64" in (m.param_dtype, m.compute_dtype) and not jax.config.jax_enable_x64:
+        raise ConfigError("model dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 (for numerical checks)")
     if m.remat not in REMAT:
         raise ConfigError(f"'model.remat' must be one of {', '.join(REMAT)}; got '{m.remat}'")
     from jaxfin.kernels.attention import BACKENDS

@@ -117,8 +117,8 @@ def _init_params(cfg: ModelConfig, key: jax.Array) -> dict:
 
 
 def rms_norm(x, scale, eps):
-    """As HF: normalise in float32, cast back, then multiply by the weight."""
-    xf = x.astype(jnp.float32)
+    """As HF: normalise in float32 (or wider), cast back, then multiply by the weight."""
+    xf = x.astype(jnp.promote_types(x.dtype, jnp.float32))
     xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
     return scale.astype(x.dtype) * xf.astype(x.dtype)
 
@@ -153,7 +153,8 @@ def apply_rope(x, cos, sin):
     """HF's rotate-half RoPE. x [B, S, H, Dh]; cos, sin from rope_tables."""
     x1, x2 = jnp.split(x, 2, axis=-1)
     rotated = jnp.concatenate([-x2, x1], axis=-1)
-    return (x.astype(jnp.float32) * cos + rotated.astype(jnp.float32) * sin).astype(x.dtype)
+    acc = jnp.promote_types(x.dtype, jnp.float32)
+    return (x.astype(acc) * cos + rotated.astype(acc) * sin).astype(x.dtype)
 
 
 def matmul(x, w, contract: int = 1):
@@ -242,15 +243,15 @@ def output_kernel(params: dict, cfg: ModelConfig):
 
 
 def scores(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
-    """Score-head outputs [B, S, num_labels] in float32 at every position (a reward model reads each sequence's
-    last token, as transformers' LlamaForSequenceClassification does)."""
+    """Score-head outputs [B, S, num_labels] in float32 (float64 with float64 compute) at every position (a reward
+    model reads each sequence's last token, as transformers' LlamaForSequenceClassification does)."""
     h = hidden_states(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)
-    return matmul(h, params["score"]["kernel"].astype(h.dtype)).astype(jnp.float32)
+    return matmul(h, params["score"]["kernel"].astype(h.dtype)).astype(jnp.promote_types(h.dtype, jnp.float32))
 
 
 def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
-    """Logits [B, S, V] in float32. segment_ids/positions come from the packed batch (None = one document);
-    dropout_rng: LoRA dropout key for training (None = no dropout)."""
+    """Logits [B, S, V] in float32 (float64 with float64 compute). segment_ids/positions come from the packed
+    batch (None = one document); dropout_rng: LoRA dropout key for training (None = no dropout)."""
     h = hidden_states(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)
     logits = matmul(h, output_kernel(params, cfg).astype(h.dtype))
-    return constrain(logits, LOGITS).astype(jnp.float32)
+    return constrain(logits, LOGITS).astype(jnp.promote_types(h.dtype, jnp.float32))
