@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-isa lint format install clean
+.PHONY: demo test test-isa test-repeat lint format install clean
 
 $(BIN)/jaxfin: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,12 @@ NUMERICS_TESTS := tests/test_model_packing.py tests/test_attention.py tests/test
 test-isa: install
 	XLA_FLAGS="$(XLA_FLAGS) --xla_cpu_max_isa=$(ISA)" JAX_COMPILATION_CACHE_DIR=/tmp/jaxfin-test-xla-cache-$(ISA) \
 		$(BIN)/python -m pytest -q -n 2 --dist loadfile $(NUMERICS_TESTS)
+
+# The numerics files three more times, each in another shuffled order (pytest-randomly; the seed is printed, and
+# `--randomly-seed=N` replays one, `-p no:randomly` turns it off): no test may depend on what ran before it.
+test-repeat: install
+	for seed in 1 2 3; do $(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider \
+		--randomly-seed=$$seed $(NUMERICS_TESTS) || exit 1; done
 
 clean:
 	rm -rf runs
