@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+from tolerances import rounding_tol
+
 from jaxfin.config import load_config
 from jaxfin.train import train
 from tests.conftest import tiny_hf_llama
@@ -73,7 +75,11 @@ def test_cpt_from_hf_checkpoint(small_config, tmp_path):
                 logp = torch.log_softmax(hf(torch.tensor(doc[None].astype(np.int64))).logits[0].double(), -1)
             nll -= logp[torch.arange(len(doc) - 1), torch.tensor(doc[1:].astype(np.int64))].sum().item()
             count += len(doc) - 1
-    assert abs(first["loss"] - nll / count) < 1e-4
+    # float32 loss vs a float64 log-softmax of torch's float32 logits: per target a logsumexp over V (depth 3 also
+    # holds both models' logit rounding, max|logit| ~0.5), then a mean of `count` NLLs of ~7: ~1.2e-4. Measured 5e-7,
+    # one ulp of the loss; jaxfin in float64 is within 1e-9 of torch (whose norms and RoPE stay float32)
+    tol = rounding_tol(np.float32, cfg.model.vocab_size, depth=3) + rounding_tol(np.float32, count) * nll / count
+    assert abs(first["loss"] - nll / count) < tol
 
     src, dst = load_file(tmp_path / "hf_in" / "model.safetensors"), load_file(tmp_path / "hf_out" / "model.safetensors")
     assert sorted(src) == sorted(dst) and all(np.array_equal(src[k], dst[k]) for k in src)
