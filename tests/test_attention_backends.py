@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.kernels.attention import BACKENDS, attention, xla_attention
 from jaxfin.kernels.cudnn import cudnn_attention, segment_mask
@@ -79,10 +80,13 @@ def test_cudnn_path_math_matches_reference(causal, packed):
     )
     (lr, out_r), g_r = jax.value_and_grad(lambda *a: loss(ref, *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
     (lg, out_g), g_g = jax.value_and_grad(lambda *a: loss(got, *a), argnums=(0, 1, 2), has_aux=True)(q, k, v)
-    np.testing.assert_allclose(out_g, out_r, atol=1e-5, rtol=1e-5)
+    # two float32 programs, relative to max-abs: 3 chained reductions forward (q.k over D, softmax and p.v over S), 3
+    # more backward, dk/dv summing S queries x 4 query heads per K/V head
+    s, d, group = q.shape[1], q.shape[3], q.shape[2] // k.shape[2]
+    assert_close_to_scale(out_g, out_r, rounding_tol(np.float32, max(s, d), depth=3))  # ~9e-6
     for a, b in zip(g_g, g_r, strict=True):
         assert np.all(np.isfinite(a))
-        np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-4)
+        assert_close_to_scale(a, b, rounding_tol(np.float32, max(s * group, d), depth=6))  # ~3e-5
     if packed:  # padding rows are exactly zero, and get no gradient
         pad = np.asarray(seg) == 0
         assert np.all(np.asarray(out_g)[pad] == 0)
