@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tolerances import assert_close_to_scale, rounding_tol
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = 60  # small_config (conftest.py) runs 60 steps
@@ -157,6 +158,10 @@ def test_convert_run_dir_to_hf_with_cli(reference_run, tmp_path):
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     with torch.no_grad():
         theirs = hf(torch.tensor(tokens)).logits.numpy()
-    assert np.abs(ours - theirs).max() < 1e-4
+    # float32, two implementations: depth ~4L+2 reductions of <= max(I, S) terms, relative to max|logit| (~2e-4 of 3
+    # here). Measured 1e-6; jaxfin is as far from its own float64 logits
+    c = hf.config
+    tol = rounding_tol(np.float32, max(c.intermediate_size, tokens.shape[1]), depth=4 * c.num_hidden_layers + 2)
+    assert_close_to_scale(ours, theirs, tol)
     tok = transformers.AutoTokenizer.from_pretrained(tmp_path / "hf")
     assert tok.decode(tok("Revenue rose 12%").input_ids, skip_special_tokens=True) == "Revenue rose 12%"
