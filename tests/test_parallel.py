@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 from jax.sharding import AbstractMesh, PartitionSpec
+from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.config.load import ConfigError
 from jaxfin.config.schema import ModelConfig
@@ -165,10 +166,12 @@ def test_remat_policies_keep_gradients_and_save_less(capsys):
         cfg = dataclasses.replace(CFG, remat=policy)
         grads[policy] = jax.jit(jax.grad(lambda p, c=cfg: forward(p, c, tokens).sum()))(params)
         saved[policy] = _saved(cfg, params, tokens, capsys)
+    # recomputation may reorder float32 sums: depth 4L reductions of up to max(V, F, B*S) terms (the LM head's
+    # backward, the MLP, weight gradients over tokens), relative to each gradient's max-abs
+    tol = rounding_tol(np.float32, max(CFG.vocab_size, CFG.intermediate_size, b * s), depth=4 * CFG.num_layers)  # ~6e-5
     for policy in ("full", "save_matmuls", "save_projections"):
         for a, g in zip(jax.tree.leaves(grads["none"]), jax.tree.leaves(grads[policy])):
-            a, g = np.asarray(a), np.asarray(g)  # recomputation reorders fp32 sums: compare at the tensor's scale
-            np.testing.assert_allclose(g, a, rtol=1e-4, atol=1e-5 * np.abs(a).max())
+            assert_close_to_scale(g, a, tol, err_msg=policy)
     assert saved["none"] > saved["save_matmuls"] > saved["save_projections"] > saved["full"]
     # save_projections keeps at least q, k, v, gate and up of every layer on top of what `full` keeps
     hd, hkv, f = CFG.num_heads * CFG.head_size, CFG.num_kv_heads * CFG.head_size, CFG.intermediate_size
