@@ -18,8 +18,10 @@ from conftest import REPO
 
 pytestmark = pytest.mark.slow  # `make test` runs with --dist loadfile: one worker, one set of runs per file
 DRIVER = REPO / "tests/drivers/train_runs.py"
-# The bar is losses within rel 1e-5. The gradient norm (a sum of squares over every parameter, reduced
-# in a layout-dependent order, then fed through 20 Adam steps) is held to 1e-4.
+# float32, each layout reduces in its own order: at step 1 (same params) the losses differ by ~1 ulp (7e-8 of ~7),
+# and 20 Adam steps on slightly different gradients grow that to <= 3.2e-7 (loss, dev_loss) and <= 2.1e-5 (the
+# gradient norm: a sum of squares over every parameter, then a sqrt), measured with XLA:CPU on AVX-512 and on
+# SSE4.2. The bar for losses, rel 1e-5, is 30x above; the gradient norm is held to 1e-4 (5x).
 REL = {"loss": 1e-5, "dev_loss": 1e-5, "grad_norm": 1e-4}
 
 
