@@ -46,7 +46,8 @@ def layout_config(tmp_path_factory):
 
 
 def _env(devices: int) -> dict:
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    flags = f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=flags)  # the caller's flags too (e.g. make test-isa's)
     env.pop("JAXFIN_XLA_FLAGS", None)
     return env
 
