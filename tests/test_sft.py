@@ -15,6 +15,7 @@ from jaxfin.train import train
 from jaxfin.train.data_stream import DataStream
 from tests.conftest import shared_data, tiny_hf_llama
 from tests.test_render import hf_tok  # noqa: F401 - the ChatML byte-level BPE fixture
+from tests.tolerances import rounding_tol
 
 
 def test_sft_loss_is_transformers_loss_on_assistant_tokens(small_config, hf_tok, tmp_path):  # noqa: F811
@@ -61,4 +62,8 @@ def test_sft_loss_is_transformers_loss_on_assistant_tokens(small_config, hf_tok,
             docs += 1
     assert docs > cfg.train.batch_size  # some rows pack several conversations
     assert first["target_tokens"] == count
-    assert abs(first["loss"] - nll / count) < 1e-4
+    # The trainer's loss is a float32 sum of `count` NLLs of one sign (the oracle's is float64): lam sqrt(n) u of it;
+    # each token's own forward rounding averages out. Near-uniform logits of a fresh model make a misaligned mask
+    # cost little, so no looser than this.
+    rel = float(rounding_tol(np.float32, count)) / 2
+    assert abs(first["loss"] - nll / count) <= rel * (nll / count), (first["loss"], nll / count, rel)

@@ -13,6 +13,7 @@ import pytest
 import torch
 import transformers
 from conftest import REPO, shared_data
+from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.cli import main
 from jaxfin.vocab import expand_vocab, read_corpus
@@ -76,6 +77,19 @@ def _logits(model, ids) -> np.ndarray:
         return model(torch.tensor([ids])).logits[0].numpy()
 
 
+# Old-token logits of the expanded model vs the original: the same torch program on the same hidden states, except
+# the LM head's GEMM has more rows (another tiling may reorder its hidden_size-term dot products).
+OLD_LOGITS_TOL = rounding_tol(np.float32, 64)  # hidden_size of _tiny_llama: ~6e-6 of max |logit|
+
+
+def _mean64(rows: np.ndarray) -> np.ndarray:
+    """The oracle for a mean row: in float64, as expand does, so the two differ only by its one float32 rounding."""
+    return rows.astype(np.float64).mean(0)
+
+
+ONE_ROUNDING = float(np.finfo(np.float32).eps)  # relative: float64 -> float32 rounds by <= eps/2
+
+
 @pytest.fixture(scope="module")
 def zh_text():
     return read_corpus(shared_data() / "zh_corpus" / "cn_finance_laws_zh_hans.jsonl")
@@ -100,7 +114,7 @@ def test_list_expansion_loads_in_transformers_keeps_old_logits_and_mean_rows(bpe
     text = "Net revenue of the bank rose 12% in the quarter, driven by financial services."
     ids = old_tok.encode(text)
     assert max(ids) < v_old and tok.encode(text) != ids  # the new tokenizer uses new tokens here
-    np.testing.assert_allclose(_logits(model, ids)[:, :v_old], _logits(old_model, ids), atol=1e-5)  # (2)
+    assert_close_to_scale(_logits(model, ids)[:, :v_old], _logits(old_model, ids), OLD_LOGITS_TOL)  # (2)
 
     # (3) each new row = mean of the original rows of the old tokenizer's pieces of that string
     emb_old = old_model.get_input_embeddings().weight.detach().numpy()
@@ -108,8 +122,8 @@ def test_list_expansion_loads_in_transformers_keeps_old_logits_and_mean_rows(bpe
     emb, head = model.get_input_embeddings().weight.detach().numpy(), model.lm_head.weight.detach().numpy()
     for t in new:
         pieces, row = old_tok.encode(t), tok.convert_tokens_to_ids(t)
-        np.testing.assert_allclose(emb[row], emb_old[pieces].mean(0), atol=1e-6)
-        np.testing.assert_allclose(head[row], head_old[pieces].mean(0), atol=1e-6)
+        np.testing.assert_allclose(emb[row], _mean64(emb_old[pieces]), rtol=ONE_ROUNDING)
+        np.testing.assert_allclose(head[row], _mean64(head_old[pieces]), rtol=ONE_ROUNDING)
     np.testing.assert_array_equal(emb[:v_old], emb_old)
     np.testing.assert_array_equal(head[:v_old], head_old)
 
@@ -157,7 +171,8 @@ def test_cjk_characters_lower_tokens_per_char_on_tied_model(spm_model, zh_text, 
         return sum(len(t.encode(x, add_special_tokens=False)) for x in zh_text) / sum(len(x) for x in zh_text)
 
     before, after = per_char(old_tok), per_char(tok)
-    assert report["tokens_per_char"] == pytest.approx({"before": before, "after": after}, abs=1e-5)
+    # the report rounds to 6 decimals
+    assert report["tokens_per_char"] == pytest.approx({"before": before, "after": after}, abs=1e-6)
     assert after < 0.6 * before  # (5) byte fallback (3 tokens a character) gives way to one token
     assert tok.tokenize("银行") == ["银", "行"]  # added tokens match inside running text, no "▁" inserted
     for line in _english()[:100]:  # English text still tokenizes as before
@@ -172,9 +187,9 @@ def test_cjk_characters_lower_tokens_per_char_on_tied_model(spm_model, zh_text, 
         if c in old_tok.get_vocab():
             continue
         pieces = old_tok.convert_tokens_to_ids([f"<0x{b:02X}>" for b in c.encode()])
-        np.testing.assert_allclose(emb[tok.convert_tokens_to_ids(c)], emb_old[pieces].mean(0), atol=1e-6)
+        np.testing.assert_allclose(emb[tok.convert_tokens_to_ids(c)], _mean64(emb_old[pieces]), rtol=ONE_ROUNDING)
     ids = old_tok.encode("The bank's capital ratio rose in 2023.")
-    np.testing.assert_allclose(_logits(model, ids)[:, : len(old_tok)], _logits(old_model, ids), atol=1e-5)
+    assert_close_to_scale(_logits(model, ids)[:, : len(old_tok)], _logits(old_model, ids), OLD_LOGITS_TOL)
 
 
 def test_mine_cli_adds_n_new_pieces(spm_model, zh_text, tmp_path):
@@ -190,7 +205,7 @@ def test_mine_cli_adds_n_new_pieces(spm_model, zh_text, tmp_path):
     assert model.config.vocab_size == report["vocab_size"]["after"] == -(-n // 64) * 64 > n  # padded
     emb_old = old_model.get_input_embeddings().weight.detach().numpy()
     pad_rows = model.get_input_embeddings().weight.detach().numpy()[n:]
-    np.testing.assert_allclose(pad_rows, np.broadcast_to(emb_old.mean(0), pad_rows.shape), atol=1e-6)
+    np.testing.assert_allclose(pad_rows, np.broadcast_to(_mean64(emb_old), pad_rows.shape), rtol=ONE_ROUNDING)
     mined = report["added_tokens"]
     assert report["added"] == len(mined) == 60 == len(tok) - len(old_tok)  # (6)
     vocab, text = old_tok.get_vocab(), corpus.read_text(encoding="utf-8")
