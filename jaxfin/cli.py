@@ -8,16 +8,18 @@ import logging
 import os
 import sys
 
+from jaxfin.config.choices import CHAT_TEMPLATES
+
 USER_ERRORS = (ValueError, FileNotFoundError, KeyError)
 
 
-def _add_run_args(p: argparse.ArgumentParser) -> None:
+def add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="YAML config file (see configs/), or a recipe of several stages (configs/recipes/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.steps=100")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
-def _add_distributed_args(p: argparse.ArgumentParser) -> None:
+def add_distributed_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "multi-host",
         "Bare nodes: give all three (or JAXFIN_COORDINATOR, JAXFIN_NUM_PROCESSES, JAXFIN_PROCESS_ID). TPU pods, "
@@ -85,7 +87,7 @@ def _source(arg: str, args, fields: dict):
 def run_data_prepare(args) -> int:
     import yaml
 
-    from jaxfin.config.load import build_section
+    from jaxfin.config import build_section
     from jaxfin.config.schema import FilterConfig
     from jaxfin.data.prepare import format_report, prepare
     from jaxfin.data.tokenizer import load_tokenizer
@@ -125,7 +127,7 @@ def _add_data_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--kind", default="text", choices=["text", "chat", "pairs"], help="document kind of every SOURCE")
     p.add_argument(
-        "--chat-template", default="tokenizer", choices=["tokenizer", "llama3", "chatml"],
+        "--chat-template", default="tokenizer", choices=CHAT_TEMPLATES,
         help="for chat sources: the tokenizer's own chat_template or a built-in one",
     )  # fmt: skip
     p.add_argument("--field", action="append", default=[], metavar="OURS=THEIRS", help="field mapping, e.g. text=body")
@@ -143,8 +145,8 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description="jaxfin: adapt Llama-family models to finance in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train (or resume) from a YAML config", description="Train or resume a run.")
-    _add_run_args(p)
-    _add_distributed_args(p)
+    add_run_args(p)
+    add_distributed_args(p)
     p.set_defaults(func=run_train)
     p = sub.add_parser(
         "convert",

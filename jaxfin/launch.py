@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxfin.cli import _add_distributed_args, _add_run_args, run, run_train
+from jaxfin.cli import add_distributed_args, add_run_args, run, run_train
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,8 +16,8 @@ def build_parser() -> argparse.ArgumentParser:
         "collectives; on CPU, no YNNPACK fusions. A flag you set yourself wins, JAXFIN_XLA_FLAGS=0 turns them off. "
         "Pod scripts: launch/README.md.",
     )
-    _add_run_args(p)
-    _add_distributed_args(p)
+    add_run_args(p)
+    add_distributed_args(p)
     p.set_defaults(func=run_train)
     return p
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from jaxfin.config.load import ConfigError, _build, _merge, parse_overrides, read_yaml_mapping, validate
+from jaxfin.config import ConfigError, build_section, merge_trees, parse_overrides, read_yaml_mapping, validate
 from jaxfin.config.schema import Config
 
 
@@ -51,7 +51,7 @@ def _dotted(tree: dict) -> dict:
         *parents, last = str(k).split(".")
         for p in parents:
             node = node.setdefault(p, {})
-        node[last] = _merge(node[last], v) if isinstance(v, dict) and isinstance(node.get(last), dict) else v
+        node[last] = merge_trees(node[last], v) if isinstance(v, dict) and isinstance(node.get(last), dict) else v
     return out
 
 
@@ -81,13 +81,13 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
         if "vocab_expand" in st:
             stages.append({"name": name, "config": None, "vocab_expand": [str(a) for a in st["vocab_expand"]]})
             continue
-        data = _merge(_merge(base, _dotted(st.get("set") or {})), cli)
+        data = merge_trees(merge_trees(base, _dotted(st.get("set") or {})), cli)
         data["output_dir"] = str(out / name)
         for key in ("export_hf", "export_peft"):  # relative to the stage's output dir
             if data.get(key) and not Path(data[key]).is_absolute():
                 data[key] = str(out / name / data[key])
         try:
-            cfg = _build(Config, data, "", f"{where} stage '{name}'")
+            cfg = build_section(Config, data, f"{where} stage '{name}'")
         except TypeError as e:
             raise ConfigError(f"{where} stage '{name}': {e}") from None
         validate(cfg)

@@ -94,9 +94,9 @@ def test_cudnn_path_math_matches_reference(causal, packed):
 
 
 def test_model_config_accepts_the_backends_and_rejects_junk():
-    from jaxfin.config.load import ConfigError
+    from jaxfin.config import ConfigError
     from jaxfin.config.schema import ModelConfig
-    from jaxfin.model.config import validate_model_config
+    from jaxfin.config.validate import validate_model_config
 
     validate_model_config(ModelConfig(attention_backend="cudnn"))
     validate_model_config(ModelConfig(attention_backend="pallas"))

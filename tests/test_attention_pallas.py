@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from jaxfin.kernels.attention import xla_attention
-from jaxfin.kernels.pallas_gpu import pallas_attention, visited_blocks
+from jaxfin.kernels.flash_blocks import visited_blocks
+from jaxfin.kernels.pallas_gpu import pallas_attention
 from tests.attention_cases import assert_close as _close
 from tests.attention_cases import case_segments, check_against_reference, kernel_tol
 from tests.attention_cases import out_and_grads as _out_and_grads

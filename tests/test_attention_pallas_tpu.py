@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from jaxfin.kernels.attention import xla_attention
-from jaxfin.kernels.pallas_gpu import visited_blocks
+from jaxfin.kernels.flash_blocks import visited_blocks
 from jaxfin.kernels.pallas_tpu import pallas_tpu_attention, visit_counts
 from tests.attention_cases import assert_close as _close
 from tests.attention_cases import case_segments, check_against_reference, kernel_tol

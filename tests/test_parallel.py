@@ -15,7 +15,7 @@ from conftest import REPO
 from jax.sharding import AbstractMesh, PartitionSpec
 from tolerances import assert_close_to_scale, rounding_tol
 
-from jaxfin.config.load import ConfigError
+from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import ModelConfig
 from jaxfin.model.llama import forward, init_params, param_shapes
 from jaxfin.parallel.distributed import detect
@@ -179,7 +179,7 @@ def test_remat_policies_keep_gradients_and_save_less(capsys):
 
 
 def test_unknown_remat_policy_is_refused():
-    from jaxfin.model.config import validate_model_config
+    from jaxfin.config.validate import validate_model_config
 
     with pytest.raises(ConfigError, match="'model.remat' must be one of none, full, save_matmuls, save_projections"):
         validate_model_config(dataclasses.replace(CFG, remat="some"))

@@ -12,11 +12,9 @@ from typing import Any
 
 import yaml
 
+from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import Config
-
-
-class ConfigError(ValueError):
-    """A user mistake in a config file or override; the message says what and where."""
+from jaxfin.config.validate import validate
 
 
 def _fields(cls) -> dict[str, dataclasses.Field]:
@@ -34,7 +32,7 @@ def valid_keys(cls=Config, prefix: str = "") -> list[str]:
     return keys
 
 
-def _unknown(key: str, where: str, section_keys: list[str] | None = None) -> ConfigError:
+def unknown_key_error(key: str, where: str, section_keys: list[str] | None = None) -> ConfigError:
     """`section_keys`: the valid keys next to the bad one (e.g. inside one `data.sources` item)."""
     keys = section_keys or valid_keys()
     near = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
@@ -66,7 +64,7 @@ def _coerce(value: Any, tp, key: str, where: str):
     if dataclasses.is_dataclass(tp):  # e.g. one item of data.sources
         if isinstance(value, str) and "path" in _fields(tp):  # a plain path is shorthand for {path: ...}
             value = {"path": value}
-        return _build(tp, value, key + ".", where)
+        return build_section(tp, value, where, key + ".")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], key, where)
@@ -94,7 +92,9 @@ def _coerce(value: Any, tp, key: str, where: str):
     return value
 
 
-def _build(cls, data: dict, prefix: str, where: str):
+def build_section(cls, data: dict, where: str, prefix: str = ""):
+    """A config dataclass (the whole Config or one section, e.g. FilterConfig) from a mapping: unknown keys refused
+    naming the nearest valid one, values checked against the annotated types. `prefix`: the dotted key of `data`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where}: '{prefix.rstrip('.')}' must be a mapping, got {data!r}")
     fields = _fields(cls)
@@ -102,18 +102,13 @@ def _build(cls, data: dict, prefix: str, where: str):
     for name, value in data.items():
         key = prefix + str(name)
         if name not in fields:
-            raise _unknown(key, where, None if cls is Config or "[" not in prefix else valid_keys(cls, prefix))
+            raise unknown_key_error(key, where, None if cls is Config or "[" not in prefix else valid_keys(cls, prefix))
         _, tp = fields[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value or {}, key + ".", where)
+            kwargs[name] = build_section(tp, value or {}, where, key + ".")
         else:
             kwargs[name] = _coerce(value, tp, key, where)
     return cls(**kwargs)
-
-
-def build_section(cls, data: dict, where: str):
-    """One config section (e.g. FilterConfig) from a mapping, with the same checks as a whole config."""
-    return _build(cls, data, "", where)
 
 
 def _set_dotted(tree: dict, key: str, value: Any) -> None:
@@ -136,15 +131,16 @@ def parse_overrides(overrides: list[str], cls=Config, example: str = "train.step
         key, raw = item.split("=", 1)
         key = key.strip()
         if key not in keys:
-            raise _unknown(key, "command line", keys)
+            raise unknown_key_error(key, "command line", keys)
         _set_dotted(tree, key, yaml.safe_load(raw) if raw else "")
     return tree
 
 
-def _merge(base: dict, extra: dict) -> dict:
+def merge_trees(base: dict, extra: dict) -> dict:
+    """`extra` over `base`, section by section (nested dicts merged, everything else replaced)."""
     out = dict(base)
     for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+        out[k] = merge_trees(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
 
@@ -170,9 +166,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
         data = read_yaml_mapping(path)
         where = str(path)
     try:
-        cfg = _build(Config, data, "", where)
+        cfg = build_section(Config, data, where)
         if overrides:
-            cfg = _build(Config, _merge(dataclasses.asdict(cfg), parse_overrides(list(overrides))), "", "command line")
+            tree = merge_trees(dataclasses.asdict(cfg), parse_overrides(list(overrides)))
+            cfg = build_section(Config, tree, "command line")
     except TypeError as e:  # e.g. a section given as a scalar
         raise ConfigError(f"{where}: {e}") from None
     validate(cfg)
@@ -180,47 +177,6 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
 
 
 def config_from_dict(data: dict, where: str = "dict") -> Config:
-    cfg = _build(Config, data, "", where)
+    cfg = build_section(Config, data, where)
     validate(cfg)
     return cfg
-
-
-def _choice(value, choices, key):
-    if value not in choices:
-        raise ConfigError(f"'{key}' must be one of {', '.join(choices)}; got '{value}'")
-
-
-def validate(cfg: Config) -> None:
-    """Cross-field checks that would otherwise fail late (inside jit) or silently."""
-    from jaxfin.model.config import validate_model_config
-
-    validate_model_config(cfg.model)
-    t = cfg.train
-    if t.micro_batches < 1 or t.batch_size % t.micro_batches:
-        raise ConfigError(
-            f"'train.batch_size' ({t.batch_size}) must be a multiple of 'train.micro_batches' ({t.micro_batches})"
-        )
-    if t.steps < 0:
-        raise ConfigError("'train.steps' must be >= 0")
-    _choice(cfg.optimizer.schedule, ("cosine", "linear", "constant"), "optimizer.schedule")
-    d = cfg.data
-    if d.seq_len < 2:
-        raise ConfigError("'data.seq_len' must be at least 2")
-    _choice(d.packing, ("best_fit", "first_fit"), "data.packing")
-    _choice(d.mix_by, ("tokens", "examples"), "data.mix_by")
-    for key, sources in (("data.sources", d.sources), ("data.dev", d.dev)):
-        for i, src in enumerate(sources):
-            _choice(src.kind, ("text", "chat", "pairs"), f"{key}[{i}].kind")
-            _choice(src.format, ("auto", "jsonl", "parquet", "csv", "text", "hf_disk"), f"{key}[{i}].format")
-            _choice(src.chat_template, ("tokenizer", "llama3", "chatml"), f"{key}[{i}].chat_template")
-            if not src.path:
-                raise ConfigError(f"'{key}[{i}].path' is required")
-    if cfg.export_peft and not cfg.model.lora.rank:
-        raise ConfigError("'export_peft' writes LoRA adapters: set model.lora.rank > 0 (or drop export_peft)")
-    o = cfg.objective
-    _choice(o.type, ("next_token", "dpo", "reward"), "objective.type")
-    _choice(o.loss, ("sigmoid", "robust", "hinge", "ipo"), "objective.loss")
-    _choice(o.reference, ("frozen", "precomputed", "none"), "objective.reference")
-    _choice(cfg.checkpoint.best_mode, ("min", "max"), "checkpoint.best_mode")
-    if cfg.checkpoint.keep < 1:
-        raise ConfigError("'checkpoint.keep' must be >= 1")

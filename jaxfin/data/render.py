@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from jaxfin.config.choices import CHAT_TEMPLATES
 from jaxfin.data import DataError
 
-TEMPLATES = ("tokenizer", "llama3", "chatml")
+TEMPLATES = CHAT_TEMPLATES
 RENDER_VERSION = 1  # bump when rendering changes: it is part of every token-cache key
 Segments = list[tuple[str, bool]]
 Seq = tuple[list[int], list[int] | None]

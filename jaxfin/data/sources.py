@@ -45,11 +45,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from jaxfin.config.choices import SOURCE_FORMATS
 from jaxfin.config.schema import SourceConfig
 from jaxfin.data import DataError
 
 KINDS = ("text", "chat", "pairs")
-FORMATS = ("auto", "jsonl", "parquet", "csv", "text", "hf_disk")
+FORMATS = SOURCE_FORMATS
 # Drop reasons that mean broken input; filters and dedup drop for other reasons, which are choices, not faults.
 BAD_REASONS = frozenset(
     {"malformed_json", "malformed_csv", "missing_field", "wrong_type", "invalid_utf8", "too_long", "empty"}

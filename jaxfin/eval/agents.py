@@ -29,7 +29,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jaxfin.config.load import ConfigError, _build
+from jaxfin.config import ConfigError, build_section, merge_trees, parse_overrides, read_yaml_mapping
+from jaxfin.config.choices import CHAT_TEMPLATES
 from jaxfin.eval.generate import GenerationConfig, generate
 
 ROLE_TEMPLATE = "{system}\n\nQuestion: {question}\nAnswer:"
@@ -59,19 +60,18 @@ class AgentsConfig:
 
 
 def load_agents_config(path: str | Path, overrides: list[str] = ()) -> AgentsConfig:
-    from jaxfin.config.load import _merge, parse_overrides, read_yaml_mapping
 
     extra = parse_overrides(list(overrides), AgentsConfig, "output=out.jsonl")
-    data = _merge(read_yaml_mapping(path), extra)
+    data = merge_trees(read_yaml_mapping(path), extra)
     try:
-        cfg = _build(AgentsConfig, data, "", str(path))
+        cfg = build_section(AgentsConfig, data, str(path))
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from None
     if not cfg.model:
         raise ConfigError(f"{path}: 'model' is required")
     if not cfg.roles or any(not r.name or not r.system for r in cfg.roles):
         raise ConfigError(f"{path}: 'roles' needs at least one {{name, system}} entry")
-    if cfg.chat_template not in (None, "tokenizer", "llama3", "chatml"):
+    if cfg.chat_template not in (None, *CHAT_TEMPLATES):
         raise ConfigError(f"{path}: 'chat_template' must be null, tokenizer, llama3 or chatml")
     return cfg
 

@@ -22,7 +22,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from jaxfin.config.load import ConfigError, _build, _merge, _unknown, parse_overrides, read_yaml_mapping, valid_keys
+from jaxfin.config import (
+    ConfigError,
+    build_section,
+    merge_trees,
+    parse_overrides,
+    read_yaml_mapping,
+    unknown_key_error,
+    valid_keys,
+)
 
 
 @dataclass
@@ -60,7 +68,7 @@ def _check_top(data: dict, where: str) -> None:
     keys = valid_keys(EvalConfig)
     for k in data:
         if k not in keys:
-            raise _unknown(str(k), where, keys)
+            raise unknown_key_error(str(k), where, keys)
 
 
 def _derive_names(cfg: EvalConfig) -> None:
@@ -102,10 +110,10 @@ def load_eval_config(path: str | Path, overrides: list[str] = ()) -> EvalConfig:
     data = read_yaml_mapping(path)
     _check_top(data, str(path))
     try:
-        cfg = _build(EvalConfig, data, "", str(path))
+        cfg = build_section(EvalConfig, data, str(path))
         if overrides:
             tree = parse_overrides(list(overrides), EvalConfig, "max_docs=100")
-            cfg = _build(EvalConfig, _merge(dataclasses.asdict(cfg), tree), "", "command line")
+            cfg = build_section(EvalConfig, merge_trees(dataclasses.asdict(cfg), tree), "command line")
     except TypeError as e:
         raise ConfigError(f"{path}: {e}") from None
     validate_eval(cfg)

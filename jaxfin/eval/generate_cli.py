@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from jaxfin.config.choices import CHAT_TEMPLATES
+
 
 def read_prompts(path: str | Path) -> list:
     """Prompts from a file: `.jsonl` -> each line's `prompt` (a string) or `messages` (a list of {role, content});
@@ -89,7 +91,7 @@ def add_generate_parser(sub) -> None:
                    help="stop strings (the text is cut before the first); \\n, \\t = newline, tab")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--chat-template", choices=["tokenizer", "llama3", "chatml"], default=None,
+    p.add_argument("--chat-template", choices=CHAT_TEMPLATES, default=None,
                    help="render each prompt as a user turn (or the messages) with this chat template")  # fmt: skip
     p.add_argument("--out", metavar="FILE.jsonl", help="write here instead of stdout")
     p.set_defaults(func=run_generate_cli)

@@ -13,7 +13,9 @@ import logging
 import jax
 import jax.numpy as jnp
 
-BACKENDS = ("auto", "xla", "pallas", "cudnn")  # pallas: interpret mode on CPU; not chosen by auto until GPU-tested
+from jaxfin.config.choices import ATTENTION_BACKENDS
+
+BACKENDS = ATTENTION_BACKENDS  # pallas: interpret mode on CPU; not chosen by auto until GPU-tested
 
 # Which Pallas kernel backend="pallas" runs: None = by platform (TPU -> the Mosaic TPU kernel, else the Triton GPU
 # kernel, interpreted on CPU); "tpu" / "gpu" force one (tests use "tpu" to run the TPU kernel interpreted on CPU).

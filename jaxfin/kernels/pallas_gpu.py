@@ -6,11 +6,11 @@ h // (Hq // Hkv) through the BlockSpec index map, and the dk/dv kernel sums over
 kernel (one program per kv head and k block).
 
 Block skipping: the min and max non-zero segment id of every q block and k block are computed once per batch row
-(plain jnp, outside the kernels). A (q block, k block) pair is visited only if `_visible` says the segment ranges
+(plain jnp, outside the kernels). A (q block, k block) pair is visited only if `visible` says the segment ranges
 can overlap (and, if causal, the k block starts at or before the q block's last position). The loops run over the
 [first, last] visible block of each row/column (tight bounds) and skip invisible blocks inside that range, so a
-packed row costs ~sum(doc_len^2), not S^2. `visited_blocks` evaluates the same predicate in numpy (for tests and
-benchmarks).
+packed row costs ~sum(doc_len^2), not S^2. The predicate, bounds and padding are in flash_blocks.py (shared with
+the TPU kernel); its `visited_blocks` evaluates the predicate in numpy (for tests and benchmarks).
 
 FlashAttention-2 scheme: the forward saves the per-row log-sum-exp (fp32); the backward precomputes
 delta = rowsum(dO * O), then one kernel over q blocks computes dq (looping over k blocks) and one over k blocks
@@ -23,16 +23,15 @@ Everything Triton-specific (compiler params, the triton import) lives in `_compi
 from __future__ import annotations
 
 import functools
-import math
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
 
+from jaxfin.kernels.flash_blocks import check_shapes, flash_vjp, loop_bounds, padded_inputs, visibility, visible
+
 _NEG = -1e30  # finite "minus infinity" for masked scores (exp(_NEG - _NEG) = 1 never yields NaN)
-_EMPTY_MIN = 2**30  # segment range of a block with no non-zero segment id: [_EMPTY_MIN, -1] overlaps nothing
 
 
 # ----------------------------------------------------------------------------------------------------- Triton bits
@@ -43,91 +42,6 @@ def _compiler_params(head_dim: int, interpret: bool, *, num_stages: int = 2):
     from jax.experimental.pallas import triton as plgpu
 
     return plgpu.CompilerParams(num_warps=4 if head_dim <= 64 else 8, num_stages=num_stages)
-
-
-# ------------------------------------------------------------------------------------------------ block skipping
-def _visible(q_seg_min, q_seg_max, k_seg_min, k_seg_max, q_last_pos, k_first_pos, causal: bool):
-    """Whether a (q block, k block) pair can contain an unmasked entry. Operators only: works on numpy arrays,
-    jnp arrays and traced scalars inside the kernels alike (the one predicate everything uses)."""
-    vis = (q_seg_min <= k_seg_max) & (k_seg_min <= q_seg_max)
-    if causal:
-        vis = vis & (k_first_pos <= q_last_pos)
-    return vis
-
-
-def _block_ranges(seg, block, xp):
-    """Per (batch, block) min and max of the non-zero segment ids; [B, S] -> two [B, S // block] int32."""
-    b, s = seg.shape
-    seg = seg.reshape(b, s // block, block)
-    nz = seg != 0
-    lo = xp.where(nz, seg, _EMPTY_MIN).min(axis=-1).astype(xp.int32)
-    hi = xp.where(nz, seg, -1).max(axis=-1).astype(xp.int32)
-    return lo, hi
-
-
-def _visibility(seg, causal, block_q, block_k, xp):
-    """Bool [B, nq, nk]: which block pairs the kernels do work on; plus the per-block segment ranges."""
-    qmin, qmax = _block_ranges(seg, block_q, xp)
-    kmin, kmax = _block_ranges(seg, block_k, xp)
-    nq, nk = qmin.shape[1], kmin.shape[1]
-    q_last = (xp.arange(nq) * block_q + block_q - 1)[None, :, None]
-    k_first = (xp.arange(nk) * block_k)[None, None, :]
-    vis = _visible(qmin[:, :, None], qmax[:, :, None], kmin[:, None, :], kmax[:, None, :], q_last, k_first, causal)
-    return vis, (qmin, qmax, kmin, kmax)
-
-
-def _loop_bounds(vis):
-    """First and one-past-last True along the last axis of a bool [B, n, m] (0, 0 where none)."""
-    m = vis.shape[-1]
-    anyv = vis.any(axis=-1)
-    first = jnp.argmax(vis, axis=-1)
-    last = m - jnp.argmax(vis[..., ::-1], axis=-1)
-    return jnp.where(anyv, first, 0).astype(jnp.int32), jnp.where(anyv, last, 0).astype(jnp.int32)
-
-
-def _padded_len(s: int, block_q: int, block_k: int) -> int:
-    m = math.lcm(block_q, block_k)
-    return -(-s // m) * m
-
-
-def check_shapes(q, k, v) -> None:
-    """The layout every attention kernel takes: q [B, S, Hq, D], k = v [B, S, Hkv, D], Hq a multiple of Hkv."""
-    if q.ndim != 4 or k.ndim != 4 or v.shape != k.shape:
-        raise ValueError(f"expected q [B, S, Hq, D] and k, v [B, S, Hkv, D]; got {q.shape}, {k.shape}, {v.shape}")
-    b, s, hq, d = q.shape
-    if k.shape[0] != b or k.shape[1] != s or k.shape[3] != d:
-        raise ValueError(f"q {q.shape} and k/v {k.shape} must agree on batch, length and head dim")
-    if hq % k.shape[2]:
-        raise ValueError(f"query heads ({hq}) must be a multiple of key/value heads ({k.shape[2]})")
-
-
-def padded_inputs(q, k, v, segment_ids, block_q: int, block_k: int):
-    """(q, k, v, segment ids) with the ids defaulted to one document per row and the length padded to a multiple
-    of both blocks; the padding is segment 0, so it is masked and its rows come out zero."""
-    b, s = q.shape[:2]
-    if segment_ids is None:
-        seg = jnp.ones((b, s), jnp.int32)
-    else:
-        if segment_ids.shape != (b, s):
-            raise ValueError(f"segment_ids must be [B, S] = {(b, s)}; got {segment_ids.shape}")
-        seg = segment_ids.astype(jnp.int32)
-    sp = _padded_len(s, block_q, block_k)
-    if sp != s:
-        pad = ((0, 0), (0, sp - s), (0, 0), (0, 0))
-        q, k, v = jnp.pad(q, pad), jnp.pad(k, pad), jnp.pad(v, pad)
-        seg = jnp.pad(seg, ((0, 0), (0, sp - s)))
-    return q, k, v, seg
-
-
-def visited_blocks(segment_ids, causal: bool = True, block_q: int = 64, block_k: int = 64) -> np.ndarray:
-    """Bool [B, nq, nk] (numpy): the (q block, k block) pairs the kernels compute for these segment ids (after
-    padding the length to a block multiple), by the same predicate the kernels evaluate."""
-    seg = np.asarray(segment_ids)
-    b, s = seg.shape
-    sp = _padded_len(s, block_q, block_k)
-    seg = np.pad(seg, ((0, 0), (0, sp - s)))
-    vis, _ = _visibility(seg, causal, block_q, block_k, np)
-    return vis
 
 
 # ----------------------------------------------------------------------------------------------------- kernels
@@ -172,7 +86,7 @@ def _fwd_kernel(
             acc_new = acc * corr[:, None] + _dot(p.astype(v.dtype), v, 1, 0)
             return acc_new, m_new, l_new
 
-        vis = _visible(qmin, qmax, kmin_ref[j], kmax_ref[j], q_last, j * block_k, causal)
+        vis = visible(qmin, qmax, kmin_ref[j], kmax_ref[j], q_last, j * block_k, causal)
         return lax.cond(vis, compute, lambda c: c, carry)
 
     d = q.shape[-1]
@@ -215,7 +129,7 @@ def _dq_kernel(
             ds = p * (dp - delta[:, None])
             return dq + _dot(ds.astype(k.dtype), k, 1, 0)
 
-        vis = _visible(qmin, qmax, kmin_ref[j], kmax_ref[j], q_last, j * block_k, causal)
+        vis = visible(qmin, qmax, kmin_ref[j], kmax_ref[j], q_last, j * block_k, causal)
         return lax.cond(vis, compute, lambda c: c, dq)
 
     dq = lax.fori_loop(lo_ref[i], hi_ref[i], body, jnp.zeros(q.shape, jnp.float32))
@@ -254,7 +168,7 @@ def _dkv_kernel(
                 dk = dk + _dot(ds.astype(q.dtype), q, 0, 0)
                 return dk, dv
 
-            vis = _visible(qmin_ref[i], qmax_ref[i], kmin, kmax, i * block_q + block_q - 1, j * block_k, causal)
+            vis = visible(qmin_ref[i], qmax_ref[i], kmin, kmax, i * block_q + block_q - 1, j * block_k, causal)
             return lax.cond(vis, compute, lambda c: c, carry)
 
         return lax.fori_loop(lo, hi, body, carry)
@@ -267,9 +181,9 @@ def _dkv_kernel(
 
 # ----------------------------------------------------------------------------------------------- pallas calls
 def _metadata(seg, causal, block_q, block_k):
-    vis, (qmin, qmax, kmin, kmax) = _visibility(seg, causal, block_q, block_k, jnp)
-    k_lo, k_hi = _loop_bounds(vis)  # per q block: the k blocks to loop over
-    q_lo, q_hi = _loop_bounds(jnp.swapaxes(vis, 1, 2))  # per k block: the q blocks to loop over
+    vis, (qmin, qmax, kmin, kmax) = visibility(seg, causal, block_q, block_k, jnp)
+    k_lo, k_hi = loop_bounds(vis)  # per q block: the k blocks to loop over
+    q_lo, q_hi = loop_bounds(jnp.swapaxes(vis, 1, 2))  # per k block: the q blocks to loop over
     return qmin, qmax, kmin, kmax, k_lo, k_hi, q_lo, q_hi
 
 
@@ -343,31 +257,7 @@ def _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
     return dq, dk, dv
 
 
-def _flash_vjp(fwd, bwd):
-    """The differentiable attention over a kernel pair (shared by the GPU and TPU backends).
-
-    fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret) -> (o, lse);
-    bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret) -> (dq, dk, dv).
-    """
-
-    @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6, 7, 8))
-    def flash(q, k, v, seg, causal, scale, block_q, block_k, interpret):
-        return fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret)[0]
-
-    def flash_fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret):
-        o, lse = fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret)
-        return o, (q, k, v, seg, o, lse)
-
-    def flash_bwd(causal, scale, block_q, block_k, interpret, res, do):
-        q, k, v, seg, o, lse = res
-        dq, dk, dv = bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret)
-        return dq, dk, dv, None
-
-    flash.defvjp(flash_fwd, flash_bwd)
-    return flash
-
-
-_flash = _flash_vjp(_fwd, _bwd)
+_flash = flash_vjp(_fwd, _bwd)
 
 
 def _is_pow2(n: int) -> bool:
@@ -406,4 +296,4 @@ def pallas_attention(
     return out[:, :s]
 
 
-__all__ = ["pallas_attention", "visited_blocks"]
+__all__ = ["pallas_attention"]

@@ -20,7 +20,7 @@ Grids are (B, H, n_outer, [group,] n_inner) with the reduction axis innermost; a
 initialised at the first inner step and written at the last one.
 
 Block skipping: per (batch, block) min/max non-zero segment ids are computed once per call (plain jnp, the same
-`_visibility` predicate as the GPU kernel) and passed by scalar prefetch (SMEM), together with the first and
+`visibility` predicate as the GPU kernel) and passed by scalar prefetch (SMEM), together with the first and
 one-past-last visible inner block of every outer block. A step whose (q block, k block) pair cannot contain an
 unmasked entry does no compute (`pl.when`), and its index map re-points to the nearest visible block so the
 pipeline issues no new DMA for it either. The grid itself still has S^2 / block^2 steps (a skipped step costs
@@ -39,7 +39,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
-from jaxfin.kernels.pallas_gpu import _flash_vjp, _loop_bounds, _visibility, _visible, check_shapes, padded_inputs
+from jaxfin.kernels.flash_blocks import check_shapes, flash_vjp, loop_bounds, padded_inputs, visibility, visible
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
@@ -71,9 +71,9 @@ def _mask(qseg_ref, kseg_ref, q_start, k_start, block_q, block_k, causal):
     return mask
 
 
-def _pair_visible(meta, b, i, j, nq, nk, block_q, block_k, causal):
+def _pairvisible(meta, b, i, j, nq, nk, block_q, block_k, causal):
     qmin, qmax, kmin, kmax = meta[:4]
-    return _visible(
+    return visible(
         qmin[b * nq + i], qmax[b * nq + i], kmin[b * nk + j], kmax[b * nk + j],
         i * block_q + block_q - 1, j * block_k, causal,
     )  # fmt: skip
@@ -87,9 +87,9 @@ def _clamp_block(lo_ref, hi_ref, row, t):
 def _metadata(seg, causal, block_q, block_k):
     """Flattened int32 scalar-prefetch arrays: segment ranges per q and k block, and loop bounds per q block
     (over k blocks) and per k block (over q blocks)."""
-    vis, (qmin, qmax, kmin, kmax) = _visibility(seg, causal, block_q, block_k, jnp)
-    k_lo, k_hi = _loop_bounds(vis)
-    q_lo, q_hi = _loop_bounds(jnp.swapaxes(vis, 1, 2))
+    vis, (qmin, qmax, kmin, kmax) = visibility(seg, causal, block_q, block_k, jnp)
+    k_lo, k_hi = loop_bounds(vis)
+    q_lo, q_hi = loop_bounds(jnp.swapaxes(vis, 1, 2))
     return [x.reshape(-1).astype(jnp.int32) for x in (qmin, qmax, kmin, kmax, k_lo, k_hi, q_lo, q_hi)]
 
 
@@ -156,7 +156,7 @@ def _fwd_kernel(
         if count:
             cnt_ref[...] = jnp.zeros(cnt_ref.shape, jnp.int32)
 
-    @pl.when(_pair_visible(meta, b, i, j, nq, nk, block_q, block_k, causal))
+    @pl.when(_pairvisible(meta, b, i, j, nq, nk, block_q, block_k, causal))
     def _compute():
         mask = _mask(qseg_ref, kseg_ref, i * block_q, j * block_k, block_q, block_k, causal)
         s = jnp.where(mask, _dot(q_ref[...], k_ref[...], trans_b=True) * scale, _NEG)  # [bq, bk]
@@ -229,7 +229,7 @@ def _dq_kernel(*refs, scale, causal, block_q, block_k, nq, nk, head_dim):
     def _init():
         dq_sc[...] = jnp.zeros(dq_sc.shape, jnp.float32)
 
-    @pl.when(_pair_visible(meta, b, i, j, nq, nk, block_q, block_k, causal))
+    @pl.when(_pairvisible(meta, b, i, j, nq, nk, block_q, block_k, causal))
     def _compute():
         mask = _mask(qseg_ref, kseg_ref, i * block_q, j * block_k, block_q, block_k, causal)
         k, v = k_ref[...], v_ref[...]
@@ -254,7 +254,7 @@ def _dkv_kernel(*refs, scale, causal, block_q, block_k, nq, nk, group):
         dk_sc[...] = jnp.zeros(dk_sc.shape, jnp.float32)
         dv_sc[...] = jnp.zeros(dv_sc.shape, jnp.float32)
 
-    @pl.when(_pair_visible(meta, b, i, j, nq, nk, block_q, block_k, causal))
+    @pl.when(_pairvisible(meta, b, i, j, nq, nk, block_q, block_k, causal))
     def _compute():
         mask = _mask(qseg_ref, kseg_ref, i * block_q, j * block_k, block_q, block_k, causal)
         q, do = q_ref[...], do_ref[...]
@@ -343,7 +343,7 @@ def _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
 
 
 # ------------------------------------------------------------------------------------------------- custom VJP
-_flash = _flash_vjp(_fwd, _bwd)
+_flash = flash_vjp(_fwd, _bwd)
 
 
 # ------------------------------------------------------------------------------------------------------ entry

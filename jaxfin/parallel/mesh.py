@@ -11,7 +11,7 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from jaxfin.config.load import ConfigError
+from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import MeshConfig
 from jaxfin.parallel.rules import RULES
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxfin.config.load import ConfigError
+from jaxfin.config.errors import ConfigError
 
 RULES: dict[str, str | tuple[str, ...] | None] = {
     "batch": ("data", "fsdp"),

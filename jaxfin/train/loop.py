@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import yaml
 
-from jaxfin.config.load import ConfigError
+from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import Config, to_dict
 from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
 from jaxfin.hf.tokenizer import copy_tokenizer_files

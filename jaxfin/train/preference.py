@@ -24,9 +24,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxfin.config.choices import DPO_LOSSES
 from jaxfin.train.loss import token_logps
-
-DPO_LOSSES = ("sigmoid", "robust", "hinge", "ipo")
 
 
 def segment_sums(values, segment_ids, num_segments: int):

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from jaxfin.config.load import ConfigError
+from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import Config
 from jaxfin.model.config import param_dtype
 from jaxfin.model.llama import _init_params, param_shapes

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxfin.config.load import ConfigError
+from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import Config, ModelConfig
 
 SHORTCUTS = ("@embeddings", "@head", "@top:K", "@bottom:K", "@norms", "@lora", "@all")

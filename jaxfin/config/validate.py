@@ -1,0 +1,95 @@
+"""Cross-field checks of a Config that would otherwise fail late (inside jit) or silently. Every allowed-value list
+comes from config/choices.py."""
+
+from __future__ import annotations
+
+import jax
+
+from jaxfin.config import choices as C
+from jaxfin.config.errors import ConfigError
+from jaxfin.config.schema import Config, ModelConfig
+
+
+def check_choice(value, allowed, key: str) -> None:
+    """ConfigError naming `key` unless `value` is one of `allowed`."""
+    if value not in allowed:
+        raise ConfigError(f"'{key}' must be one of {', '.join(allowed)}; got '{value}'")
+
+
+def validate(cfg: Config) -> None:
+    validate_model_config(cfg.model)
+    t = cfg.train
+    if t.micro_batches < 1 or t.batch_size % t.micro_batches:
+        raise ConfigError(
+            f"'train.batch_size' ({t.batch_size}) must be a multiple of 'train.micro_batches' ({t.micro_batches})"
+        )
+    if t.steps < 0:
+        raise ConfigError("'train.steps' must be >= 0")
+    check_choice(cfg.optimizer.schedule, C.SCHEDULES, "optimizer.schedule")
+    d = cfg.data
+    if d.seq_len < 2:
+        raise ConfigError("'data.seq_len' must be at least 2")
+    check_choice(d.packing, C.PACKINGS, "data.packing")
+    check_choice(d.mix_by, C.MIX_BY, "data.mix_by")
+    for key, sources in (("data.sources", d.sources), ("data.dev", d.dev)):
+        for i, src in enumerate(sources):
+            check_choice(src.kind, C.SOURCE_KINDS, f"{key}[{i}].kind")
+            check_choice(src.format, C.SOURCE_FORMATS, f"{key}[{i}].format")
+            check_choice(src.chat_template, C.CHAT_TEMPLATES, f"{key}[{i}].chat_template")
+            if not src.path:
+                raise ConfigError(f"'{key}[{i}].path' is required")
+    if cfg.export_peft and not cfg.model.lora.rank:
+        raise ConfigError("'export_peft' writes LoRA adapters: set model.lora.rank > 0 (or drop export_peft)")
+    o = cfg.objective
+    check_choice(o.type, C.OBJECTIVES, "objective.type")
+    check_choice(o.loss, C.DPO_LOSSES, "objective.loss")
+    check_choice(o.reference, C.REFERENCES, "objective.reference")
+    check_choice(cfg.checkpoint.best_mode, C.BEST_MODES, "checkpoint.best_mode")
+    if cfg.checkpoint.keep < 1:
+        raise ConfigError("'checkpoint.keep' must be >= 1")
+
+
+def validate_model_config(m: ModelConfig) -> None:
+    check_choice(m.family, C.FAMILIES, "model.family")
+    check_choice(m.rope_scaling.type, C.ROPE_TYPES, "model.rope_scaling.type")
+    if m.sliding_window and m.sliding_window < m.max_position_embeddings:
+        raise ConfigError(
+            f"this model needs sliding-window attention (window {m.sliding_window} < context "
+            f"{m.max_position_embeddings}), which jaxfin does not support yet; set "
+            f"max_position_embeddings <= sliding_window to train within the window"
+        )
+    if m.num_kv_heads < 1 or m.num_heads % m.num_kv_heads:
+        raise ConfigError(
+            f"'model.num_heads' ({m.num_heads}) must be a multiple of 'model.num_kv_heads' ({m.num_kv_heads})"
+        )
+    if not m.head_dim and m.hidden_size % m.num_heads:
+        raise ConfigError(f"'model.hidden_size' ({m.hidden_size}) is not divisible by num_heads ({m.num_heads})")
+    if m.head_size % 2:
+        raise ConfigError(f"head dimension must be even for RoPE; got {m.head_size}")
+    check_choice(m.param_dtype, C.DTYPES, "model.param_dtype")
+    check_choice(m.compute_dtype, ("auto", *C.DTYPES), "model.compute_dtype")
+    if "float64" in (m.param_dtype, m.compute_dtype) and not jax.config.jax_enable_x64:
+        raise ConfigError("model dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 (for numerical checks)")
+    check_choice(m.remat, C.REMAT, "model.remat")
+    check_choice(m.attention_backend, C.ATTENTION_BACKENDS, "model.attention_backend")
+    _validate_lora(m)
+
+
+def _validate_lora(m: ModelConfig) -> None:
+    lora = m.lora
+    if not isinstance(lora.rank, int) or isinstance(lora.rank, bool) or lora.rank < 0:
+        raise ConfigError(f"'model.lora.rank' must be an integer >= 0 (0 = no adapters); got {lora.rank!r}")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"'model.lora.dropout' must be in [0, 1); got {lora.dropout}")
+    if lora.rank and lora.alpha <= 0:
+        raise ConfigError(f"'model.lora.alpha' must be > 0; got {lora.alpha}")
+    unknown = [t for t in lora.targets if t not in C.LORA_TARGETS]
+    if unknown:
+        raise ConfigError(
+            f"'model.lora.targets': unknown projection(s) {', '.join(map(repr, unknown))}; "
+            f"choose from {', '.join(C.LORA_TARGETS)}"
+        )
+    if len(set(lora.targets)) != len(lora.targets):
+        raise ConfigError(f"'model.lora.targets' lists a projection twice: {lora.targets}")
+    if lora.rank and not lora.targets:
+        raise ConfigError("'model.lora.targets' is empty while model.lora.rank > 0; name the projections to adapt")
