@@ -17,12 +17,12 @@ demo: install
 	$(BIN)/python -m jaxfin.demo
 
 lint: install
-	$(BIN)/ruff check jaxfin tests benchmarks
-	$(BIN)/ruff format --check jaxfin tests benchmarks
+	$(BIN)/ruff check jaxfin tests benchmarks tools
+	$(BIN)/ruff format --check jaxfin tests benchmarks tools
 
 format: install
-	$(BIN)/ruff format jaxfin tests benchmarks
-	$(BIN)/ruff check --fix jaxfin tests benchmarks
+	$(BIN)/ruff format jaxfin tests benchmarks tools
+	$(BIN)/ruff check --fix jaxfin tests benchmarks tools
 
 test: lint
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15

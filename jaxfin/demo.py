@@ -1,7 +1,7 @@
 """The demo pipeline (`make demo`): CPT a tiny Llama on the project's own finance corpus, on CPU, in minutes.
 
 1. trains `configs/tiny.yaml` (corpus and SentencePiece tokenizer in demo_data/, written by
-   `python -m jaxfin.data.demo_corpus`) from scratch, printing progress and dev loss;
+   `python -m tools.demo_corpus`) from scratch, printing progress and dev loss;
 2. prints the first and last dev loss and saves the loss curve as a PNG;
 3. exports a Hugging Face folder, loads it with `transformers` and generates a few tokens.
 """

@@ -1,0 +1,1 @@
+"""Synthetic finance demo corpus generator."""
