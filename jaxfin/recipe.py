@@ -8,9 +8,9 @@ A recipe is a YAML file with one top-level key, `recipe`:
       stages:
         - name: cpt                        # a training stage: base config + `set` (nested keys or dotted ones)
           set: {train.steps: 200, data.sources: [...]}
-        - name: expand                     # `jaxfin vocab expand PREVIOUS OUT ARGS...` (PREVIOUS: the previous
+        - name: expand                     # jaxfin.vocab.expand_vocab(PREVIOUS, OUT, ...) (PREVIOUS: the previous
                                            # stage's export_hf when it has one, else its output dir)
-          vocab_expand: [--tokens, tokens.txt]
+          vocab_expand: {tokens: tokens.txt}  # or {mine: CORPUS, num: N}; any option of `jaxfin vocab expand`
         - name: dpo
           set: {objective.type: dpo, ...}  # init_from defaults to the previous stage's output
 
@@ -32,6 +32,7 @@ import yaml
 
 from jaxfin.config import ConfigError, build_section, merge_trees, parse_overrides, read_yaml_mapping, validate
 from jaxfin.config.schema import Config
+from jaxfin.vocab import expand_vocab, read_token_file
 
 
 def is_recipe(path: str | Path) -> bool:
@@ -55,8 +56,30 @@ def _dotted(tree: dict) -> dict:
     return out
 
 
+# vocab_expand's keys: expand_vocab's keyword arguments, with `tokens` a file of tokens (one a line)
+VOCAB_EXPAND_KEYS = (
+    "tokens", "mine", "num", "init", "seed", "noise_scale", "report_corpus", "field", "pad_to_multiple",
+)  # fmt: skip
+
+
+def _vocab_expand_options(spec, where: str) -> dict:
+    """A stage's `vocab_expand` mapping -> expand_vocab keyword arguments (the token file read here)."""
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: must be a mapping of expand options, e.g. {{tokens: FILE}} or {{mine: CORPUS, "
+                          f"num: 500}}; got {spec!r}")  # fmt: skip
+    unknown = sorted(set(spec) - set(VOCAB_EXPAND_KEYS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(VOCAB_EXPAND_KEYS)})")
+    if ("tokens" in spec) == ("mine" in spec):
+        raise ConfigError(f"{where}: give exactly one of 'tokens' (a file) and 'mine' (a corpus)")
+    opts = dict(spec)
+    if "tokens" in opts:
+        opts["tokens"] = read_token_file(opts["tokens"])
+    return opts
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list[dict]]:
-    """(output dir, stages), each stage {name, config: Config | None, vocab_expand: list | None}."""
+    """(output dir, stages), each stage {name, config: Config | None, vocab_expand: dict | None}."""
     path = Path(path)
     spec = read_yaml_mapping(path).get("recipe")
     where = str(path)
@@ -79,7 +102,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
         if unknown:
             raise ConfigError(f"{where}: recipe.stages[{i}] ({name}) has unknown keys {sorted(unknown)}")
         if "vocab_expand" in st:
-            stages.append({"name": name, "config": None, "vocab_expand": [str(a) for a in st["vocab_expand"]]})
+            opts = _vocab_expand_options(st["vocab_expand"], f"{where}: recipe.stages[{i}] ({name}).vocab_expand")
+            stages.append({"name": name, "config": None, "vocab_expand": opts})
             continue
         data = merge_trees(merge_trees(base, _dotted(st.get("set") or {})), cli)
         data["output_dir"] = str(out / name)
@@ -114,11 +138,7 @@ def run_recipe(path: str | Path, overrides: list[str] = ()) -> list[dict]:
             if previous is None:
                 raise ConfigError(f"{path}: stage '{st['name']}' expands the previous stage's model; it has none")
             if not stage_out.exists() and is_main():
-                from jaxfin.cli import main as cli_main
-
-                src = previous_hf or previous
-                if cli_main(["vocab", "expand", str(src), str(stage_out), *st["vocab_expand"]]) != 0:
-                    raise ConfigError(f"{path}: stage '{st['name']}': vocab expand failed (see above)")
+                expand_vocab(previous_hf or previous, stage_out, **st["vocab_expand"])
             barrier(f"jaxfin-recipe-{st['name']}")
             summaries.append({"stage": st["name"], "output_dir": str(stage_out)})
             previous_hf = stage_out

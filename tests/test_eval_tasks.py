@@ -3,8 +3,6 @@ transformers, metric math against formulas written out here, few-shot sampling, 
 
 import csv
 import json
-import sys
-import types
 from fractions import Fraction
 
 import numpy as np
@@ -291,9 +289,7 @@ def test_generative_tasks_are_dispatched(monkeypatch):
         seen.update(task=task, batch_size=batch_size, limit=limit)
         return {"task": task["name"], "metrics": {}, "n": 0, "examples": []}
 
-    mod = types.ModuleType("jaxfin.eval.gen_tasks")
-    mod.run_generative_task = fake
-    monkeypatch.setitem(sys.modules, "jaxfin.eval.gen_tasks", mod)
+    monkeypatch.setattr("jaxfin.eval.tasks.run_generative_task", fake)
     out = run_task("M", "T", {"name": "ner", "type": "generative", "data": "x"}, batch_size=3, limit=5)
     assert out["task"] == "ner" and seen["batch_size"] == 3 and seen["limit"] == 5
     assert seen["task"]["type"] == "generative" and seen["task"]["data"] == "x"

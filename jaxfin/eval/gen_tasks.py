@@ -49,6 +49,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxfin.eval.generate import GenerationConfig, generate_full
+from jaxfin.eval.task_base import TaskError, default_data_dir
 
 # ----------------------------------------------------------------------------------------------------------------
 # TAT-QA metric (semantics of the official NExTplusplus/TAT-QA tatqa_metric.py / tatqa_utils.py)
@@ -288,7 +289,6 @@ def ner_f1(predicted: list[list[tuple[str, str]]], gold: list[list[tuple[str, st
 def read_conll(path: str | Path) -> list[dict]:
     """Sentences of a CoNLL file (`token POS chunk NER` per line, blank lines between sentences, -DOCSTART-
     skipped): {"id": "<file>:<first line>", "tokens", "tags"}."""
-    from jaxfin.eval.tasks import TaskError
 
     path = Path(path)
     if not path.is_file():
@@ -313,7 +313,6 @@ def read_conll(path: str | Path) -> list[dict]:
 def read_tatqa(path: str | Path) -> list[dict]:
     """One record per question of a TAT-QA json file: {"id" (question uid), "table", "paragraphs", "question",
     "answer", "answer_type", "answer_from", "scale"}."""
-    from jaxfin.eval.tasks import TaskError
 
     path = Path(path)
     if not path.is_file():
@@ -381,7 +380,6 @@ KEYS = {
 
 
 def _data_path(task: dict, data) -> Path:
-    from jaxfin.eval.tasks import TaskError, default_data_dir
 
     if not isinstance(data, Mapping) or "path" not in data:
         raise TaskError(f"task '{task.get('name')}': key 'data' must be a mapping with a 'path'")
@@ -391,7 +389,6 @@ def _data_path(task: dict, data) -> Path:
 
 
 def _check(task: dict) -> None:
-    from jaxfin.eval.tasks import TaskError
 
     where = task.get("_where", f"task '{task.get('name', '?')}'")
     unknown = set(task) - KEYS

@@ -64,7 +64,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import random
 import re
 import string
@@ -73,9 +72,10 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxfin.eval.gen_tasks import run_generative_task
 from jaxfin.eval.metrics import argmax_first, multiple_choice_metrics, per_class_f1
+from jaxfin.eval.task_base import REPO, TaskError, default_data_dir
 
-REPO = Path(__file__).resolve().parents[2]
 BUILTIN_DIR = REPO / "configs" / "eval" / "tasks"
 BUILTIN = ("fpb", "fiqa_sa", "fomc")
 
@@ -86,17 +86,8 @@ KEYS = {
 DATA_KEYS = {"path", "format", "fields"}
 
 
-class TaskError(ValueError):
-    """A malformed task definition or data file; the message names the key (and file:line)."""
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # Task definition
-
-
-def default_data_dir() -> Path:
-    """$JAXFIN_SHARED_DATA, else <repo>/../shared/data."""
-    return Path(os.environ.get("JAXFIN_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
 def load_task(task: str | Path | Mapping) -> dict:
@@ -458,8 +449,6 @@ def run_task(model, tokenizer, task: str | Path | Mapping, *, batch_size: int = 
     """Evaluate one task; see the module docstring for the task format and the result."""
     d = load_task(task)
     if d.get("type", "multiple_choice") == "generative":
-        from jaxfin.eval.gen_tasks import run_generative_task
-
         return run_generative_task(model, tokenizer, d, batch_size=batch_size, limit=limit)
     return run_multiple_choice(model, tokenizer, validate_task(d), batch_size=batch_size, limit=limit)
 
