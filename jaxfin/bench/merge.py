@@ -41,7 +41,7 @@ def _timed(cmd: list[str], env: dict | None = None) -> dict:
 
 def write_synthetic(root: Path, layers: int, hidden: int, intermediate: int, vocab: int) -> Path:
     """Three random float32 Llamas (base, a, b) and a TIES merge YAML over them; returns the YAML path."""
-    from safetensors.numpy import save_file
+    from jaxfin.hf.safetensors_io import SafetensorsWriter, TensorSpec
 
     cfg = {
         "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": hidden,
@@ -65,9 +65,9 @@ def write_synthetic(root: Path, layers: int, hidden: int, intermediate: int, voc
             }
             shapes |= {p + "mlp.down_proj.weight": (hidden, intermediate)}
             shapes |= {p + "input_layernorm.weight": (hidden,), p + "post_attention_layernorm.weight": (hidden,)}
-        save_file(
-            {k: rng.standard_normal(s, dtype=np.float32) * 0.02 for k, s in shapes.items()}, d / "model.safetensors"
-        )
+        with SafetensorsWriter(d, [TensorSpec(k, s, "float32") for k, s in shapes.items()], None) as w:
+            for k, s in shapes.items():  # one tensor in memory at a time
+                w.write(k, rng.standard_normal(s, dtype=np.float32) * 0.02)
     yml = root / "ties.yaml"
     yml.write_text(
         f"models:\n  - model: {root / 'a'}\n    parameters: {{density: 0.5, weight: 0.5}}\n"
@@ -124,7 +124,7 @@ def _mergekit_version(exe: str) -> str | None:
 
 def _max_diff(a: Path, b: Path) -> float:
     """Largest |jaxfin − mergekit| over all output tensors (a check that both did the same merge)."""
-    from jaxfin.merge.engine import SafetensorsReader
+    from jaxfin.hf.safetensors_io import SafetensorsReader
 
     ra, rb = SafetensorsReader(a), SafetensorsReader(b)
     worst = 0.0

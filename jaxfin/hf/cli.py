@@ -19,7 +19,8 @@ def _listing(path: Path) -> str:
 
 def convert_main(src: str | Path, dst: str | Path) -> None:
     """Convert between formats (detected from SRC) and print what was written."""
-    from jaxfin.hf.convert import SafetensorsDir, is_hf_dir, load_hf, save_hf, stored_dtype
+    from jaxfin.hf.convert import is_hf_dir, load_hf, save_hf, stored_dtype
+    from jaxfin.hf.safetensors_io import SafetensorsReader
     from jaxfin.model.store import load_jaxfin, save_jaxfin
 
     src, dst = Path(src), Path(dst)
@@ -31,7 +32,7 @@ def convert_main(src: str | Path, dst: str | Path) -> None:
         dtype = stored_dtype(src)  # keep the stored dtype so HF -> jaxfin -> HF is bitwise
         model = load_hf(src, param_dtype=dtype)
         save_jaxfin(model, dst)
-        n_tensors = len(SafetensorsDir(src))
+        n_tensors = len(SafetensorsReader(src))
         leaves, n_params = _count(model.params)
         print(f"read Hugging Face {model.config.family} model {src}: {n_tensors} tensors ({dtype})")
         print(f"wrote jaxfin checkpoint {dst}: {leaves} stacked arrays, {n_params:,} parameters")
@@ -39,7 +40,7 @@ def convert_main(src: str | Path, dst: str | Path) -> None:
         model = load_jaxfin(src)
         written = save_hf(model, dst)
         leaves, n_params = _count(model.params)
-        n_tensors = len(SafetensorsDir(dst))
+        n_tensors = len(SafetensorsReader(dst))
         dtype, family = model.config.param_dtype, model.config.family
         print(f"read jaxfin model {src}: {leaves} stacked arrays, {n_params:,} parameters ({dtype})")
         print(f"wrote Hugging Face {family} model {dst}: {n_tensors} tensors in {len(written)} files")

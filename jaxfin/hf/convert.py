@@ -9,31 +9,24 @@ keys) travel as `model.hf_extra` and in the `hf` entry of jaxfin_model.json, so 
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import jax
-import ml_dtypes  # also registers bfloat16 with numpy, which safetensors.numpy needs
 import numpy as np
 
 from jaxfin.config import ConfigError, ModelConfig
+from jaxfin.hf.safetensors_io import FLOAT_DTYPES, SafetensorsReader, SafetensorsWriter, TensorSpec
 from jaxfin.model import Model
 from jaxfin.model.llama import param_shapes
 from jaxfin.model.store import model_config
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
-NP_DTYPES = {
-    "float32": np.dtype(np.float32),
-    "bfloat16": np.dtype(ml_dtypes.bfloat16),
-    "float16": np.dtype(np.float16),
-}
 # inert keys copied back on export when the source had them (the export is otherwise built from ModelConfig)
 KEPT_KEYS = ("use_cache", "attention_dropout", "pretraining_tp", "max_window_layers")
 IGNORED_TENSORS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
-SINGLE, INDEX = "model.safetensors", "model.safetensors.index.json"
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -320,7 +313,7 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: s
     specs = _specs(cfg)
     _check_names(list(tensors.keys()), specs, cfg, where)
     shapes = param_shapes(cfg)
-    dtype = NP_DTYPES[cfg.param_dtype]
+    dtype = FLOAT_DTYPES[cfg.param_dtype]
     by_leaf: dict[tuple[str, ...], list[_Spec]] = {}
     for spec in specs:
         by_leaf.setdefault(spec.path, []).append(spec)
@@ -364,63 +357,10 @@ def params_to_hf(params: dict, cfg: ModelConfig, dtype: str | None = None) -> di
     from jaxfin.model.lora import merge_adapters
 
     params, cfg = merge_adapters(params, cfg)
-    return dict(_iter_hf(params, cfg, NP_DTYPES[dtype or cfg.param_dtype]))
+    return dict(_iter_hf(params, cfg, FLOAT_DTYPES[dtype or cfg.param_dtype]))
 
 
 # ---------------------------------------------------------------------------------------------- files
-
-
-class SafetensorsDir(Mapping):
-    """Lazy name -> numpy tensor view of `model.safetensors` or a sharded index (tensors read on access)."""
-
-    def __init__(self, path: str | Path):
-        from safetensors import safe_open
-
-        path = Path(path)
-        if (path / INDEX).is_file():
-            index = json.loads((path / INDEX).read_text())
-            self.files = {n: path / f for n, f in index["weight_map"].items()}
-            self.where = str(path / INDEX)
-        elif (path / SINGLE).is_file():
-            with safe_open(path / SINGLE, framework="numpy") as f:
-                self.files = dict.fromkeys(f.keys(), path / SINGLE)
-            self.where = str(path / SINGLE)
-        else:
-            bins = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
-            hint = (
-                f"; found {bins[0]}, a pickle file, which jaxfin never loads (unpickling can run code). "
-                f"Convert it to safetensors first, e.g. AutoModelForCausalLM.from_pretrained(dir)"
-                f".save_pretrained(out, safe_serialization=True) in a trusted environment"
-                if bins
-                else ""
-            )
-            raise FileNotFoundError(f"{path}: no {SINGLE} or {INDEX}{hint}")
-        for f in set(self.files.values()):
-            if not f.is_file():
-                raise FileNotFoundError(f"{self.where} lists {f.name}, which does not exist")
-        self._open: dict[Path, object] = {}
-
-    def __getitem__(self, name: str) -> np.ndarray:
-        from safetensors import safe_open
-
-        f = self.files[name]
-        if f not in self._open:
-            self._open[f] = safe_open(f, framework="numpy")
-        return self._open[f].get_tensor(name)
-
-    def __iter__(self):
-        return iter(self.files)
-
-    def __len__(self):
-        return len(self.files)
-
-    def dtype(self, name: str) -> str:
-        """The stored dtype of one tensor, without reading it."""
-        from safetensors import safe_open
-
-        with safe_open(self.files[name], framework="numpy") as f:
-            stored = f.get_slice(name).get_dtype()
-        return {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}.get(stored, stored)
 
 
 def is_hf_dir(path: str | Path) -> bool:
@@ -441,9 +381,9 @@ def _read_json(path: Path) -> dict:
 
 def stored_dtype(path: str | Path) -> str:
     """The dtype the checkpoint's weights are stored in (its embedding's), e.g. 'bfloat16'."""
-    dtype = SafetensorsDir(path).dtype("model.embed_tokens.weight")
-    if dtype not in NP_DTYPES:
-        raise ConfigError(f"{path}: weights stored as {dtype}; supported: {', '.join(NP_DTYPES)}")
+    dtype = SafetensorsReader(path).dtype("model.embed_tokens.weight")
+    if dtype not in FLOAT_DTYPES:
+        raise ConfigError(f"{path}: weights stored as {dtype}; supported: {', '.join(FLOAT_DTYPES)}")
     return dtype
 
 
@@ -457,36 +397,11 @@ def load_hf(path: str | Path, **runtime) -> Model:
     cfg = config_from_hf(hf, str(path / "config.json"))
     if runtime:
         cfg = model_config(dataclasses.asdict(cfg), str(path / "config.json"), **runtime)
-    tensors = SafetensorsDir(path)
+    tensors = SafetensorsReader(path)
     params = params_from_hf(tensors, cfg, tensors.where)
     gen = path / "generation_config.json"
     extra = _extras(hf, _read_json(gen) if gen.is_file() else None)
     return Model(cfg, params, str(path) if has_tokenizer_files(path) else None, hf_extra=extra)
-
-
-def _parse_size(size: int | str) -> int:
-    """'5GB' (decimal, like transformers), '2GiB' (binary), '500MB', '20KB' or a number of bytes."""
-    if isinstance(size, int):
-        return size
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?)B?\s*", size.upper())
-    if not m:
-        raise ValueError(f"max_shard_size '{size}' is not a size like '5GB', '500MB' or a number of bytes")
-    base = 1024 if m.group(3) else 1000
-    return int(float(m.group(1)) * base ** " KMGT".index(m.group(2) or " "))
-
-
-def _plan_shards(specs: list[_Spec], itemsize: int, limit: int) -> list[list[_Spec]]:
-    """Greedy in-order packing, a new shard when the next tensor would overflow (as transformers does)."""
-    shards: list[list[_Spec]] = [[]]
-    size = 0
-    for spec in specs:
-        n = int(np.prod(spec.hf_shape)) * itemsize
-        if shards[-1] and size + n > limit:
-            shards.append([])
-            size = 0
-        shards[-1].append(spec)
-        size += n
-    return shards
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -497,41 +412,24 @@ def save_hf(model: Model, path: str | Path, max_shard_size: int | str = "5GB", d
     """Write an HF dir: config.json, generation_config.json, safetensors (sharded past max_shard_size) and the
     tokenizer. LoRA adapters are merged into the weights (a plain HF model; `jaxfin.hf.peft.save_peft_adapter`
     writes them as a PEFT adapter instead). Returns the file names written."""
-    from safetensors.numpy import save_file
-
     from jaxfin.hf.tokenizer import export_tokenizer
     from jaxfin.model.lora import merge_adapters
 
     params, merged_cfg = merge_adapters(model.params, model.config)
     cfg = dataclasses.replace(merged_cfg, param_dtype=dtype or model.config.param_dtype)
-    if cfg.param_dtype not in NP_DTYPES:
-        raise ValueError(f"dtype '{cfg.param_dtype}' is not one of {', '.join(NP_DTYPES)}")
+    if cfg.param_dtype not in FLOAT_DTYPES:
+        raise ValueError(f"dtype '{cfg.param_dtype}' is not one of {', '.join(FLOAT_DTYPES)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    for old in path.iterdir():  # stale shards of an earlier export would confuse loaders
-        if old.name == INDEX or re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", old.name):
-            old.unlink()
     hf, gen = _export_configs(cfg, model.hf_extra)
     _write_json(path / "config.json", hf)
     _write_json(path / "generation_config.json", gen)
-    np_dtype = NP_DTYPES[cfg.param_dtype]
-    specs = _specs(cfg)
-    shards = _plan_shards(specs, np_dtype.itemsize, _parse_size(max_shard_size))
-    tensors = _iter_hf(params, cfg, np_dtype)
-    weight_map, written = {}, ["config.json", "generation_config.json"]
-    for k, shard in enumerate(shards):
-        name = SINGLE if len(shards) == 1 else f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        save_file(dict(itertools.islice(tensors, len(shard))), path / name, metadata={"format": "pt"})
-        weight_map |= dict.fromkeys((s.name for s in shard), name)
-        written.append(name)
-    if len(shards) > 1:
-        n = sum(int(np.prod(s.hf_shape)) for s in specs)
-        index = {
-            "metadata": {"total_size": n * np_dtype.itemsize, "total_parameters": n},
-            "weight_map": weight_map,
-        }
-        _write_json(path / INDEX, index)
-        written.append(INDEX)
+    specs = [TensorSpec(s.name, s.hf_shape, cfg.param_dtype) for s in _specs(cfg)]
+    written = ["config.json", "generation_config.json"]
+    with SafetensorsWriter(path, specs, max_shard_size) as w:  # removes stale shards of an earlier export
+        for name, x in _iter_hf(params, cfg, FLOAT_DTYPES[cfg.param_dtype]):
+            w.write(name, x)
+    written += w.close()
     if model.tokenizer_dir:
         written += [f for f in export_tokenizer(model.tokenizer_dir, path, cfg) if f not in written]
     return written

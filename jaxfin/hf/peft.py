@@ -49,9 +49,9 @@ def adapter_tensors(params: dict, cfg: ModelConfig, dtype: str | None = None) ->
     """PEFT tensor name -> array ([r, in] for lora_A, [out, r] for lora_B), one per layer and target."""
     import jax
 
-    from jaxfin.hf.convert import NP_DTYPES
+    from jaxfin.hf.safetensors_io import FLOAT_DTYPES
 
-    np_dtype = NP_DTYPES[dtype or cfg.param_dtype]
+    np_dtype = FLOAT_DTYPES[dtype or cfg.param_dtype]
     out = {}
     for name in cfg.lora.targets:
         group, _ = TARGETS[name]
@@ -74,7 +74,7 @@ def save_peft_adapter(
     """Write `out_dir/adapter_config.json` and `out_dir/adapter_model.safetensors` for a model (or params + cfg)
     with LoRA adapters. Load with `PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), out_dir)`
     where `base` is the base model (the params without adapters) in HF format. Returns the file names."""
-    from safetensors.numpy import save_file
+    from jaxfin.hf.safetensors_io import write_tensors
 
     if hasattr(model_or_params, "params"):
         params, cfg = model_or_params.params, cfg or model_or_params.config
@@ -92,7 +92,7 @@ def save_peft_adapter(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG).write_text(json.dumps(adapter_config(cfg, base_model_name_or_path), indent=2) + "\n")
-    save_file(adapter_tensors(params, cfg), out / WEIGHTS, metadata={"format": "pt"})
+    write_tensors(out, adapter_tensors(params, cfg), None, basename="adapter_model")  # WEIGHTS
     return [CONFIG, WEIGHTS]
 
 

@@ -1,9 +1,9 @@
 """Streaming merge execution: one output tensor at a time, read from the inputs' safetensors and written straight
 into pre-planned output shards, so peak memory stays near a few tensors per input model.
 
-Reading uses plain positioned file reads (no memory map, whose touched pages would count as resident memory);
-writing lays out each shard's safetensors header first (every output shape is known from the plan), then streams
-the tensors' bytes in order. The per-tensor math is `jaxfin.merge.methods.merge_tensor`.
+Reading and writing are `jaxfin.hf.safetensors_io`: positioned file reads (no memory map, whose touched pages would
+count as resident memory), and a writer that lays out each shard's header first (every output shape is known from
+the plan), then streams the tensors' bytes in order. The per-tensor math is `jaxfin.merge.methods.merge_tensor`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import shutil
-import struct
 import tempfile
 import time
 from collections.abc import Callable
@@ -22,13 +21,12 @@ from pathlib import Path
 
 import numpy as np
 
+from jaxfin.hf.safetensors_io import FLOAT_DTYPES, SafetensorsReader, SafetensorsWriter, TensorSpec
 from jaxfin.merge.config import MergeConfigError, MergePlan, OutSlice, resolve
 from jaxfin.merge.tokenizer import VocabPlan, build_vocab, permute_rows, save_tokenizer
 
 log = logging.getLogger(__name__)
 
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
 LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 POST = (
     "model.norm.weight",
@@ -42,147 +40,6 @@ ARCH_KEYS = (
 ALL_INPUTS = {"linear", "passthrough"}  # methods without a base: every source (the base too) is an input
 
 
-@functools.cache
-def _np_dtypes() -> dict[str, np.dtype]:
-    import ml_dtypes
-
-    return {
-        "F32": np.dtype(np.float32), "F16": np.dtype(np.float16), "BF16": np.dtype(ml_dtypes.bfloat16),
-        "F64": np.dtype(np.float64), "I64": np.dtype(np.int64), "I32": np.dtype(np.int32),
-        "I16": np.dtype(np.int16), "I8": np.dtype(np.int8), "U8": np.dtype(np.uint8), "BOOL": np.dtype(np.bool_),
-    }  # fmt: skip
-
-
-NAMES = {"float32": "F32", "bfloat16": "BF16", "float16": "F16"}
-
-
-# ------------------------------------------------------------------------------------------------ reading
-
-
-class SafetensorsReader:
-    """Name -> tensor of an HF folder's safetensors (single file or sharded index), read with positioned reads."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-        if (self.path / INDEX).is_file():
-            files = sorted(set(json.loads((self.path / INDEX).read_text())["weight_map"].values()))
-        elif (self.path / SINGLE).is_file():
-            files = [SINGLE]
-        else:
-            raise FileNotFoundError(f"{self.path}: no {SINGLE} or {INDEX} (jaxfin merge reads safetensors only)")
-        self.entries: dict[str, tuple[Path, int, dict]] = {}
-        for name in files:
-            f = self.path / name
-            if not f.is_file():
-                raise FileNotFoundError(f"{self.path / INDEX} lists {name}, which does not exist")
-            with open(f, "rb") as fh:
-                (n,) = struct.unpack("<Q", fh.read(8))
-                header = json.loads(fh.read(n))
-            header.pop("__metadata__", None)
-            for k, v in header.items():
-                self.entries[k] = (f, 8 + n, v)
-
-    def __contains__(self, name: str) -> bool:
-        return name in self.entries
-
-    def names(self) -> list[str]:
-        return list(self.entries)
-
-    def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.entries[name][2]["shape"])
-
-    def dtype(self, name: str) -> str:
-        return self.entries[name][2]["dtype"]
-
-    def read(self, name: str) -> np.ndarray:
-        f, start, e = self.entries[name]
-        a, b = e["data_offsets"]
-        buf = np.empty(b - a, np.uint8)
-        with open(f, "rb") as fh:
-            fh.seek(start + a)
-            if fh.readinto(memoryview(buf)) != b - a:
-                raise ValueError(f"{f}: truncated tensor {name}")
-        return buf.view(_np_dtypes()[e["dtype"]]).reshape(e["shape"])
-
-
-# ------------------------------------------------------------------------------------------------ writing
-
-
-@dataclasses.dataclass
-class OutSpec:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # float32 | bfloat16 | float16
-
-    @property
-    def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * _np_dtypes()[NAMES[self.dtype]].itemsize
-
-
-class ShardWriter:
-    """Writes planned tensors in order into greedy shards (a new shard when the next tensor would overflow, as
-    transformers and jaxfin's save_hf do). Each shard's header is written when the shard opens."""
-
-    def __init__(self, out_dir: Path, specs: list[OutSpec], max_shard_size: int):
-        self.out_dir = out_dir
-        shards: list[list[OutSpec]] = [[]]
-        size = 0
-        for s in specs:
-            if shards[-1] and size + s.nbytes > max_shard_size:
-                shards.append([])
-                size = 0
-            shards[-1].append(s)
-            size += s.nbytes
-        self.shards = shards
-        self.files = (
-            [SINGLE]
-            if len(shards) == 1
-            else [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))]
-        )
-        self.order = [(k, s) for k, shard in enumerate(shards) for s in shard]
-        self.pos = 0
-        self.fh = None
-        self.written = 0
-
-    def _open(self, k: int) -> None:
-        if self.fh:
-            self.fh.close()
-        header, off = {}, 0
-        for s in self.shards[k]:
-            header[s.name] = {"dtype": NAMES[s.dtype], "shape": list(s.shape), "data_offsets": [off, off + s.nbytes]}
-            off += s.nbytes
-        header["__metadata__"] = {"format": "pt"}
-        raw = json.dumps(header, separators=(",", ":")).encode()
-        raw += b" " * (-len(raw) % 8)
-        self.fh = open(self.out_dir / self.files[k], "wb")  # noqa: SIM115 (closed by the next shard or close())
-        self.fh.write(struct.pack("<Q", len(raw)) + raw)
-
-    def write(self, name: str, x: np.ndarray) -> None:
-        k, spec = self.order[self.pos]
-        if spec.name != name or tuple(x.shape) != spec.shape:
-            raise RuntimeError(f"writer expected {spec.name} {spec.shape}, got {name} {tuple(x.shape)}")
-        if self.pos == 0 or self.order[self.pos - 1][0] != k:
-            self._open(k)
-        data = np.ascontiguousarray(x.astype(_np_dtypes()[NAMES[spec.dtype]], copy=False))
-        self.fh.write(memoryview(data.view(np.uint8).reshape(-1)))
-        self.written += data.nbytes
-        self.pos += 1
-
-    def close(self) -> list[str]:
-        if self.fh:
-            self.fh.close()
-        if self.pos != len(self.order):
-            raise RuntimeError(f"writer: {len(self.order) - self.pos} planned tensors were never written")
-        if len(self.files) > 1:
-            index = {
-                "metadata": {"total_size": sum(s.nbytes for _, s in self.order)},
-                "weight_map": {s.name: self.files[k] for k, s in self.order},
-            }
-            (self.out_dir / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-            return [*self.files, INDEX]
-        return list(self.files)
-
-
 # ------------------------------------------------------------------------------------------------ planning
 
 
@@ -192,7 +49,7 @@ class TensorTask:
     inputs: list[tuple[str, str]]  # (model ref, input tensor name), in slice source order
     t: float
     out_slice: OutSlice
-    spec: OutSpec
+    spec: TensorSpec
 
 
 def _hf_config(path: Path) -> dict:
@@ -268,9 +125,9 @@ def plan_tensors(
     def out_dtype(m: str, name: str) -> str:
         if plan.out_dtype or plan.dtype:
             return plan.out_dtype or plan.dtype
-        d = {v: k for k, v in NAMES.items()}.get(readers[m].dtype(name))
-        if d is None:
-            raise MergeConfigError(f"{m}: tensor {name} is stored as {readers[m].dtype(name)}, not a float type")
+        d = readers[m].dtype(name)
+        if d not in FLOAT_DTYPES:
+            raise MergeConfigError(f"{m}: tensor {name} is stored as {d}, not a float type")
         return d
 
     def add(name: str, inputs: list[tuple[str, str]], t: float, out_slice: OutSlice) -> None:
@@ -286,7 +143,7 @@ def plan_tensors(
             a, b = [m for m in shapes if shapes[m] != shape][0], inputs[0][0]
             raise MergeConfigError(f"cannot merge {b} and {a}: {name} has shape {shape} in {b} but {shapes[a]} in {a}")
         tasks.append(
-            TensorTask(name, inputs, t, out_slice, OutSpec(name, shape, out_dtype(inputs[0][0], inputs[0][1])))
+            TensorTask(name, inputs, t, out_slice, TensorSpec(name, shape, out_dtype(inputs[0][0], inputs[0][1])))
         )
 
     def models_of(s: OutSlice) -> list[str]:
@@ -327,7 +184,7 @@ def _merge_fn() -> Callable:
 
 def _to_f32(x: np.ndarray, dtype: str | None) -> np.ndarray:
     if dtype:  # mergekit loads the inputs in `dtype`
-        x = x.astype(_np_dtypes()[NAMES[dtype]], copy=False)
+        x = x.astype(FLOAT_DTYPES[dtype], copy=False)
     return x.astype(np.float32, copy=False)
 
 
@@ -343,8 +200,6 @@ def run_merge(
 ) -> dict:
     """Run a merge plan into `out_dir` (an HF folder, or a jaxfin checkpoint with out_format='jaxfin').
     Returns a summary (tensors, bytes read and written, seconds, layers, vocab size, files)."""
-    from jaxfin.hf.convert import _parse_size
-
     if out_format not in ("hf", "jaxfin"):
         raise ValueError(f"format must be 'hf' or 'jaxfin', got '{out_format}'")
     from jaxfin.merge.methods import METHODS
@@ -364,11 +219,7 @@ def run_merge(
         readers = {m: SafetensorsReader(plan.paths[m]) for m in plan.referenced_models()}
         tasks, n_layers = plan_tensors(plan, readers, configs, vocab)
         hf_dir = out_dir if out_format == "hf" else tmp / "merged-hf"
-        hf_dir.mkdir(parents=True, exist_ok=True)
-        for old in hf_dir.iterdir():  # stale shards of an earlier merge would confuse loaders
-            if old.name == INDEX or re.fullmatch(r"model(-\d{5}-of-\d{5})?\.safetensors", old.name):
-                old.unlink()
-        writer = ShardWriter(hf_dir, [t.spec for t in tasks], _parse_size(max_shard_size))
+        writer = SafetensorsWriter(hf_dir, [t.spec for t in tasks], max_shard_size)  # removes stale shards
         glob_names, model_names = plan.parameter_names()
         implicit = {x.model for s in plan.slices for x in s.sources if x.implicit}
         run = functools.partial(merge_fn, backend="jax") if device else merge_fn  # jit per options and shape
