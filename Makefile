@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-isa test-repeat lint format install clean
+.PHONY: demo test test-isa test-repeat lint format install clean mergekit-venv mergekit-path
 
 $(BIN)/jaxfin: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -43,6 +43,26 @@ test-isa: install
 test-repeat: install
 	for seed in 1 2 3; do $(BIN)/python -m pytest -q -n 2 --dist loadfile -p no:cacheprovider \
 		--randomly-seed=$$seed $(NUMERICS_TESTS) || exit 1; done
+
+# mergekit itself, for tests/test_merge.py's parity tests (JAXFIN_MERGEKIT=<its mergekit-yaml>; they skip without it)
+# and `jaxfin bench merge --mergekit`: a side venv of its own (its pins are not jaxfin's), outside the clone so
+# that it is kept between CI runs, named by version so that a bump builds a new one. CPU torch pinned as in
+# pyproject's test extra. `.ci/run` builds it and exports JAXFIN_MERGEKIT=$(make -s mergekit-path) for make test.
+MERGEKIT_VERSION := 0.1.5
+MERGEKIT_VENV ?= /tmp/jaxfin-mergekit-$(MERGEKIT_VERSION)
+MERGEKIT_STAMP := $(MERGEKIT_VENV)/.jaxfin-installed
+
+$(MERGEKIT_STAMP):
+	$(PY) -m venv --clear $(MERGEKIT_VENV)
+	$(MERGEKIT_VENV)/bin/pip install -q --upgrade pip
+	$(MERGEKIT_VENV)/bin/pip install -q "mergekit==$(MERGEKIT_VERSION)" "torch==2.13.0"
+	$(MERGEKIT_VENV)/bin/mergekit-yaml --help > /dev/null
+	touch $@
+
+mergekit-venv: $(MERGEKIT_STAMP)
+
+mergekit-path:
+	@echo $(MERGEKIT_VENV)/bin/mergekit-yaml
 
 clean:
 	rm -rf runs
