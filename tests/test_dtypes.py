@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -50,7 +51,7 @@ def test_bf16_compute_with_fp32_master_weights():
     params = init_params(CFG, jax.random.key(0))
     bf = dataclasses.replace(CFG, compute_dtype="bfloat16")
     f32 = dataclasses.replace(CFG, compute_dtype="float32")  # explicit: `auto` is bf16 on an accelerator
-    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    chex.assert_type(jax.tree.leaves(params), jnp.float32)
     assert _dot_dtypes(bf, params) == {"bfloat16"}  # every matmul runs in bf16 ...
     assert _dot_dtypes(f32, params) == {"float32"}
     lo, hi = forward(params, bf, TOKENS), forward(params, f32, TOKENS)
@@ -71,7 +72,7 @@ def test_bf16_params_train_step():
 
     cfg = dataclasses.replace(CFG, param_dtype="bfloat16", compute_dtype="bfloat16")
     params = init_params(cfg, jax.random.key(0))
-    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+    chex.assert_type(jax.tree.leaves(params), jnp.bfloat16)
     opt_cfg = OptimizerConfig(lr=1e-2, warmup_steps=0)
     opt = make_optimizer(opt_cfg, 10)
     from jaxfin.config.schema import Config, TrainConfig
@@ -83,7 +84,7 @@ def test_bf16_params_train_step():
     batch = {"tokens": jnp.tile(TOKENS, (2, 1)), "segment_ids": ones, "positions": jnp.tile(jnp.arange(16), (4, 1))}
     batch["loss_mask"] = ones
     new, m = step(state, batch)
-    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(new["params"]))
+    chex.assert_trees_all_equal_shapes_and_dtypes(new["params"], params)  # still bf16, the same tree and shapes
     assert np.isfinite(float(m["loss"])) and int(new["step"]) == 1
     changed = [bool(jnp.any(a != b)) for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(new["params"]))]
     assert all(changed)
