@@ -23,7 +23,7 @@ from tolerances import rounding_tol
 
 from jaxfin.config import load_config
 from jaxfin.kernels import pallas_gpu
-from jaxfin.model.llama import forward, init_params
+from jaxfin.model import forward, init_params
 from jaxfin.train import train
 
 REPO = Path(__file__).resolve().parents[1]

@@ -19,8 +19,7 @@ from tolerances import assert_close_to_scale, rounding_tol
 import jaxfin
 from jaxfin.config import ConfigError, config_from_dict
 from jaxfin.config.schema import LoraConfig, ModelConfig
-from jaxfin.model import Model
-from jaxfin.model.llama import forward, init_params, param_shapes
+from jaxfin.model import Model, forward, init_params, param_shapes
 from jaxfin.model.lora import adapter_paths, add_adapters, merge_adapters, split_adapters, without_lora
 from jaxfin.train.optimizer import make_optimizer
 from jaxfin.train.trainable import flatten, selection

@@ -12,8 +12,7 @@ import pytest
 from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.config.schema import ModelConfig, OptimizerConfig
-from jaxfin.model import forward
-from jaxfin.model.llama import param_shapes
+from jaxfin.model import forward, param_shapes
 from jaxfin.train.loss import next_token_loss_sum
 from jaxfin.train.optimizer import decay_mask, make_optimizer, make_schedule
 from jaxfin.train.step import make_train_step

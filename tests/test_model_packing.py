@@ -12,8 +12,8 @@ import pytest
 from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.config.schema import ModelConfig, RopeScaling
-from jaxfin.model import forward, hidden_states, init_params
-from jaxfin.model.llama import apply_rope, param_shapes, rope_frequencies, rope_tables
+from jaxfin.model import forward, hidden_states, init_params, param_shapes
+from jaxfin.model.llama import apply_rope, rope_frequencies, rope_tables
 
 CFG = ModelConfig(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4, num_kv_heads=2)
 LEN_A, LEN_B, S = 5, 4, 12  # packed row: doc A, doc B, 3 padding tokens

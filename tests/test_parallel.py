@@ -17,9 +17,9 @@ from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import ModelConfig
-from jaxfin.model.llama import forward, init_params, param_shapes
+from jaxfin.model import forward, init_params, param_axes, param_shapes
 from jaxfin.parallel.distributed import detect
-from jaxfin.parallel.rules import PARAM_AXES, check_divisible, param_specs
+from jaxfin.parallel.rules import check_divisible, param_specs
 from jaxfin.parallel.xla_flags import DEFAULT_FLAGS, apply_xla_flags, merged_flags
 
 CFG = ModelConfig(
@@ -34,20 +34,22 @@ def _mesh(data=1, fsdp=1, tensor=1):
 
 # ------------------------------------------------------------------------------------------- rules
 def test_every_parameter_of_every_variant_has_a_rule_and_one_name_per_dimension():
-    for cfg in (CFG, dataclasses.replace(CFG, attention_bias=True, tie_embeddings=True)):
+    lora = dataclasses.replace(CFG.lora, rank=2, targets=["q_proj", "o_proj", "down_proj"])
+    for cfg in (CFG, dataclasses.replace(CFG, attention_bias=True, tie_embeddings=True, lora=lora)):
         shapes = param_shapes(cfg)
+        axes = param_axes(cfg)
         specs = param_specs(jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, jnp.float32), shapes,
-                                         is_leaf=lambda x: isinstance(x, tuple)))  # fmt: skip
+                                         is_leaf=lambda x: isinstance(x, tuple)), axes)  # fmt: skip
         for (path, shape), spec in zip(
             jax.tree.leaves_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple)), jax.tree.leaves(specs)
         ):
             name = "/".join(k.key for k in path)
-            assert len(PARAM_AXES[name]) == len(shape), name
+            assert len(axes[name]) == len(shape), name
             assert isinstance(spec, PartitionSpec)
 
 
 def test_fsdp_splits_the_model_dimension_and_tensor_splits_heads_mlp_vocab():
-    specs = param_specs(init_params(CFG, jax.random.key(0)))
+    specs = param_specs(init_params(CFG, jax.random.key(0)), param_axes(CFG))
     assert specs["layers"]["self_attn"]["q_proj"]["kernel"] == PartitionSpec(None, "fsdp", "tensor", None)
     assert specs["layers"]["self_attn"]["o_proj"]["kernel"] == PartitionSpec(None, "tensor", None, "fsdp")
     assert specs["layers"]["mlp"]["down_proj"]["kernel"] == PartitionSpec(None, "tensor", "fsdp")

@@ -111,8 +111,7 @@ def test_reference_cache_follows_the_initial_weights_not_their_path(pairs_config
     different model was written over the same init_from path."""
     import jax
 
-    from jaxfin.model import Model
-    from jaxfin.model.llama import init_params
+    from jaxfin.model import Model, init_params
 
     model_cfg = load_config(pairs_config).model
     init, out = tmp_path / "init", tmp_path / "run"

@@ -14,7 +14,7 @@ from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.config import ConfigError
 from jaxfin.config.schema import LoraConfig, ModelConfig, OptimizerConfig
-from jaxfin.model.llama import forward, init_params, param_shapes
+from jaxfin.model import forward, init_params, param_axes, param_shapes
 from jaxfin.train.optimizer import make_optimizer
 from jaxfin.train.trainable import (
     count_params,
@@ -214,7 +214,7 @@ def test_layer_slices_of_opt_state_are_laid_out_like_the_params():
     params = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s, jnp.float32), SHAPES, is_leaf=lambda x: isinstance(x, tuple)
     )
-    shard = param_shardings(params, mesh)
+    shard = param_shardings(params, mesh, param_axes(CFG))
     opt = make_optimizer(OCFG, 10, selection(SHAPES, ["layers[0,2]/mlp/*"], CFG))
     got = like_params(jax.eval_shape(opt.init, params), shard, mesh)
     specs = {p: s.spec for p, s in flatten(shard).items()}

@@ -57,7 +57,7 @@ def peak_tflops(device_kind: str) -> float | None:
 
 def param_count(model_cfg: ModelConfig) -> int:
     """All parameters (a tied embedding is one matrix, counted once)."""
-    from jaxfin.model.llama import param_shapes
+    from jaxfin.model.params import param_shapes
 
     leaves = _shape_leaves(param_shapes(model_cfg))
     return sum(math.prod(s) for s in leaves)

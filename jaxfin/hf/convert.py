@@ -20,7 +20,7 @@ import numpy as np
 from jaxfin.config import ConfigError, ModelConfig
 from jaxfin.hf.safetensors_io import FLOAT_DTYPES, SafetensorsReader, SafetensorsWriter, TensorSpec
 from jaxfin.model import Model
-from jaxfin.model.llama import param_shapes
+from jaxfin.model.params import param_shapes, table
 from jaxfin.model.store import model_config
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
@@ -248,32 +248,17 @@ class _Spec:
 
 
 def _specs(cfg: ModelConfig) -> list[_Spec]:
-    """Every HF tensor of the model, in the order transformers writes them."""
-    d, f, v = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    q, kv = cfg.num_heads * cfg.head_size, cfg.num_kv_heads * cfg.head_size
-    layer = [
-        ("self_attn.q_proj.weight", ("self_attn", "q_proj", "kernel"), (q, d), True),
-        ("self_attn.k_proj.weight", ("self_attn", "k_proj", "kernel"), (kv, d), True),
-        ("self_attn.v_proj.weight", ("self_attn", "v_proj", "kernel"), (kv, d), True),
-        ("self_attn.o_proj.weight", ("self_attn", "o_proj", "kernel"), (d, q), True),
-        ("mlp.gate_proj.weight", ("mlp", "gate_proj", "kernel"), (f, d), True),
-        ("mlp.up_proj.weight", ("mlp", "up_proj", "kernel"), (f, d), True),
-        ("mlp.down_proj.weight", ("mlp", "down_proj", "kernel"), (d, f), True),
-        ("input_layernorm.weight", ("input_layernorm", "scale"), (d,), False),
-        ("post_attention_layernorm.weight", ("post_attention_layernorm", "scale"), (d,), False),
-    ]
-    if cfg.attention_bias:
-        for i, (proj, n) in enumerate((("q_proj", q), ("k_proj", kv), ("v_proj", kv))):
-            layer.insert(2 * i + 1, (f"self_attn.{proj}.bias", ("self_attn", proj, "bias"), (n,), False))
-    specs = [_Spec("model.embed_tokens.weight", ("embed_tokens", "embedding"), None, (v, d), False)]
-    for i in range(cfg.num_layers):
-        specs += [_Spec(f"model.layers.{i}.{n}", ("layers", *p), i, s, t) for n, p, s, t in layer]
-    specs.append(_Spec("model.norm.weight", ("norm", "scale"), None, (d,), False))
-    if cfg.num_labels:
-        specs.append(_Spec("score.weight", ("score", "kernel"), None, (cfg.num_labels, d), True))
-    elif not cfg.tie_embeddings:
-        specs.append(_Spec("lm_head.weight", ("lm_head", "kernel"), None, (v, d), True))
-    return specs
+    """Every HF tensor of the model, in the order transformers writes them: from the family's table
+    (jaxfin/model/params.py), the stacked layer params one layer at a time."""
+    base = table(cfg)
+    stacked = [p for p in base if p.stacked]
+    first = base.index(stacked[0])
+
+    def one(p, i=None):
+        return _Spec(p.hf.format(i=i), tuple(p.path.split("/")), i, p.hf_shape(cfg), p.transpose)
+
+    layers = [one(p, i) for i in range(cfg.num_layers) for p in stacked]
+    return [one(p) for p in base[:first]] + layers + [one(p) for p in base[first:] if not p.stacked]
 
 
 def _from_hf(w: np.ndarray, spec: _Spec, shape: tuple[int, ...]) -> np.ndarray:

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from jaxfin.config import ConfigError, ModelConfig
-from jaxfin.model.lora import TARGETS, has_adapters
+from jaxfin.model.lora import has_adapters
+from jaxfin.model.params import lora_params
 
 CONFIG, WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
@@ -54,7 +55,8 @@ def adapter_tensors(params: dict, cfg: ModelConfig, dtype: str | None = None) ->
     np_dtype = FLOAT_DTYPES[dtype or cfg.param_dtype]
     out = {}
     for name in cfg.lora.targets:
-        group, _ = TARGETS[name]
+        kernel = lora_params(cfg)[name]  # its table entry: pytree path and HF name
+        _, group, _, _ = kernel.path.split("/")
         p = params["layers"][group][name]
         a = np.asarray(jax.device_get(p["lora_a"]))  # [L, in..., r]
         b = np.asarray(jax.device_get(p["lora_b"]))  # [L, r, out...]
@@ -62,7 +64,7 @@ def adapter_tensors(params: dict, cfg: ModelConfig, dtype: str | None = None) ->
         a = a.reshape(n, -1, r)
         b = b.reshape(n, r, -1)
         for i in range(n):
-            prefix = f"base_model.model.model.layers.{i}.{group}.{name}"
+            prefix = "base_model.model." + kernel.hf.format(i=i).removesuffix(".weight")
             out[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a[i].T.astype(np_dtype))
             out[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b[i].T.astype(np_dtype))
     return out

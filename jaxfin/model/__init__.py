@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxfin.config.schema import ModelConfig
-from jaxfin.model.llama import forward, hidden_states, init_params, output_kernel, param_shapes, scores
+from jaxfin.model.init import init_params
+from jaxfin.model.llama import forward, hidden_states, output_kernel, scores
+from jaxfin.model.params import param_axes, param_shapes
 
 
 @dataclass
@@ -62,4 +64,7 @@ def load_model(path: str | Path, **runtime) -> Model:
     return model
 
 
-__all__ = ["Model", "forward", "hidden_states", "init_params", "load_model", "output_kernel", "param_shapes", "scores"]
+__all__ = [
+    "Model", "forward", "hidden_states", "init_params", "load_model", "output_kernel", "param_axes", "param_shapes",
+    "scores",
+]  # fmt: skip

@@ -1,7 +1,8 @@
 """Llama-family decoder (Llama 2/3/3.1/3.2, Mistral, Qwen2) as pure functions over one parameter pytree.
 
-The pytree (HF-aligned names; per-layer weights stacked on a leading layer axis, so scanning or looping over
-layers never changes the checkpoint layout; kernels are [in, out], attention heads kept as their own axis):
+Its parameters are declared once, in the LLAMA table of jaxfin/model/params.py; in short (HF-aligned names;
+per-layer weights stacked on a leading layer axis, so scanning or looping over layers never changes the checkpoint
+layout; kernels are [in, out], attention heads kept as their own axis):
 
     embed_tokens/embedding                 [V, D]
     layers/input_layernorm/scale           [L, D]
@@ -30,7 +31,7 @@ from jax.ad_checkpoint import checkpoint_name
 
 from jaxfin.config.schema import ModelConfig
 from jaxfin.kernels import attention
-from jaxfin.model.config import compute_dtype, param_dtype
+from jaxfin.model.config import compute_dtype
 from jaxfin.parallel.rules import constrain
 
 # Activation layouts (logical names; jaxfin/parallel/rules.py maps them to mesh axes).
@@ -47,73 +48,6 @@ REMAT_POLICIES = {
     "save_matmuls": jax.checkpoint_policies.checkpoint_dots,
     "save_projections": jax.checkpoint_policies.save_only_these_names(*PROJECTIONS),
 }
-
-
-def param_shapes(cfg: ModelConfig) -> dict:
-    """Shape of every parameter, as the same nested dict as the params."""
-    d, f, v, n = cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_layers
-    hq, hkv, dh = cfg.num_heads, cfg.num_kv_heads, cfg.head_size
-    attn = {
-        "q_proj": {"kernel": (n, d, hq, dh)},
-        "k_proj": {"kernel": (n, d, hkv, dh)},
-        "v_proj": {"kernel": (n, d, hkv, dh)},
-        "o_proj": {"kernel": (n, hq, dh, d)},
-    }
-    if cfg.attention_bias:
-        for name, h in (("q_proj", hq), ("k_proj", hkv), ("v_proj", hkv)):
-            attn[name]["bias"] = (n, h, dh)
-    shapes = {
-        "embed_tokens": {"embedding": (v, d)},
-        "layers": {
-            "input_layernorm": {"scale": (n, d)},
-            "self_attn": attn,
-            "post_attention_layernorm": {"scale": (n, d)},
-            "mlp": {
-                "gate_proj": {"kernel": (n, d, f)},
-                "up_proj": {"kernel": (n, d, f)},
-                "down_proj": {"kernel": (n, f, d)},
-            },
-        },
-        "norm": {"scale": (d,)},
-    }
-    if cfg.num_labels:  # a reward / classification model: a score head instead of the LM head
-        shapes["score"] = {"kernel": (d, cfg.num_labels)}
-    elif not cfg.tie_embeddings:
-        shapes["lm_head"] = {"kernel": (d, v)}
-    if cfg.lora.rank > 0:
-        from jaxfin.model.lora import adapter_shapes
-
-        for (group, name), (a, b) in adapter_shapes(cfg).items():
-            shapes["layers"][group][name] |= {"lora_a": a, "lora_b": b}
-    return shapes
-
-
-def init_params(cfg: ModelConfig, key: jax.Array) -> dict:
-    """Normal(0, init_std) weights, ones for norms, zeros for biases; output projections scaled by 1/sqrt(2L)."""
-    return jax.jit(lambda k: _init_params(cfg, k))(key)  # one compile instead of one per leaf shape
-
-
-def _init_params(cfg: ModelConfig, key: jax.Array) -> dict:
-    """Base weights exactly as without LoRA (same key, same values), then fresh adapters from a folded key."""
-    if cfg.lora.rank > 0:
-        from jaxfin.model.lora import LORA_KEY, add_adapters, without_lora
-
-        return add_adapters(_init_params(without_lora(cfg), key), cfg, jax.random.fold_in(key, LORA_KEY))
-    shapes = param_shapes(cfg)
-    leaves, treedef = jax.tree.flatten_with_path(shapes, is_leaf=lambda x: isinstance(x, tuple))
-    keys = jax.random.split(key, len(leaves))
-    dtype = param_dtype(cfg)
-    out = []
-    for (path, shape), k in zip(leaves, keys):
-        names = [p.key for p in path]
-        if names[-1] == "scale":
-            out.append(jnp.ones(shape, dtype))
-        elif names[-1] == "bias":
-            out.append(jnp.zeros(shape, dtype))
-        else:
-            std = cfg.init_std / (math.sqrt(2 * cfg.num_layers) if names[-2] in ("o_proj", "down_proj") else 1)
-            out.append((std * jax.random.normal(k, shape, jnp.float32)).astype(dtype))
-    return jax.tree.unflatten(treedef, out)
 
 
 def rms_norm(x, scale, eps):

@@ -19,19 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfin.config.schema import ModelConfig
-
-# Every projection LoRA may target: name -> (group in the layer, number of contracted (input) dims of its kernel).
-TARGETS: dict[str, tuple[str, int]] = {
-    "q_proj": ("self_attn", 1),
-    "k_proj": ("self_attn", 1),
-    "v_proj": ("self_attn", 1),
-    "o_proj": ("self_attn", 2),
-    "gate_proj": ("mlp", 1),
-    "up_proj": ("mlp", 1),
-    "down_proj": ("mlp", 1),
-}
-ADAPTER_LEAVES = ("lora_a", "lora_b")
-LORA_KEY = 0x10A  # fold_in constant: adapters of a fresh model draw from their own stream, base weights unchanged
+from jaxfin.model.params import ADAPTER_LEAVES, AXIS_SIZES, adapters, lora_params
 
 
 def without_lora(cfg: ModelConfig) -> ModelConfig:
@@ -39,28 +27,15 @@ def without_lora(cfg: ModelConfig) -> ModelConfig:
     return dataclasses.replace(cfg, lora=dataclasses.replace(cfg.lora, rank=0))
 
 
-def _kernel_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    from jaxfin.model.llama import param_shapes
-
-    layers = param_shapes(without_lora(cfg))["layers"]
-    return {name: layers[group][name]["kernel"] for name, (group, _) in TARGETS.items()}
-
-
-def adapter_shapes(cfg: ModelConfig) -> dict[tuple[str, str], tuple[tuple[int, ...], tuple[int, ...]]]:
-    """(group, projection) -> (lora_a shape, lora_b shape) for each of cfg.lora.targets."""
-    r = cfg.lora.rank
-    kernels = _kernel_shapes(cfg)
-    out = {}
-    for name in cfg.lora.targets:
-        group, contract = TARGETS[name]
-        k = kernels[name]
-        out[(group, name)] = ((*k[: 1 + contract], r), (k[0], r, *k[1 + contract :]))
-    return out
+def adapter_shapes(cfg: ModelConfig) -> dict[str, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """Kernel path (e.g. 'layers/self_attn/q_proj/kernel') -> (lora_a shape, lora_b shape), per cfg.lora.targets."""
+    size = lambda axes: tuple(AXIS_SIZES[a](cfg) for a in axes)  # noqa: E731
+    return {path: (size(a), size(b)) for path, (a, b) in adapters(cfg).items()}
 
 
 def adapter_paths(cfg: ModelConfig) -> list[str]:
     """'/'-joined paths of every adapter leaf, e.g. 'layers/self_attn/q_proj/lora_a'."""
-    return [f"layers/{g}/{n}/{leaf}" for (g, n) in adapter_shapes(cfg) for leaf in ADAPTER_LEAVES]
+    return [f"{path.rsplit('/', 1)[0]}/{leaf}" for path in adapters(cfg) for leaf in ADAPTER_LEAVES]
 
 
 def has_adapters(params: dict) -> bool:
@@ -84,10 +59,11 @@ def add_adapters(params: dict, cfg: ModelConfig, key: jax.Array) -> dict:
     shapes = adapter_shapes(cfg)
     keys = jax.random.split(key, len(shapes))
     out = {**params, "layers": {g: dict(v) for g, v in params["layers"].items()}}
-    for k, ((group, name), (a_shape, b_shape)) in zip(keys, shapes.items()):
+    for k, (path, (a_shape, b_shape)) in zip(keys, shapes.items()):
+        _, group, name, _ = path.split("/")
         kernel = params["layers"][group][name]["kernel"]
-        contract = TARGETS[name][1]
-        bound = 1.0 / math.sqrt(math.prod(a_shape[1 : 1 + contract]))
+        n_in = lora_params(cfg)[name].n_in
+        bound = 1.0 / math.sqrt(math.prod(a_shape[1 : 1 + n_in]))
         a = jax.random.uniform(k, a_shape, jnp.float32, -bound, bound).astype(kernel.dtype)
         out["layers"][group][name] = {
             **params["layers"][group][name],

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jaxfin.config import ConfigError, ModelConfig, config_from_dict
 from jaxfin.model import Model
 from jaxfin.model.config import DTYPES
-from jaxfin.model.llama import param_shapes
+from jaxfin.model.params import param_shapes
 
 FORMAT, VERSION = "jaxfin-model", 1
 MODEL_JSON = "jaxfin_model.json"

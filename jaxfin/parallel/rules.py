@@ -13,6 +13,8 @@ Every array dimension has a logical name; `RULES` maps names to mesh axes (None 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -32,41 +34,6 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "lora_rank": None,
     "seq": None,
     "act_embed": None,  # the model dimension of activations: whole on each device (no sequence parallelism)
-}
-
-# Logical names of each parameter's dimensions, by its path in the one pytree (see jaxfin/model/llama.py).
-PARAM_AXES: dict[str, tuple[str, ...]] = {
-    "embed_tokens/embedding": ("vocab", "embed"),
-    "layers/input_layernorm/scale": ("layers", "norm"),
-    "layers/self_attn/q_proj/kernel": ("layers", "embed", "heads", "head_dim"),
-    "layers/self_attn/k_proj/kernel": ("layers", "embed", "kv_heads", "head_dim"),
-    "layers/self_attn/v_proj/kernel": ("layers", "embed", "kv_heads", "head_dim"),
-    "layers/self_attn/q_proj/bias": ("layers", "heads", "head_dim"),
-    "layers/self_attn/k_proj/bias": ("layers", "kv_heads", "head_dim"),
-    "layers/self_attn/v_proj/bias": ("layers", "kv_heads", "head_dim"),
-    "layers/self_attn/o_proj/kernel": ("layers", "heads", "head_dim", "embed"),
-    "layers/post_attention_layernorm/scale": ("layers", "norm"),
-    "layers/mlp/gate_proj/kernel": ("layers", "embed", "mlp"),
-    "layers/mlp/up_proj/kernel": ("layers", "embed", "mlp"),
-    "layers/mlp/down_proj/kernel": ("layers", "mlp", "embed"),
-    "norm/scale": ("norm",),
-    "lm_head/kernel": ("embed", "vocab"),
-    "score/kernel": ("embed", "labels"),
-    # LoRA adapters (jaxfin/model/lora.py): A keeps the kernel's input axes, B its output axes
-    "layers/self_attn/q_proj/lora_a": ("layers", "embed", "lora_rank"),
-    "layers/self_attn/q_proj/lora_b": ("layers", "lora_rank", "heads", "head_dim"),
-    "layers/self_attn/k_proj/lora_a": ("layers", "embed", "lora_rank"),
-    "layers/self_attn/k_proj/lora_b": ("layers", "lora_rank", "kv_heads", "head_dim"),
-    "layers/self_attn/v_proj/lora_a": ("layers", "embed", "lora_rank"),
-    "layers/self_attn/v_proj/lora_b": ("layers", "lora_rank", "kv_heads", "head_dim"),
-    "layers/self_attn/o_proj/lora_a": ("layers", "heads", "head_dim", "lora_rank"),
-    "layers/self_attn/o_proj/lora_b": ("layers", "lora_rank", "embed"),
-    "layers/mlp/gate_proj/lora_a": ("layers", "embed", "lora_rank"),
-    "layers/mlp/gate_proj/lora_b": ("layers", "lora_rank", "mlp"),
-    "layers/mlp/up_proj/lora_a": ("layers", "embed", "lora_rank"),
-    "layers/mlp/up_proj/lora_b": ("layers", "lora_rank", "mlp"),
-    "layers/mlp/down_proj/lora_a": ("layers", "mlp", "lora_rank"),
-    "layers/mlp/down_proj/lora_b": ("layers", "lora_rank", "embed"),
 }
 
 # Which config key sets each logical dimension's size (named in errors).
@@ -89,11 +56,12 @@ def _path(key_path) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", k))) for k in key_path)
 
 
-def param_axes(path: str) -> tuple[str, ...]:
+def _axes_of(axes: Mapping[str, tuple[str, ...]], path: str) -> tuple[str, ...]:
     try:
-        return PARAM_AXES[path]
+        return axes[path]
     except KeyError:
-        raise KeyError(f"no sharding rule for parameter '{path}': add it to PARAM_AXES in {__file__}") from None
+        raise KeyError(f"no logical axes for parameter '{path}': declare it in its family's table "
+                       f"(jaxfin/model/params.py)") from None  # fmt: skip
 
 
 def _mesh_size(mesh: Mesh, axes) -> int:
@@ -116,20 +84,21 @@ def check_divisible(name: str, size: int, logical: str, mesh: Mesh) -> None:
         )
 
 
-def param_specs(params) -> dict:
-    """PartitionSpec per parameter (params may be arrays or ShapeDtypeStructs)."""
-    return jax.tree_util.tree_map_with_path(lambda p, x: spec(param_axes(_path(p))), params)
+def param_specs(params, axes: Mapping[str, tuple[str, ...]]) -> dict:
+    """PartitionSpec per parameter (arrays or ShapeDtypeStructs); `axes`: path -> logical axes, from the model
+    (jaxfin.model.param_axes(cfg)), so these rules know no model family."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: spec(_axes_of(axes, _path(p))), params)
 
 
-def param_shardings(params, mesh: Mesh) -> dict:
+def param_shardings(params, mesh: Mesh, axes: Mapping[str, tuple[str, ...]]) -> dict:
     """NamedSharding per parameter, after checking every split dimension divides evenly."""
 
     def one(p, x):
         path = _path(p)
-        axes = param_axes(path)
-        for dim, logical in zip(x.shape, axes):
+        names = _axes_of(axes, path)
+        for dim, logical in zip(x.shape, names):
             check_divisible(f"parameter {path}", dim, logical, mesh)
-        return NamedSharding(mesh, spec(axes))
+        return NamedSharding(mesh, spec(names))
 
     return jax.tree_util.tree_map_with_path(one, params)
 
@@ -159,11 +128,11 @@ def constrain(x, names: tuple[str | None, ...]):
     return jax.lax.with_sharding_constraint(x, spec(names))
 
 
-def constrain_params(tree):
+def constrain_params(tree, axes: Mapping[str, tuple[str, ...]]):
     """Lay a parameter-shaped tree (gradients) out like the parameters: under FSDP this makes the gradient
     reduction a reduce-scatter into the owners' shards rather than an all-reduce."""
     if jax.sharding.get_abstract_mesh().empty:
         return tree
     return jax.tree_util.tree_map_with_path(
-        lambda p, x: jax.lax.with_sharding_constraint(x, spec(param_axes(_path(p)))), tree
+        lambda p, x: jax.lax.with_sharding_constraint(x, spec(_axes_of(axes, _path(p)))), tree
     )

@@ -51,7 +51,7 @@ BASE_COLUMNS = ["run", "params", "params_total", "tokens", "loss", "steps"]
 # ------------------------------------------------------------------------------------------------ counting
 def param_counts(model_cfg) -> tuple[int, int]:
     """(non-embedding, total) parameter counts of a ModelConfig, from the model's own `param_shapes`."""
-    from jaxfin.model.llama import param_shapes
+    from jaxfin.model.params import param_shapes
 
     shapes = param_shapes(model_cfg)
     leaves = list(_leaves(shapes))

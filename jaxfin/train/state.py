@@ -14,7 +14,8 @@ from jax.sharding import Mesh
 from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import Config
 from jaxfin.model.config import param_dtype
-from jaxfin.model.llama import _init_params, param_shapes
+from jaxfin.model.init import traced_init_params
+from jaxfin.model.params import param_axes, param_shapes
 from jaxfin.parallel import batch_sharding, like_params, param_shardings, replicated
 from jaxfin.parallel.rules import check_divisible
 from jaxfin.train.step import make_train_step
@@ -28,7 +29,7 @@ def check_layout(cfg: Config, mesh: Mesh) -> None:
     if t.batch_size % t.micro_batches:
         raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.micro_batches={t.micro_batches}")
     check_divisible("each micro-batch", t.batch_size // t.micro_batches, "batch", mesh)
-    param_shardings(abstract_params(cfg), mesh)  # checks every split parameter dimension
+    param_shardings(abstract_params(cfg), mesh, param_axes(cfg.model))  # checks every split parameter dimension
 
 
 def abstract_params(cfg: Config) -> dict:
@@ -41,7 +42,7 @@ def abstract_params(cfg: Config) -> dict:
 def state_shardings(cfg: Config, optimizer, mesh: Mesh) -> dict:
     """NamedSharding for every leaf of the train state."""
     params = abstract_params(cfg)
-    p_shard = param_shardings(params, mesh)
+    p_shard = param_shardings(params, mesh, param_axes(cfg.model))
     opt = jax.eval_shape(optimizer.init, params)
     rep = replicated(mesh)
     out = {"params": p_shard, "opt_state": like_params(opt, p_shard, mesh), "step": rep, "rng": rep}
@@ -68,7 +69,7 @@ def init_state(cfg: Config, optimizer, mesh: Mesh, params=None) -> dict:
     or freshly initialised from `train.seed` (random numbers do not depend on the layout)."""
     shardings = state_shardings(cfg, optimizer, mesh)
     if params is None:
-        params = jax.jit(lambda k: _init_params(cfg.model, k), out_shardings=shardings["params"])(
+        params = jax.jit(lambda k: traced_init_params(cfg.model, k), out_shardings=shardings["params"])(
             jax.random.key(cfg.train.seed)
         )
     else:

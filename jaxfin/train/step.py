@@ -16,6 +16,7 @@ import optax
 
 from jaxfin.config.schema import Config
 from jaxfin.model import forward, scores
+from jaxfin.model.params import param_axes
 from jaxfin.parallel.rules import constrain_params
 from jaxfin.train import preference
 from jaxfin.train.loss import next_token_loss_sum
@@ -68,6 +69,7 @@ def make_train_step(cfg: Config, optimizer, schedule):
     gradients, accumulation buffers and optimizer update cover only the trained values: frozen weights are
     constants to XLA."""
     micro_batches = cfg.train.micro_batches
+    axes = param_axes(cfg.model)  # gradients laid out like the params
     sel = getattr(optimizer, "selection", None)
     inner = optimizer if sel is None else optimizer.inner
     dropout = cfg.model.lora.rank > 0 and cfg.model.lora.dropout > 0
@@ -90,7 +92,7 @@ def make_train_step(cfg: Config, optimizer, schedule):
         def micro_step(m, mb):
             rng = None if key is None else jax.random.fold_in(key, m)
             (loss, (n, metrics)), g = grad_fn(part, params, mb, ref_params, rng)
-            return constrain_params(jax.tree.map(lambda x: x.astype(jnp.float32), g)), loss, n, metrics
+            return constrain_params(jax.tree.map(lambda x: x.astype(jnp.float32), g), axes), loss, n, metrics
 
         totals = micro_step(0, jax.tree.map(lambda x: x[0], micro))
         if micro_batches > 1:  # the others added in a scan (a Python loop would compile M copies of the model)
@@ -102,7 +104,7 @@ def make_train_step(cfg: Config, optimizer, schedule):
             totals, _ = jax.lax.scan(accumulate, totals, rest)
         grads, loss, count, msums = totals
         count = jnp.maximum(count, 1.0)
-        grads = constrain_params(jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, part))
+        grads = constrain_params(jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, part), axes)
         updates, opt_state = inner.update(grads, state["opt_state"], part)
         new_params = optax.apply_updates(params, updates) if sel is None else apply_part_updates(params, updates, sel)
         new_state = {**state, "params": new_params, "opt_state": opt_state, "step": state["step"] + 1}
