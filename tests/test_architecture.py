@@ -110,3 +110,13 @@ def test_no_import_cycles():
 def test_no_private_names_imported_from_another_module():
     _, private = _imports(_modules())
     assert not private, "private names imported across modules: " + ", ".join(f"{m} <- {t}.{n}" for m, t, n in private)
+
+
+def test_config_lora_targets_are_the_tables_lora_targetable_projections():
+    """config/choices.py validates `model.lora.targets` against LORA_TARGETS; the tables decide what LoRA can adapt."""
+    from jaxfin.config.choices import FAMILIES, LORA_TARGETS
+    from jaxfin.model.params import TABLES
+
+    assert set(TABLES) == set(FAMILIES)
+    targetable = {p.path.split("/")[-2] for t in TABLES.values() for p in t if p.lora}
+    assert targetable == set(LORA_TARGETS)

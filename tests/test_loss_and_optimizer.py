@@ -13,7 +13,7 @@ from tolerances import assert_close_to_scale, rounding_tol
 
 from jaxfin.config.schema import ModelConfig, OptimizerConfig
 from jaxfin.model import forward, param_shapes
-from jaxfin.train.loss import next_token_loss_sum
+from jaxfin.model.loss import next_token_loss_sum
 from jaxfin.train.optimizer import decay_mask, make_optimizer, make_schedule
 from jaxfin.train.step import make_train_step
 

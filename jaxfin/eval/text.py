@@ -9,7 +9,7 @@ What is counted (the lm-evaluation-harness "rolling log-likelihood" convention):
   last token of one window is the first (context only) token of the next, so every target is scored exactly once,
   with at most ``seq_len - 1`` tokens of context;
 * windows are packed into rows with segment ids (attention never crosses a document or window) and scored with
-  the trainer's loss (``jaxfin.train.loss``);
+  the trainer's loss (``jaxfin.model.loss``);
 * ``bytes`` = UTF-8 bytes of exactly the documents' text as read from the source (no BOS/EOS, no separators);
   ``bits_per_byte`` = total NLL in nats / ln 2 / bytes. It does not depend on the tokenizer, so models with
   different vocabularies (e.g. after vocabulary expansion) compare; ``loss`` (nats per target token) and
@@ -97,7 +97,7 @@ def _loss_fn(cfg):
     key = repr(cfg)
     if key not in _FNS:
         from jaxfin.model import forward
-        from jaxfin.train.loss import next_token_loss_sum
+        from jaxfin.model.loss import next_token_loss_sum
 
         def f(params, batch):
             logits = forward(params, cfg, batch["tokens"], batch["segment_ids"], batch["positions"])

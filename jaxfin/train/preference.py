@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfin.config.choices import DPO_LOSSES
-from jaxfin.train.loss import token_logps
+from jaxfin.model.loss import token_logps
 
 
 def segment_sums(values, segment_ids, num_segments: int):

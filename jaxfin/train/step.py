@@ -2,7 +2,7 @@
 by, metric sums); gradient accumulation adds them over micro-batches and divides once, so the loss is the mean
 over the whole global batch: per target token for next-token training, per pair for the preference objectives.
 
-    next_token   CPT / SFT / joint: next-token cross-entropy on loss_mask tokens (jaxfin/train/loss.py)
+    next_token   CPT / SFT / joint: next-token cross-entropy on loss_mask tokens (jaxfin/model/loss.py)
     dpo          DPO family on packed pairs, reference log-probs from `ref_params` (a frozen copy of the initial
                  params), from the batch (`ref_logps`, precomputed in one pass), or none (reference-free)
     reward       Bradley-Terry reward model: score head at each sequence's last token
@@ -16,10 +16,10 @@ import optax
 
 from jaxfin.config.schema import Config
 from jaxfin.model import forward, scores
+from jaxfin.model.loss import next_token_loss_sum
 from jaxfin.model.params import param_axes
 from jaxfin.parallel.rules import constrain_params
 from jaxfin.train import preference
-from jaxfin.train.loss import next_token_loss_sum
 from jaxfin.train.trainable import apply_part_updates, trainable_part, with_trainable
 
 

@@ -1,4 +1,5 @@
-"""Next-token loss on packed rows: a target counts only inside its own document and where loss_mask is set."""
+"""Next-token loss on packed rows: a target counts only inside its own document and where loss_mask is set. A
+function of the model's logits, shared by training (train/step.py, train/preference.py) and eval (eval/text.py)."""
 
 from __future__ import annotations
 
