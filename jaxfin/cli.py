@@ -68,7 +68,7 @@ def run_train(args) -> int:
 
 
 def run_convert(args) -> int:
-    from jaxfin.hf.cli import convert_main
+    from jaxfin.store.convert import convert_main
 
     convert_main(args.src, args.dst)
     return 0

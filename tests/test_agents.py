@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from tolerances import rounding_tol
 
+import jaxfin
 from jaxfin.config.schema import ModelConfig
 from jaxfin.data.tokenizer import load_tokenizer
 from jaxfin.eval.agents import load_agents_config, run_agents
@@ -53,7 +54,7 @@ def model_dir(tmp_path_factory):
                       num_kv_heads=2, max_position_embeddings=512, bos_token_id=2, eos_token_id=3,
                       compute_dtype="float32")  # fmt: skip
     d = tmp_path_factory.mktemp("agents_model")
-    Model(cfg, init_params(cfg, jax.random.key(0)), str(TOKENIZER)).save(d, format="hf")
+    jaxfin.save_model(Model(cfg, init_params(cfg, jax.random.key(0)), str(TOKENIZER)), d, format="hf")
     return d
 
 

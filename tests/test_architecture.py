@@ -1,5 +1,6 @@
 """The package's import graph, read with `ast` (module-level and function-level imports alike): no import cycle
-between modules, and no module imports another module's `_private` name."""
+between modules, parts import only their own layer or layers below (the order jaxfin/__init__.py argues for),
+and no module imports another module's `_private` name."""
 
 from __future__ import annotations
 
@@ -9,9 +10,20 @@ from pathlib import Path
 import jaxfin
 
 ROOT = Path(jaxfin.__file__).parent
-# The one cycle left (issue 17, point 1): the Model facade (model/__init__, model/store) and hf/ import each other.
-# It goes when Model and load_model move above hf/; nothing may join it meanwhile.
-KNOWN_CYCLES = [{"jaxfin.hf", "jaxfin.hf.convert", "jaxfin.model", "jaxfin.model.store"}]
+# The layers of jaxfin/__init__.py's docstring, bottom first; a part is a top-level module or package of jaxfin.
+# The package root re-exports the store's load_model / save_model, so it sits with store.
+LAYERS = [
+    {"config"},
+    {"kernels", "parallel"},
+    {"model"},
+    {"data"},
+    {"hf"},
+    {"store", "jaxfin"},
+    {"eval"},
+    {"train"},
+    {"merge", "scaling", "vocab", "bench"},
+    {"recipe", "demo", "cli", "launch", "__main__"},
+]
 
 
 def _modules() -> dict[str, Path]:
@@ -101,10 +113,33 @@ def test_the_graph_reader_sees_cycles_and_function_level_imports():
     assert "jaxfin.model.lora" in edges["jaxfin.hf.convert"]  # so is a function-level one
 
 
+def _part(module: str) -> str:
+    return module.split(".")[1] if "." in module else "jaxfin"
+
+
 def test_no_import_cycles():
     edges, _ = _imports(_modules())
-    new = [sorted(c) for c in _cycles(edges) if c not in KNOWN_CYCLES]
-    assert not new, f"import cycles: {new}"
+    assert not _cycles(edges), f"import cycles: {[sorted(c) for c in _cycles(edges)]}"
+
+
+def test_parts_import_only_their_layer_or_below():
+    mods = _modules()
+    layer = {part: i for i, parts in enumerate(LAYERS) for part in parts}
+    assert set(map(_part, mods)) == set(layer), "every part has a layer in LAYERS (and jaxfin/__init__.py)"
+    edges, _ = _imports(mods)
+    upward = sorted(f"{m} -> {t}" for m, ts in edges.items() for t in ts if layer[_part(t)] > layer[_part(m)])
+    assert not upward, "imports from a higher layer: " + ", ".join(upward)
+    parts = {p: set() for p in layer}
+    for m, ts in edges.items():
+        parts[_part(m)] |= {_part(t) for t in ts} - {_part(m)}
+    assert not _cycles(parts), f"parts import each other: {_cycles(parts)}"
+
+
+def test_the_layer_check_sees_an_upward_import():
+    """The layer rule itself: model importing train (the old model/store -> train/checkpoint) is upward."""
+    layer = {part: i for i, parts in enumerate(LAYERS) for part in parts}
+    assert layer[_part("jaxfin.train.checkpoint")] > layer[_part("jaxfin.model.store")]
+    assert layer[_part("jaxfin.store")] > layer[_part("jaxfin.hf.convert")] > layer[_part("jaxfin.model")]
 
 
 def test_no_private_names_imported_from_another_module():

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from tolerances import rounding_tol
 
+import jaxfin
+from jaxfin import load_model
 from jaxfin.config import load_config
-from jaxfin.model import load_model
 from jaxfin.train import train
 from tests.conftest import REPO, shared_data
 
@@ -32,7 +33,7 @@ def _fpb_metrics_by_torch(model, hf_dir, limit):
     from jaxfin.eval.tasks import run_task
 
     examples = run_task(model, load_tokenizer(SP_MODEL), "fpb", limit=limit)["examples"]
-    model.save(hf_dir, format="hf")
+    jaxfin.save_model(model, hf_dir, format="hf")
     hf = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     sp = spm.SentencePieceProcessor(model_file=str(SP_MODEL))
     pred, pred_norm, margin = [], [], float("inf")

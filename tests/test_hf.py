@@ -9,6 +9,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import chex
 import jax
 import ml_dtypes
 import numpy as np
@@ -21,9 +22,9 @@ from tolerances import assert_close_to_scale, rounding_tol
 import jaxfin
 from jaxfin.config import ConfigError, ModelConfig
 from jaxfin.hf import config_from_hf, load_hf, params_from_hf, params_to_hf, save_hf
-from jaxfin.hf.cli import convert_main
 from jaxfin.hf.tokenizer import export_tokenizer
-from jaxfin.model.store import load_jaxfin, save_jaxfin
+from jaxfin.store.convert import convert_main
+from jaxfin.store.jaxfin_dir import load_jaxfin, save_jaxfin
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_SPM = REPO / "demo_data" / "tokenizer.model"
@@ -266,7 +267,7 @@ def test_older_config_layout_loads_identically(make_variant, tmp_path):
     new, old = jaxfin.load_model(path), jaxfin.load_model(tmp_path)
     assert old.config == new.config  # same config + same params = same function
     assert old.config.rope_theta == 500000.0 and old.config.rope_scaling.factor == 8.0
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(old.params), jax.tree.leaves(new.params)))
+    chex.assert_trees_all_equal(old.params, new.params)
 
 
 def test_scanned_and_unscanned_agree(make_variant):
@@ -300,11 +301,11 @@ def test_bf16_round_trip_is_bitwise(tmp_path):
 def test_save_via_model_api_and_jaxfin_dir(make_variant, tmp_path):
     v = make_variant("qwen2_bias")
     model = jaxfin.load_model(v.path)
-    model.save(tmp_path / "j")
+    jaxfin.save_model(model, tmp_path / "j")
     again = jaxfin.load_model(tmp_path / "j")
     assert again.config == model.config and again.tokenizer_dir == str((tmp_path / "j").absolute())
-    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(again.params), jax.tree.leaves(model.params)))
-    again.save(tmp_path / "h", format="hf")
+    chex.assert_trees_all_equal(again.params, model.params)
+    jaxfin.save_model(again, tmp_path / "h", format="hf")
     np.testing.assert_array_equal(_hf_logits(tmp_path / "h"), v.ref)  # the source's weights: bitwise its logits
     hf = json.loads((tmp_path / "h" / "config.json").read_text())
     assert hf["architectures"] == ["Qwen2ForCausalLM"] and hf["use_sliding_window"] is False
@@ -312,7 +313,7 @@ def test_save_via_model_api_and_jaxfin_dir(make_variant, tmp_path):
 
 def test_training_run_dir_converts(make_variant, tmp_path):
     from jaxfin.config import CheckpointConfig
-    from jaxfin.train.checkpoint import Checkpointer
+    from jaxfin.store.checkpoint import Checkpointer
 
     v = make_variant("llama2_mha")
     model = jaxfin.load_model(v.path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +15,7 @@ import peft
 import pytest
 import torch
 import transformers
+from flax.traverse_util import flatten_dict, unflatten_dict
 from tolerances import assert_close_to_scale, rounding_tol
 
 import jaxfin
@@ -22,7 +24,7 @@ from jaxfin.config.schema import LoraConfig, ModelConfig
 from jaxfin.model import Model, forward, init_params, param_shapes
 from jaxfin.model.lora import adapter_paths, add_adapters, merge_adapters, split_adapters, without_lora
 from jaxfin.train.optimizer import make_optimizer
-from jaxfin.train.trainable import flatten, selection
+from jaxfin.train.trainable import selection
 from tests.conftest import tiny_hf_llama
 
 ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -45,15 +47,18 @@ def _cfg(targets=ALL, rank=R, alpha=6.0, dropout=0.0, **kw) -> ModelConfig:
 def _randomise_adapters(params: dict, seed: int = 1, scale: float = 0.3) -> dict:
     """Nonzero A and B, so the adapters change the output."""
     rng = np.random.default_rng(seed)
-    flat = flatten(params)
-    out = {}
-    for path, x in flat.items():
-        if path.endswith(("lora_a", "lora_b")):
-            x = jnp.asarray(rng.normal(0, scale, x.shape), x.dtype)
-        out[path] = x
-    from jaxfin.train.trainable import unflatten
 
-    return unflatten(out)
+    def one(path, x):
+        if path[-1].key in ("lora_a", "lora_b"):
+            return jnp.asarray(rng.normal(0, scale, x.shape), x.dtype)
+        return x
+
+    return jax.tree_util.tree_map_with_path(one, params)
+
+
+def _base_part(params: dict) -> dict:
+    """The params without their adapter leaves (written here, not with jaxfin.model.lora)."""
+    return unflatten_dict({k: v for k, v in flatten_dict(params).items() if k[-1] not in ("lora_a", "lora_b")})
 
 
 TOKENS = np.random.default_rng(0).integers(0, V, (2, 12))
@@ -68,7 +73,7 @@ def test_adapter_shapes_follow_the_kernels():
     assert m["gate_proj"]["lora_a"] == (L, D, R) and m["gate_proj"]["lora_b"] == (L, R, F)
     assert m["down_proj"]["lora_a"] == (L, F, R) and m["down_proj"]["lora_b"] == (L, R, D)
     only_q = param_shapes(_cfg(["q_proj"]))
-    assert sorted(p for p in flatten(only_q) if "lora" in p) == sorted(adapter_paths(_cfg(["q_proj"])))
+    assert sorted(p for p in flatten_dict(only_q, sep="/") if "lora" in p) == sorted(adapter_paths(_cfg(["q_proj"])))
     assert len(adapter_paths(_cfg(["q_proj"]))) == 2
     assert "lora_a" not in str(param_shapes(_cfg(rank=0)))
 
@@ -77,9 +82,8 @@ def test_init_equals_base_and_add_adapters_bounds():
     cfg = _cfg()
     p = init_params(cfg, jax.random.key(0))
     base = init_params(without_lora(cfg), jax.random.key(0))
-    # base weights are the same draw as without LoRA; B = 0 so the outputs are equal
-    for path, x in flatten(base).items():
-        assert np.array_equal(np.asarray(x), np.asarray(flatten(p)[path])), path
+    chex.assert_trees_all_equal(_base_part(p), base)  # base weights: the same draw as without LoRA
+    # B = 0, so the outputs are equal
     np.testing.assert_array_equal(forward(p, cfg, TOKENS), forward(base, without_lora(cfg), TOKENS))
     q = add_adapters(base, cfg, jax.random.key(3))
     a = np.asarray(q["layers"]["self_attn"]["o_proj"]["lora_a"])
@@ -93,7 +97,7 @@ def test_init_equals_base_and_add_adapters_bounds():
 def _numpy_merge(params: dict, cfg: ModelConfig) -> dict:
     """W + (alpha/r) A B, written out per layer in numpy (independent of jaxfin.model.lora)."""
     s = cfg.lora.alpha / cfg.lora.rank
-    flat = {k: np.asarray(v, np.float64) for k, v in flatten(params).items()}
+    flat = {k: np.asarray(v, np.float64) for k, v in flatten_dict(params, sep="/").items()}
     out = {}
     for path, w in flat.items():
         if path.endswith(("lora_a", "lora_b")):
@@ -106,9 +110,7 @@ def _numpy_merge(params: dict, cfg: ModelConfig) -> dict:
                 bi = b[i].reshape(b.shape[1], -1)  # [r, out]
                 w[i] += s * (ai @ bi).reshape(w.shape[1:])
         out[path] = w.astype(np.float32)
-    from jaxfin.train.trainable import unflatten
-
-    return unflatten(out)
+    return unflatten_dict(out, sep="/")
 
 
 def _fwd_tol(max_score: float) -> float:
@@ -129,10 +131,11 @@ def test_forward_equals_base_forward_of_merged_weights(scan):
     assert np.abs(got - base).max() > 1e-2  # the adapters matter
     assert_close_to_scale(got, want, _fwd_tol(25))  # ~2e-4 (measured <= 2.1e-5; in float64 1.4e-14: rounding)
     m, mcfg = merge_adapters(p, cfg)
-    assert mcfg.lora.rank == 0 and not any("lora" in k for k in flatten(m))
-    for path, w in flatten(merged).items():
+    assert mcfg.lora.rank == 0 and not any("lora" in k for k in flatten_dict(m, sep="/"))
+    chex.assert_trees_all_equal_structs(m, merged)
+    for path, w in flatten_dict(merged, sep="/").items():
         # float32 W + s (A B) (R terms), 2 roundings on top of the oracle's float32 cast, relative to max |W'|
-        assert_close_to_scale(flatten(m)[path], w, rounding_tol(np.float32, R, depth=2), err_msg=path)
+        assert_close_to_scale(flatten_dict(m, sep="/")[path], w, rounding_tol(np.float32, R, depth=2), err_msg=path)
 
 
 def test_dropout_only_with_a_key():
@@ -163,7 +166,7 @@ def test_training_touches_only_adapters():
     cfg = _cfg(targets=["q_proj", "o_proj", "up_proj"], dropout=0.1)
     params = init_params(cfg, jax.random.key(0))
     sel = selection(params, [], cfg)
-    trained = sorted(p for p, v in flatten(sel).items() if v is not None)
+    trained = sorted(p for p, v in flatten_dict(sel, sep="/").items() if v is not None)
     assert trained == sorted(adapter_paths(cfg))
     opt = make_optimizer(OptimizerConfig(lr=1e-2, warmup_steps=0), 10, sel)
     state = opt.init(params)
@@ -174,7 +177,7 @@ def test_training_touches_only_adapters():
         for path, x in leaves
         if x.ndim
     )
-    shapes = {p: tuple(x.shape) for p, x in flatten(params).items()}
+    shapes = {p: tuple(x.shape) for p, x in flatten_dict(params, sep="/").items()}
     assert big == sorted([(p, shapes[p]) for p in adapter_paths(cfg)] * 2)
 
     @jax.jit
@@ -186,8 +189,9 @@ def test_training_touches_only_adapters():
     new = params
     for i in range(3):
         new, state = step(new, state, i)
-    for path, x in flatten(params).items():
-        changed = not np.array_equal(np.asarray(x), np.asarray(flatten(new)[path]))
+    flat_new = flatten_dict(new, sep="/")
+    for path, x in flatten_dict(params, sep="/").items():
+        changed = not np.array_equal(np.asarray(x), np.asarray(flat_new[path]))
         assert changed == ("lora" in path), path
     assert _loss(new, cfg, jnp.asarray(TOKENS)) < _loss(params, cfg, jnp.asarray(TOKENS))
 
@@ -195,12 +199,10 @@ def test_training_touches_only_adapters():
 def test_jaxfin_checkpoint_round_trips_adapters(tmp_path):
     cfg = _cfg(targets=["v_proj", "down_proj"])
     p = _randomise_adapters(init_params(cfg, jax.random.key(0)))
-    Model(cfg, p).save(tmp_path / "m")
+    jaxfin.save_model(Model(cfg, p), tmp_path / "m")
     loaded = jaxfin.load_model(tmp_path / "m")
     assert loaded.config.lora == cfg.lora
-    assert sorted(flatten(loaded.params)) == sorted(flatten(p))
-    for path, x in flatten(p).items():
-        assert np.array_equal(np.asarray(x), np.asarray(flatten(loaded.params)[path])), path
+    chex.assert_trees_all_equal(loaded.params, p)
 
 
 @pytest.mark.parametrize(
@@ -246,7 +248,7 @@ def test_peft_adapter_and_merged_export_match_transformers(hf_base, tmp_path):
     ours = np.asarray(model.logits(TOKENS))
     assert np.abs(ours - np.asarray(loaded.logits(TOKENS))).max() > 1e-2  # the adapters matter
 
-    base_model(model).save(tmp_path / "base", format="hf")
+    jaxfin.save_model(base_model(model), tmp_path / "base", format="hf")
     save_peft_adapter(model, out_dir=tmp_path / "adapter", base_model_name_or_path=str(tmp_path / "base"))
     base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base", torch_dtype=torch.float32)
     # torch vs jaxfin, float32: depth 4L reductions of <= F terms, relative to max-abs (scores stay small here: the
@@ -257,7 +259,7 @@ def test_peft_adapter_and_merged_export_match_transformers(hf_base, tmp_path):
     adapted.eval()
     assert_close_to_scale(_torch_logits(adapted), ours, tol)
 
-    model.save(tmp_path / "merged", format="hf")  # a plain HF model with the adapters folded in
+    jaxfin.save_model(model, tmp_path / "merged", format="hf")  # a plain HF model with the adapters folded in
     merged = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged", torch_dtype=torch.float32)
     assert_close_to_scale(_torch_logits(merged), ours, tol)
     assert "lora" not in (tmp_path / "merged" / "config.json").read_text()

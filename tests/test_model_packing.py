@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -259,9 +260,7 @@ def test_init_values():
     q = np.asarray(la["q_proj"]["kernel"])
     assert not np.allclose(q[0], q[1])
     # deterministic in the key
-    p2 = init_params(cfg, jax.random.key(7, impl="rbg"))
-    for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(p2)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(init_params(cfg, jax.random.key(7, impl="rbg")), p)
 
 
 def _llama3_inv_freq_numpy(theta, head_dim, factor, low, high, orig):

@@ -15,6 +15,7 @@ import signal
 import warnings
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -23,11 +24,11 @@ import pytest
 import torch
 import transformers
 import yaml
+from flax.traverse_util import flatten_dict
 
 import jaxfin
 from jaxfin.config import load_config
 from jaxfin.train import train
-from jaxfin.train.trainable import flatten
 from tests.conftest import tiny_hf_llama
 from tests.tolerances import assert_close_to_scale, rounding_tol
 
@@ -69,7 +70,7 @@ def hf_base(tmp_path_factory):
 
 
 def _flat(params) -> dict[str, np.ndarray]:
-    return {k: np.asarray(v) for k, v in flatten(jax.device_get(params)).items()}
+    return {k: np.asarray(v) for k, v in flatten_dict(jax.device_get(params), sep="/").items()}
 
 
 def _losses(run: Path) -> list[tuple[int, str]]:
@@ -137,11 +138,7 @@ def test_lora_run_keeps_base_weights_and_trains_adapters(lora_run, hf_base):
     model = jaxfin.load_model(run)
     assert model.config.lora.rank == 4 and sorted(model.config.lora.targets) == ["down_proj", "q_proj", "v_proj"]
     base, adapters = split_adapters(model.params)
-    hf = _flat(jaxfin.load_model(hf_base).params)
-    got = _flat(base)
-    assert sorted(got) == sorted(hf)
-    changed = [k for k in hf if not np.array_equal(got[k], hf[k])]
-    assert changed == [], f"LoRA training changed base weights: {changed}"
+    chex.assert_trees_all_equal(base, jaxfin.load_model(hf_base).params)  # LoRA training left the base weights
     assert sorted(adapters) == sorted(
         f"layers/{g}/{n}/{leaf}"
         for g, n in (("self_attn", "q_proj"), ("self_attn", "v_proj"), ("mlp", "down_proj"))
@@ -246,8 +243,7 @@ def test_lora_run_preempted_resumes_to_the_same_losses(lora_run, small_config, h
     ref = _losses(ref_run)
     assert [step for step, _ in ref] == list(range(1, STEPS + 1))
     assert _losses(run) == ref
-    got, want = _flat(jaxfin.load_model(run).params), _flat(jaxfin.load_model(ref_run).params)
-    assert sorted(got) == sorted(want) and all(np.array_equal(got[k], want[k]) for k in want)
+    chex.assert_trees_all_equal(jaxfin.load_model(run).params, jaxfin.load_model(ref_run).params)
 
 
 # ---------------------------------------------------------------------------------------------- partial training
@@ -279,8 +275,7 @@ def test_top_layer_only_changes_the_top_layer(small_config, hf_base, tmp_path):
     )
     assert f"resumed from {killed / 'checkpoints' / '3'}" in printed
     assert _losses(killed) == _losses(run)
-    again = _flat(jaxfin.load_model(killed).params)
-    assert all(np.array_equal(again[k], got[k]) for k in got)
+    chex.assert_trees_all_equal(_flat(jaxfin.load_model(killed).params), got)
 
 
 def test_recipe_embeddings_stage_then_full_model(small_config, hf_base, tmp_path):

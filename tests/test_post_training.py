@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import yaml
 
+import jaxfin
 from jaxfin.config import load_config
 from jaxfin.train import train
 from tests.conftest import REPO, shared_data
@@ -119,7 +120,7 @@ def test_reference_cache_follows_the_initial_weights_not_their_path(pairs_config
            "train.dev_batches=1"]  # fmt: skip
     seen = []
     for seed in (1, 1, 2):  # the same weights twice, then other weights at the same path
-        Model(model_cfg, init_params(model_cfg, jax.random.key(seed))).save(init, format="hf")
+        jaxfin.save_model(Model(model_cfg, init_params(model_cfg, jax.random.key(seed))), init, format="hf")
         train(load_config(pairs_config, run))
         with np.load(out / "reference_logps.npz") as z:
             seen.append((str(z["key"]), z["train"].copy(), (out / "reference_logps.npz").stat().st_mtime_ns))
@@ -133,7 +134,8 @@ def test_reward_model_learns_preferences_and_exports_for_transformers(pairs_conf
     import torch
     import transformers
 
-    from jaxfin.model import load_model, scores
+    from jaxfin import load_model
+    from jaxfin.model import scores
 
     out, hf_dir = tmp_path / "rm", tmp_path / "rm_hf"
     train(load_config(pairs_config, [f"output_dir={out}", "objective.type=reward", f"export_hf={hf_dir}"]))

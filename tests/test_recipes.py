@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxfin.model import load_model
+from jaxfin import load_model
 from jaxfin.recipe import load_recipe, run_recipe
 from tests.conftest import REPO, shared_data
 

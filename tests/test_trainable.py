@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -137,8 +138,9 @@ def _train(sel, steps=3):
 def test_frozen_layers_unchanged_bit_for_bit(patterns, trained):
     sel = selection(SHAPES, patterns, CFG)
     old, new, state = _train(sel)
+    flat_new = flatten(new)
     for path, x in flatten(old).items():
-        x, y = np.asarray(x), np.asarray(flatten(new)[path])
+        x, y = np.asarray(x), np.asarray(flat_new[path])
         if path.startswith("layers/"):
             for i in range(L):
                 same = np.array_equal(x[i], y[i])
@@ -181,8 +183,7 @@ def test_select_all_equals_plain_optimizer():
         u1, s1 = plain.update(g, s1, p1)
         u2, s2 = wrapped.update(g, s2, p2)
         p1, p2 = optax.apply_updates(p1, u1), optax.apply_updates(p2, u2)
-    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p2)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(p1, p2)
 
 
 def test_stop_frozen_gradients():
@@ -194,8 +195,9 @@ def test_stop_frozen_gradients():
         return forward(p, CFG, TOKENS).sum()
 
     full, part = jax.grad(loss)(params, False), jax.grad(loss)(params, True)
+    flat_part = flatten(part)
     for path, g in flatten(full).items():
-        g, h = np.asarray(g), np.asarray(flatten(part)[path])
+        g, h = np.asarray(g), np.asarray(flat_part[path])
         if path == "lm_head/kernel":
             np.testing.assert_array_equal(g, h)
         elif path.startswith("layers/mlp/"):
@@ -246,6 +248,7 @@ def test_gradients_of_the_trainable_part_only():
     # float32, two programs: depth ~4L+2 reductions of up to V terms (the widest: softmax over V, MLP over F, weight
     # gradients over B*S tokens), relative to each gradient's max-abs (~8e-5; today they are bitwise equal)
     tol = rounding_tol(np.float32, V, depth=4 * L + 2)
+    chex.assert_trees_all_equal_structs(g_part, trainable_part(g_full, sel))
     for a, b in zip(jax.tree.leaves(g_part), jax.tree.leaves(trainable_part(g_full, sel))):
         assert_close_to_scale(a, b, tol)
     state = opt.init(params)
@@ -254,7 +257,8 @@ def test_gradients_of_the_trainable_part_only():
     lean, full = apply_part_updates(params, u_part, sel), optax.apply_updates(params, u_full)
     # Adam's first step is ~lr*sign(g), blind to the gradients' rounding (the smallest |g| here is 1e-6, far above
     # Adam's eps and the gradients' difference): only w + update rounds, to about an ulp of w
+    flat_lean = flatten(lean)
     for path, x in flatten(full).items():
-        assert_close_to_scale(flatten(lean)[path], x, 2 * np.finfo(np.float32).eps, err_msg=path)
+        assert_close_to_scale(flat_lean[path], x, 2 * np.finfo(np.float32).eps, err_msg=path)
     assert np.array_equal(np.asarray(lean["layers"]["mlp"]["up_proj"]["kernel"][1]),
                           np.asarray(params["layers"]["mlp"]["up_proj"]["kernel"][1]))  # fmt: skip

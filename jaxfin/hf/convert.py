@@ -16,12 +16,13 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from flax import traverse_util
 
 from jaxfin.config import ConfigError, ModelConfig
 from jaxfin.hf.safetensors_io import FLOAT_DTYPES, SafetensorsReader, SafetensorsWriter, TensorSpec
 from jaxfin.model import Model
+from jaxfin.model.config import model_config
 from jaxfin.model.params import param_shapes, table
-from jaxfin.model.store import model_config
 
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
 # inert keys copied back on export when the source had them (the export is otherwise built from ModelConfig)
@@ -271,12 +272,6 @@ def _to_hf(x: np.ndarray, spec: _Spec) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(spec.hf_shape))
 
 
-def _leaf(tree: dict, path: tuple[str, ...]):
-    for key in path:
-        tree = tree[key]
-    return tree
-
-
 def _check_names(names, specs: list[_Spec], cfg: ModelConfig, where: str) -> None:
     expected = {s.name for s in specs}
     missing = sorted(expected - set(names))
@@ -297,15 +292,14 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: s
     """HF tensors -> the param pytree in cfg.param_dtype, one tensor at a time (`tensors` may be lazy)."""
     specs = _specs(cfg)
     _check_names(list(tensors.keys()), specs, cfg, where)
-    shapes = param_shapes(cfg)
+    shapes = traverse_util.flatten_dict(param_shapes(cfg))
     dtype = FLOAT_DTYPES[cfg.param_dtype]
     by_leaf: dict[tuple[str, ...], list[_Spec]] = {}
     for spec in specs:
         by_leaf.setdefault(spec.path, []).append(spec)
-    out: dict = {}
+    out: dict[tuple[str, ...], jax.Array] = {}
     for path, leaf_specs in by_leaf.items():  # one stacked leaf at a time keeps host memory low
-        full = _leaf(shapes, path)
-        buf = np.empty(full, dtype)
+        buf = np.empty(shapes[path], dtype)
         for spec in leaf_specs:
             w = np.asarray(tensors[spec.name])
             if tuple(w.shape) != spec.hf_shape:
@@ -314,12 +308,9 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: s
                 )
             part = buf if spec.layer is None else buf[spec.layer]
             part[...] = _from_hf(w, spec, part.shape)
-        node = out
-        for key in path[:-1]:
-            node = node.setdefault(key, {})
-        node[path[-1]] = jax.device_put(buf)
+        out[path] = jax.device_put(buf)
         del buf
-    return out
+    return traverse_util.unflatten_dict(out)
 
 
 def _host(x, layer: int | None) -> np.ndarray:
@@ -332,8 +323,9 @@ def _host(x, layer: int | None) -> np.ndarray:
 
 def _iter_hf(params: dict, cfg: ModelConfig, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, tensor) pairs, one tensor on the host at a time."""
+    flat = traverse_util.flatten_dict(params)
     for spec in _specs(cfg):
-        x = _host(_leaf(params, spec.path), spec.layer)
+        x = _host(flat[spec.path], spec.layer)
         yield spec.name, _to_hf(x.astype(dtype, copy=False), spec)
 
 

@@ -86,7 +86,7 @@ def _as_hf(ref: str, path: Path, tmp: Path) -> Path:
     log.info("%s is not a Hugging Face folder; converting it as a jaxfin checkpoint (loads it whole)", ref)
     out = tmp / re.sub(r"[^A-Za-z0-9_.-]", "_", ref)
     try:
-        jaxfin.load_model(path).save(out, format="hf")
+        jaxfin.save_model(jaxfin.load_model(path), out, format="hf")
     except (FileNotFoundError, ValueError) as e:
         raise MergeConfigError(
             f"model '{ref}' at {path}: neither a Hugging Face folder nor a jaxfin checkpoint ({e})"
@@ -282,7 +282,8 @@ def run_merge(
             import jaxfin
 
             log.info("writing a jaxfin checkpoint: loading the merged HF model whole")
-            jaxfin.load_model(hf_dir, param_dtype=dtype or writer.order[0][1].dtype).save(out_dir, format="jaxfin")
+            model = jaxfin.load_model(hf_dir, param_dtype=dtype or writer.order[0][1].dtype)
+            jaxfin.save_model(model, out_dir, format="jaxfin")
             files = sorted(p.name for p in out_dir.iterdir())
     secs = time.perf_counter() - t0
     return {

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -16,7 +15,7 @@ from jaxfin.model.params import param_axes, param_shapes
 
 @dataclass
 class Model:
-    """What `jaxfin.load_model` returns.
+    """A model in memory: what `jaxfin.load_model` returns and `jaxfin.save_model` writes (jaxfin/store/).
 
     `tokenizer_dir`: where the tokenizer files are (or None). `hf_extra`: Hugging Face fields that do not
     change the weights (eos list, generation config), kept so an export back to HF stays faithful.
@@ -34,37 +33,8 @@ class Model:
             self._logits_fn = jax.jit(lambda p, t: forward(p, self.config, t))
         return self._logits_fn(self.params, jnp.asarray(tokens, jnp.int32))
 
-    def save(self, path: str | Path, format: str = "jaxfin") -> None:
-        """Write a jaxfin checkpoint dir (`format="jaxfin"`) or a Hugging Face dir (`format="hf"`)."""
-        if format == "hf":
-            from jaxfin.hf import save_hf
-
-            save_hf(self, path)
-        elif format == "jaxfin":
-            from jaxfin.model.store import save_jaxfin
-
-            save_jaxfin(self, path)
-        else:
-            raise ValueError(f"format must be 'jaxfin' or 'hf', got '{format}'")
-
-
-def load_model(path: str | Path, **runtime) -> Model:
-    """Load a jaxfin checkpoint dir, a training run dir (latest checkpoint) or a Hugging Face dir.
-
-    `runtime` may set ModelConfig runtime knobs (param_dtype, compute_dtype, scan_layers, remat,
-    attention_backend); the architecture always comes from the checkpoint.
-    """
-    from jaxfin.hf import is_hf_dir, load_hf
-    from jaxfin.model.store import load_jaxfin
-
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(f"no model directory at {path}")
-    model = load_hf(path, **runtime) if is_hf_dir(path) else load_jaxfin(path, **runtime)
-    return model
-
 
 __all__ = [
-    "Model", "forward", "hidden_states", "init_params", "load_model", "output_kernel", "param_axes", "param_shapes",
+    "Model", "forward", "hidden_states", "init_params", "output_kernel", "param_axes", "param_shapes",
     "scores",
 ]  # fmt: skip

@@ -6,11 +6,12 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from jaxfin.config.schema import ModelConfig
 from jaxfin.model.config import param_dtype
 from jaxfin.model.lora import add_adapters
-from jaxfin.model.params import nest, table
+from jaxfin.model.params import table
 
 LORA_KEY = 0x10A  # fold_in constant: adapters of a fresh model draw from their own stream, base weights unchanged
 
@@ -37,5 +38,5 @@ def traced_init_params(cfg: ModelConfig, key: jax.Array) -> dict:
         else:
             std = cfg.init_std / (math.sqrt(2 * cfg.num_layers) if p.init == "normal_out" else 1)
             flat[p.path] = (std * jax.random.normal(k, shape, jnp.float32)).astype(dtype)
-    params = nest(flat)
+    params = traverse_util.unflatten_dict(flat, sep="/")
     return add_adapters(params, cfg, jax.random.fold_in(key, LORA_KEY)) if cfg.lora.rank > 0 else params

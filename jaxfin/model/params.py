@@ -14,6 +14,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from flax import traverse_util
+
 from jaxfin.config.schema import ModelConfig
 
 # The size of each logical axis, from the config (the axes' mesh layout is RULES in jaxfin/parallel/rules.py).
@@ -131,18 +133,12 @@ def param_axes(cfg: ModelConfig) -> dict[str, tuple[str, ...]]:
     return axes
 
 
-def nest(flat: dict[str, object]) -> dict:
-    """{'a/b': x} -> {'a': {'b': x}}."""
-    out: dict = {}
-    for path, value in flat.items():
-        *parents, leaf = path.split("/")
-        node = out
-        for key in parents:
-            node = node.setdefault(key, {})
-        node[leaf] = value
-    return out
-
-
 def param_shapes(cfg: ModelConfig) -> dict:
     """Shape of every parameter, as the same nested dict as the params."""
-    return nest({path: tuple(AXIS_SIZES[a](cfg) for a in axes) for path, axes in param_axes(cfg).items()})
+    flat = {path: tuple(AXIS_SIZES[a](cfg) for a in axes) for path, axes in param_axes(cfg).items()}
+    return traverse_util.unflatten_dict(flat, sep="/")
+
+
+def param_count(cfg: ModelConfig) -> int:
+    """All parameters of this config, adapters included (a tied embedding is one matrix, counted once)."""
+    return sum(math.prod(AXIS_SIZES[a](cfg) for a in axes) for axes in param_axes(cfg).values())

@@ -51,23 +51,14 @@ BASE_COLUMNS = ["run", "params", "params_total", "tokens", "loss", "steps"]
 # ------------------------------------------------------------------------------------------------ counting
 def param_counts(model_cfg) -> tuple[int, int]:
     """(non-embedding, total) parameter counts of a ModelConfig, from the model's own `param_shapes`."""
-    from jaxfin.model.params import param_shapes
+    from jaxfin.model.params import param_count, param_shapes
 
     shapes = param_shapes(model_cfg)
-    leaves = list(_leaves(shapes))
-    total = sum(math.prod(s) for s in leaves)
+    total = param_count(model_cfg)
     vocab = math.prod(shapes["embed_tokens"]["embedding"])
     if "lm_head" in shapes:
         vocab += math.prod(shapes["lm_head"]["kernel"])
     return total - vocab, total
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 # ------------------------------------------------------------------------------------------------ sweep

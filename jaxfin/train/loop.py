@@ -18,11 +18,12 @@ from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import Config, to_dict
 from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
 from jaxfin.hf.tokenizer import copy_tokenizer_files
-from jaxfin.model import Model, load_model
-from jaxfin.model.store import FORMAT, MODEL_JSON, VERSION
+from jaxfin.model import Model
 from jaxfin.parallel import global_batch, make_mesh, process_rows
 from jaxfin.parallel.distributed import barrier, is_main, to_host
-from jaxfin.train.checkpoint import Checkpointer
+from jaxfin.store import load_model, save_model
+from jaxfin.store.checkpoint import Checkpointer
+from jaxfin.store.jaxfin_dir import write_model_json
 from jaxfin.train.data_stream import DataStream
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
@@ -88,10 +89,7 @@ def _adapt_loaded(cfg: Config, loaded_cfg, params: dict) -> tuple[Config, dict]:
 def _write_run_files(cfg: Config, tok: Tokenizer, hf_extra: dict | None, out: Path) -> None:
     """Resolved config, model description and tokenizer: the run dir itself is a loadable model."""
     (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-    desc = {"format": FORMAT, "version": VERSION, "model": to_dict(cfg.model)}
-    if hf_extra:
-        desc["hf"] = hf_extra
-    (out / MODEL_JSON).write_text(json.dumps(desc, indent=2))
+    write_model_json(out, cfg.model, hf_extra)
     copy_tokenizer_files(tok.path, out)
 
 
@@ -270,7 +268,7 @@ def _train(cfg: Config, stop: _StopFlag) -> dict:
     elif cfg.export_hf or cfg.export_peft:
         params = to_host(state["params"])  # every process takes part in the gather; process 0 writes
         if main and cfg.export_hf:
-            Model(cfg.model, params, str(out), hf_extra).save(cfg.export_hf, format="hf")
+            save_model(Model(cfg.model, params, str(out), hf_extra), cfg.export_hf, format="hf")
             print(f"exported a Hugging Face model to {cfg.export_hf}", flush=True)
         if main and cfg.export_peft:
             from jaxfin.hf.peft import save_peft_adapter
@@ -314,7 +312,7 @@ def _keep_best(cfg: Config, params, rec: dict, meta: dict, out: Path, hf_extra) 
     host = to_host(params)
     meta["best"] = {"metric": name, "value": value, "step": int(rec["step"])}
     if is_main():
-        Model(cfg.model, host, str(out), hf_extra).save(out / "best", format="hf")
+        save_model(Model(cfg.model, host, str(out), hf_extra), out / "best", format="hf")
         (out / "best" / "best.json").write_text(json.dumps(meta["best"], indent=2) + "\n")
 
 

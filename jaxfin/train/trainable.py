@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
 from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import Config, ModelConfig
@@ -47,32 +48,11 @@ _SHORT = re.compile(r"@(top|bottom):(\d+)")
 # ---------------------------------------------------------------------------------------------- paths
 
 
-def _is_leaf(x) -> bool:
-    return not isinstance(x, dict)
-
-
-def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested dict -> {'a/b/c': leaf} (leaves: arrays, ShapeDtypeStructs, shape tuples, selection values)."""
-    out = {}
-    for k in sorted(tree):
-        v = tree[k]
-        path = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out |= flatten(v, path + "/")
-        else:
-            out[path] = v
-    return out
-
-
-def unflatten(flat: dict[str, Any]) -> dict:
-    out: dict = {}
-    for path, v in flat.items():
-        *parents, last = path.split("/")
-        node = out
-        for k in parents:
-            node = node.setdefault(k, {})
-        node[last] = v
-    return out
+def flatten(tree: dict) -> dict[str, Any]:
+    """Nested dict -> {'a/b/c': leaf}, keyed by the paths the patterns match, in jax's (sorted) leaf order whatever
+    order the tree was built in (leaves: arrays, ShapeDtypeStructs, shape tuples, selection values). The inverse is
+    `traverse_util.unflatten_dict(flat, sep="/")`."""
+    return dict(sorted(traverse_util.flatten_dict(tree, sep="/").items()))
 
 
 def _shape(x) -> tuple[int, ...]:
@@ -184,7 +164,7 @@ def selection(params, patterns: list[str], cfg: ModelConfig) -> dict:
             )
         for path, v in hit.items():
             chosen[path] = _union(chosen.get(path), v, cfg.num_layers)
-    return unflatten({p: chosen.get(p) for p in paths})
+    return traverse_util.unflatten_dict({p: chosen.get(p) for p in paths}, sep="/")
 
 
 def trainable_selection(params, cfg: Config) -> dict:
@@ -229,16 +209,17 @@ def trainable_part(tree: dict, sel: dict) -> dict:
     """The trainable values of a params-like tree, as a tree with the same paths (frozen leaves left out, a stacked
     leaf with a layer selection sliced to [k, ...])."""
     flat, s = flatten(tree), flatten(sel)
-    return unflatten({p: _take(flat[p], v) for p, v in s.items() if v is not None})
+    return traverse_util.unflatten_dict({p: _take(flat[p], v) for p, v in s.items() if v is not None}, sep="/")
 
 
 def _full_updates(updates: dict, part: dict, sel: dict) -> dict:
     flat, got, s = flatten(updates), flatten(part), flatten(sel)
-    return unflatten(
+    return traverse_util.unflatten_dict(
         {
             p: (jnp.full(flat[p].shape, -0.0, flat[p].dtype) if v is None else _place(flat[p], got[p], v))
             for p, v in s.items()
-        }
+        },
+        sep="/",
     )
 
 
@@ -256,7 +237,7 @@ def with_trainable(params: dict, part: dict, sel: dict) -> dict:
             return y
         return _set_layers(x, y.astype(x.dtype), v)
 
-    return unflatten({p: one(flat[p], v, got.get(p)) for p, v in s.items()})
+    return traverse_util.unflatten_dict({p: one(flat[p], v, got.get(p)) for p, v in s.items()}, sep="/")
 
 
 def apply_part_updates(params: dict, updates: dict, sel: dict) -> dict:
@@ -305,7 +286,7 @@ def stop_frozen_gradients(params: dict, sel: dict) -> dict:
         mask[list(v)] = True
         return jnp.where(mask, x, jax.lax.stop_gradient(x))
 
-    return unflatten({p: one(flat[p], s[p]) for p in s})
+    return traverse_util.unflatten_dict({p: one(flat[p], s[p]) for p in s}, sep="/")
 
 
 # ---------------------------------------------------------------------------------------------- reporting

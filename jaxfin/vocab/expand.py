@@ -222,7 +222,8 @@ def expand_vocab(
     from transformers import AutoTokenizer
 
     from jaxfin.hf.tokenizer import export_tokenizer
-    from jaxfin.model import Model, load_model
+    from jaxfin.model import Model
+    from jaxfin.store import load_model, save_model
 
     if (tokens is None) == (mine is None):
         raise ValueError("give exactly one token source: a tokens list or a corpus to mine")
@@ -299,7 +300,7 @@ def expand_vocab(
                 conf["tokenizer_class"] = "PreTrainedTokenizerFast"
                 tc.write_text(json.dumps(conf, indent=2, ensure_ascii=False) + "\n")
         log(f"vocab expand: writing {out_dir} (vocab {cfg.vocab_size} -> {rows})")
-        Model(new_cfg, params, str(new_dir), hf_extra=model.hf_extra).save(out_dir, format="hf")
+        save_model(Model(new_cfg, params, str(new_dir), hf_extra=model.hf_extra), out_dir, format="hf")
 
     report = {
         "model": str(model_dir),

@@ -10,49 +10,32 @@ import json
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
+import orbax.checkpoint as ocp
 
-from jaxfin.config import ConfigError, ModelConfig, config_from_dict
+from jaxfin.config import ConfigError, ModelConfig
+from jaxfin.hf.tokenizer import copy_tokenizer_files, has_tokenizer_files
 from jaxfin.model import Model
-from jaxfin.model.config import DTYPES
+from jaxfin.model.config import DTYPES, cast_params, model_config
 from jaxfin.model.params import param_shapes
+from jaxfin.store.checkpoint import restore_params
 
 FORMAT, VERSION = "jaxfin-model", 1
 MODEL_JSON = "jaxfin_model.json"
 
 
-def model_config(d: dict, where: str, **runtime) -> ModelConfig:
-    """A validated ModelConfig from a `model:` mapping, with runtime knobs (param_dtype, ...) on top."""
-    unknown = sorted(set(runtime) - set(ModelConfig.RUNTIME_KEYS))
-    if unknown:
-        raise ConfigError(
-            f"unknown runtime option(s) {', '.join(unknown)} for {where}; "
-            f"allowed: {', '.join(ModelConfig.RUNTIME_KEYS)}"
-        )
-    try:
-        return config_from_dict({"model": {**d, **runtime}}, where).model
-    except ConfigError as e:  # cross-field checks do not know the file; name it
-        raise (e if str(e).startswith(where) else ConfigError(f"{where}: {e}")) from None
-
-
-def cast_params(params: dict, cfg: ModelConfig) -> dict:
-    """Params as jax arrays in cfg.param_dtype (no copy when already there)."""
-    dtype = DTYPES[cfg.param_dtype]
-    return jax.tree.map(lambda x: jnp.asarray(x, dtype), params)
+def write_model_json(path: Path, cfg: ModelConfig, hf_extra: dict | None = None) -> None:
+    """`path/jaxfin_model.json`: the architecture (and HF-only fields, for a faithful export back to HF)."""
+    desc = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(cfg)}
+    if hf_extra:  # eos list, generation config: fields ModelConfig does not model
+        desc["hf"] = hf_extra
+    (path / MODEL_JSON).write_text(json.dumps(desc, indent=2) + "\n")
 
 
 def save_jaxfin(model: Model, path: str | Path) -> None:
     """Write `model` as a jaxfin checkpoint dir (overwriting the params of an existing one)."""
-    import orbax.checkpoint as ocp
-
-    from jaxfin.hf.tokenizer import copy_tokenizer_files
-
     path = Path(path).absolute()
     path.mkdir(parents=True, exist_ok=True)
-    desc = {"format": FORMAT, "version": VERSION, "model": dataclasses.asdict(model.config)}
-    if model.hf_extra:  # HF-only fields (eos list, generation config) kept for a faithful export back to HF
-        desc["hf"] = model.hf_extra
-    (path / MODEL_JSON).write_text(json.dumps(desc, indent=2) + "\n")
+    write_model_json(path, model.config, model.hf_extra)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(path / "params", model.params, force=True)
     ckptr.wait_until_finished()
@@ -76,8 +59,6 @@ def _read_desc(path: Path) -> dict:
 
 def _restore(params_dir: Path, cfg: ModelConfig) -> dict:
     """Restore the param pytree saved in cfg.param_dtype onto the default device."""
-    import orbax.checkpoint as ocp
-
     dtype = DTYPES[cfg.param_dtype]
     sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree.map(
@@ -94,8 +75,6 @@ def _restore(params_dir: Path, cfg: ModelConfig) -> dict:
 
 def load_jaxfin(path: str | Path, **runtime) -> Model:
     """Load a jaxfin checkpoint dir or a training run dir (its newest readable checkpoint)."""
-    from jaxfin.hf.tokenizer import has_tokenizer_files
-
     path = Path(path).absolute()
     if not (path / MODEL_JSON).is_file() or not ((path / "params").is_dir() or (path / "checkpoints").is_dir()):
         raise FileNotFoundError(
@@ -110,8 +89,6 @@ def load_jaxfin(path: str | Path, **runtime) -> Model:
     if (path / "params").is_dir():
         params = _restore(path / "params", stored)
     else:
-        from jaxfin.train.checkpoint import restore_params
-
         params = restore_params(path)
     tokenizer_dir = str(path) if has_tokenizer_files(path) else None
     return Model(cfg, cast_params(params, cfg), tokenizer_dir, hf_extra=desc.get("hf"))

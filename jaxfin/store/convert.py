@@ -7,6 +7,10 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from jaxfin.hf.convert import is_hf_dir, load_hf, save_hf, stored_dtype
+from jaxfin.hf.safetensors_io import SafetensorsReader
+from jaxfin.store.jaxfin_dir import load_jaxfin, save_jaxfin
+
 
 def _count(params: dict) -> tuple[int, int]:
     leaves = jax.tree.leaves(params)
@@ -19,10 +23,6 @@ def _listing(path: Path) -> str:
 
 def convert_main(src: str | Path, dst: str | Path) -> None:
     """Convert between formats (detected from SRC) and print what was written."""
-    from jaxfin.hf.convert import is_hf_dir, load_hf, save_hf, stored_dtype
-    from jaxfin.hf.safetensors_io import SafetensorsReader
-    from jaxfin.model.store import load_jaxfin, save_jaxfin
-
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise FileNotFoundError(f"no model directory at {src}")
