@@ -9,6 +9,7 @@ import pytest
 
 from jaxfin.data.binpack import efficiency, gather_row, plan_rows, split_pieces
 from jaxfin.data.cache import TokenCache, build_cache
+from jaxfin.model.batch import BATCH_DTYPE, BATCH_KEYS
 
 
 class _WordTokenizer:
@@ -77,6 +78,8 @@ def test_gather_rows_from_cache(tmp_path):
     plans = list(plan_rows(split_pieces(cache.doc_lengths(), seq_len), seq_len, "best_fit"))
     for plan in plans:
         row = gather_row(plan, cache, seq_len)
+        assert tuple(row) == BATCH_KEYS == ("tokens", "segment_ids", "positions", "loss_mask")
+        assert all(v.dtype == BATCH_DTYPE and v.shape == (seq_len,) for v in row.values())
         used = sum(b - a for _, a, b in plan)
         assert (row["segment_ids"][used:] == 0).all() and (row["segment_ids"][:used] > 0).all()
         assert (row["loss_mask"] == (row["segment_ids"] != 0)).all()

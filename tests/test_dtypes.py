@@ -75,10 +75,9 @@ def test_bf16_params_train_step():
     chex.assert_type(jax.tree.leaves(params), jnp.bfloat16)
     opt_cfg = OptimizerConfig(lr=1e-2, warmup_steps=0)
     opt = make_optimizer(opt_cfg, 10)
-    from jaxfin.config.schema import Config, TrainConfig
+    from jaxfin.config.schema import ObjectiveConfig
 
-    run = Config(model=cfg, train=TrainConfig(batch_size=4, micro_batches=2))
-    step = jax.jit(make_train_step(run, opt, make_schedule(opt_cfg, 10)))
+    step = jax.jit(make_train_step(cfg, ObjectiveConfig(), opt, make_schedule(opt_cfg, 10), micro_batches=2))
     state = {"params": params, "opt_state": opt.init(params), "step": jnp.zeros((), jnp.int32), "rng": jnp.zeros(2)}
     ones = jnp.ones((4, 16), jnp.int32)
     batch = {"tokens": jnp.tile(TOKENS, (2, 1)), "segment_ids": ones, "positions": jnp.tile(jnp.arange(16), (4, 1))}

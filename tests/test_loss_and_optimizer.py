@@ -11,7 +11,7 @@ import optax
 import pytest
 from tolerances import assert_close_to_scale, rounding_tol
 
-from jaxfin.config.schema import ModelConfig, OptimizerConfig
+from jaxfin.config.schema import ModelConfig, ObjectiveConfig, OptimizerConfig
 from jaxfin.model import forward, param_shapes
 from jaxfin.model.loss import next_token_loss_sum
 from jaxfin.train.optimizer import decay_mask, make_optimizer, make_schedule
@@ -336,12 +336,6 @@ def _accum_batch(seq=12):
     return {"tokens": tokens, "segment_ids": seg, "positions": pos, "loss_mask": mask}
 
 
-def _run_config(model, micro_batches):
-    from jaxfin.config.schema import Config, TrainConfig
-
-    return Config(model=model, train=TrainConfig(batch_size=8, micro_batches=micro_batches))
-
-
 def test_gradient_accumulation_is_token_weighted_and_matches_one_batch():
     params = _np_params(SMALL, seed=4)
     ocfg = OptimizerConfig(lr=1e-2, schedule="constant", warmup_steps=0, weight_decay=0.1, clip_norm=1.0)
@@ -350,8 +344,9 @@ def test_gradient_accumulation_is_token_weighted_and_matches_one_batch():
     batch = {k: jnp.asarray(v) for k, v in _accum_batch().items()}
     state = {"params": params, "opt_state": opt.init(params), "step": jnp.int32(0), "rng": jax.random.key(0)}
 
-    s1, m1 = jax.jit(make_train_step(_run_config(SMALL, 1), opt, sched))(state, batch)
-    s4, m4 = jax.jit(make_train_step(_run_config(SMALL, 4), opt, sched))(state, batch)
+    objective = ObjectiveConfig()
+    s1, m1 = jax.jit(make_train_step(SMALL, objective, opt, sched, micro_batches=1))(state, batch)
+    s4, m4 = jax.jit(make_train_step(SMALL, objective, opt, sched, micro_batches=4))(state, batch)
 
     # oracle: one direct forward of the whole batch, NLL and target count by the loop rule, in float64
     logits = jax.jit(lambda p: forward(p, SMALL, batch["tokens"], batch["segment_ids"], batch["positions"]))(params)

@@ -144,20 +144,27 @@ def _cfg(tmp_path, sources, dev, objective="dpo", seq_len=64, extra=()):
 
 
 def test_data_stream_dpo(tmp_path, capsys):
+    from jaxfin.config.schema import MeshConfig
     from jaxfin.data.tokenizer import load_tokenizer
+    from jaxfin.model.batch import BATCH_KEYS
+    from jaxfin.parallel import make_mesh
     from jaxfin.train.data_stream import DataStream
+    from jaxfin.train.state import batch_spec
 
     _write_pairs(tmp_path / "train.jsonl", 40)
     _write_pairs(tmp_path / "dev.jsonl", 6, seed=1)
     cfg = _cfg(tmp_path, [{"name": "prefs", "path": str(tmp_path / "train.jsonl"), "kind": "pairs"}],
                [{"name": "prefs_dev", "path": str(tmp_path / "dev.jsonl"), "kind": "pairs"}], seq_len=128)  # fmt: skip
     tok = load_tokenizer(cfg.tokenizer)
-    data = DataStream(cfg, tok)
+    data = DataStream(cfg.data, cfg.train, cfg.objective.type, tok)
     assert "40 pairs, 0 of them longer than seq_len 128" in capsys.readouterr().out
     plan = data.plan()["sources"][0]
     assert plan["pairs"] == 40 and plan["truncated_pairs"] == 0 and plan["sequences"] == 80
     batch = next(data.iterate(0, 1))
-    assert batch["tokens"].shape == (4, 128)
+    # the fields the compiled step is built for (its abstract batch), no more (the loader's `source` is popped)
+    spec = batch_spec(make_mesh(MeshConfig()), 4, 128)
+    assert {k: (v.shape, v.dtype) for k, v in batch.items()} == {k: (v.shape, v.dtype) for k, v in spec.items()}
+    assert tuple(batch) == BATCH_KEYS and all(tuple(b) == BATCH_KEYS for b in data.dev_batches(2, 8)["prefs_dev"])
     assert (batch["segment_ids"].max(1) >= 4).any()  # rows hold several pairs
     for row in (dict(zip(batch, r)) for r in zip(*batch.values())):
         seg, mask = row["segment_ids"], row["loss_mask"]
@@ -180,12 +187,16 @@ def test_pairs_refused_or_required(tmp_path):
     (tmp_path / "t.jsonl").write_text(json.dumps({"text": "bank loan rate"}) + "\n")
     pairs = {"name": "prefs", "path": str(tmp_path / "p.jsonl"), "kind": "pairs"}
     text = {"name": "plain", "path": str(tmp_path / "t.jsonl")}
+
+    def stream(cfg):
+        return DataStream(cfg.data, cfg.train, cfg.objective.type, None)
+
     with pytest.raises(DataError, match=r"objective.type=dpo trains on preference pairs only.*data.sources: plain"):
-        DataStream(_cfg(tmp_path, [pairs, text], []), None)
+        stream(_cfg(tmp_path, [pairs, text], []))
     with pytest.raises(DataError, match=r"objective.type=reward .*data.dev: plain \(kind text\)"):
-        DataStream(_cfg(tmp_path, [pairs], [text], objective="reward"), None)
+        stream(_cfg(tmp_path, [pairs], [text], objective="reward"))
     with pytest.raises(DataError, match="next-token trainer cannot use"):
-        DataStream(_cfg(tmp_path, [text], [pairs], objective="next_token"), None)
+        stream(_cfg(tmp_path, [text], [pairs], objective="next_token"))
 
 
 def test_real_preference_pairs(tmp_path, capsys):
@@ -204,7 +215,7 @@ def test_real_preference_pairs(tmp_path, capsys):
            "fields": {"chosen": "chosen_response", "rejected": "rejected_response"}}  # fmt: skip
     cfg = _cfg(tmp_path, [src], [], seq_len=seq_len, extra=["data.filters.exact_dedup=false"])
     tok = load_tokenizer(cfg.tokenizer)
-    data = DataStream(cfg, tok)
+    data = DataStream(cfg.data, cfg.train, cfg.objective.type, tok)
     out = capsys.readouterr().out
     rows_src = data.sources[0]
     view = rows_src.pairs

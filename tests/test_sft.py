@@ -47,7 +47,7 @@ def test_sft_loss_is_transformers_loss_on_assistant_tokens(small_config, hf_tok,
     train(cfg)
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
 
-    batch = DataStream(cfg, load_tokenizer(cfg.tokenizer)).loader.batch(0)
+    batch = DataStream(cfg.data, cfg.train, cfg.objective.type, load_tokenizer(cfg.tokenizer)).loader.batch(0)
     nll, count, docs = 0.0, 0, 0
     for r in range(cfg.train.batch_size):
         for s in set(batch["segment_ids"][r].tolist()) - {0}:

@@ -66,7 +66,9 @@ def test_cpt_from_hf_checkpoint(small_config, tmp_path):
     assert first["step"] == 1
 
     tok = load_tokenizer(cfg.tokenizer)
-    batch = DataStream(cfg, tok).loader.batch(0)  # the first step's rows (the loader is a function of the step)
+    batch = DataStream(cfg.data, cfg.train, cfg.objective.type, tok).loader.batch(
+        0
+    )  # the first step's rows (the loader is a function of the step)
     nll, count = 0.0, 0
     for r in range(cfg.train.batch_size):
         for s in set(batch["segment_ids"][r].tolist()) - {0}:

@@ -25,6 +25,7 @@ import numpy as np
 
 from jaxfin.bench.output import emit
 from jaxfin.config.schema import Config, ModelConfig
+from jaxfin.model.batch import Batch
 
 # Dense (no sparsity) bf16 peak per JAX device in TFLOP/s, from the vendors' data sheets, matched against
 # jax.Device.device_kind (lower-cased) in this order, first hit wins.
@@ -89,7 +90,7 @@ def flops_per_token(model_cfg: ModelConfig, seq_len: int, causal: bool = True) -
     return 6.0 * flops_params(model_cfg) + (attn / 2 if causal else attn)
 
 
-def synthetic_batch(rows: int, seq_len: int, vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
+def synthetic_batch(rows: int, seq_len: int, vocab: int, seed: int = 0) -> Batch:
     """Random tokens, one document per row: segment_ids 1, positions 0..S-1, every token a target."""
     rng = np.random.default_rng(seed)
     return {
@@ -105,14 +106,19 @@ def _compiled_train_step(cfg: Config):
     measures exactly the layout and program that `jaxfin train` runs."""
     from jaxfin.parallel import make_mesh
     from jaxfin.train.optimizer import make_optimizer, make_schedule
-    from jaxfin.train.state import check_layout, compile_train_step, init_state
+    from jaxfin.train.state import abstract_params, check_layout, compile_train_step, init_state
+    from jaxfin.train.step import make_train_step
+    from jaxfin.train.trainable import selection
 
     mesh = make_mesh(cfg.mesh)
-    check_layout(cfg, mesh)
-    optimizer = make_optimizer(cfg.optimizer, cfg.train.steps)
-    schedule = make_schedule(cfg.optimizer, cfg.train.steps)
-    state = init_state(cfg, optimizer, mesh)
-    return compile_train_step(cfg, optimizer, schedule, mesh, state), state, mesh
+    t = cfg.train
+    check_layout(cfg.model, t, mesh)
+    trained = selection(abstract_params(cfg.model), list(t.trainable), cfg.model)  # partial training / LoRA as run
+    optimizer = make_optimizer(cfg.optimizer, t.steps, trained)
+    schedule = make_schedule(cfg.optimizer, t.steps)
+    state = init_state(cfg.model, cfg.objective, optimizer, mesh, t.seed)
+    step_fn = make_train_step(cfg.model, cfg.objective, optimizer, schedule, t.micro_batches)
+    return compile_train_step(step_fn, mesh, state, t.batch_size, cfg.data.seq_len), state, mesh
 
 
 def _peak_rss_bytes() -> int:

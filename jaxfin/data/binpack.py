@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from jaxfin.model.batch import BATCH_DTYPE, Batch
+
 Piece = tuple[int, int, int]  # (document index, start, stop) in tokens
 
 
@@ -70,21 +72,21 @@ def plan_rows(pieces: Iterable[Piece], seq_len: int, method: str = "best_fit", w
         yield from _place(buf, seq_len, method)
 
 
-def gather_row(plan: list[Piece], cache, seq_len: int) -> dict[str, np.ndarray]:
-    """One packed row in the batch layout (tokens, segment_ids, positions, loss_mask), padded to seq_len."""
+def gather_row(plan: list[Piece], cache, seq_len: int) -> Batch:
+    """One packed row in the batch layout (jaxfin/model/batch.py; fields [S]), padded to seq_len."""
     sizes = np.fromiter((stop - start for _, start, stop in plan), np.int64, len(plan))
     used = int(sizes.sum())
-    tokens = np.zeros(seq_len, np.int32)
+    tokens = np.zeros(seq_len, BATCH_DTYPE)
     tokens[:used] = np.concatenate([cache.doc(d)[start:stop] for d, start, stop in plan])
-    segment_ids = np.zeros(seq_len, np.int32)
+    segment_ids = np.zeros(seq_len, BATCH_DTYPE)
     segment_ids[:used] = np.repeat(np.arange(1, len(plan) + 1, dtype=np.int32), sizes)
     starts = np.repeat(np.cumsum(sizes) - sizes, sizes)
-    positions = np.zeros(seq_len, np.int32)
+    positions = np.zeros(seq_len, BATCH_DTYPE)
     positions[:used] = np.arange(used) - starts
-    loss_mask = (segment_ids != 0).astype(np.int32)
+    loss_mask = (segment_ids != 0).astype(BATCH_DTYPE)
     if cache.mask is not None:  # chat / pairs: only some tokens are targets
         loss_mask[:used] = np.concatenate([cache.loss_mask(d)[start:stop] for d, start, stop in plan])
-    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions, "loss_mask": loss_mask}
+    return Batch(tokens=tokens, segment_ids=segment_ids, positions=positions, loss_mask=loss_mask)
 
 
 def efficiency(plans: list[list[Piece]], seq_len: int) -> float:
@@ -186,13 +188,13 @@ def pair_pieces(view: PairView, order: Iterable[int] | None = None) -> Iterator[
         yield int(j), 0, int(view.sizes[j])
 
 
-def gather_pair_row(plan: list[Piece], view: PairView, seq_len: int) -> dict[str, np.ndarray]:
+def gather_pair_row(plan: list[Piece], view: PairView, seq_len: int) -> Batch:
     """One packed row of pairs: pair k of the plan = segments 2k+1 (chosen) and 2k+2 (rejected), positions
     restarting at 0 in each, loss_mask as rendered; padding is segment 0 with no targets."""
-    tokens = np.zeros(seq_len, np.int32)
-    segment_ids = np.zeros(seq_len, np.int32)
-    positions = np.zeros(seq_len, np.int32)
-    loss_mask = np.zeros(seq_len, np.int32)
+    tokens = np.zeros(seq_len, BATCH_DTYPE)
+    segment_ids = np.zeros(seq_len, BATCH_DTYPE)
+    positions = np.zeros(seq_len, BATCH_DTYPE)
+    loss_mask = np.zeros(seq_len, BATCH_DTYPE)
     at = 0
     for k, (j, _, _) in enumerate(plan):
         for s in (0, 1):
@@ -203,4 +205,4 @@ def gather_pair_row(plan: list[Piece], view: PairView, seq_len: int) -> dict[str
             positions[at : at + n] = np.arange(n)
             loss_mask[at : at + n] = m
             at += n
-    return {"tokens": tokens, "segment_ids": segment_ids, "positions": positions, "loss_mask": loss_mask}
+    return Batch(tokens=tokens, segment_ids=segment_ids, positions=positions, loss_mask=loss_mask)

@@ -30,6 +30,7 @@ import xxhash
 
 from jaxfin.data.binpack import PairView, efficiency, gather_pair_row, gather_row, pair_pieces, plan_rows, split_pieces
 from jaxfin.data.cache import TokenCache
+from jaxfin.model.batch import Batch
 
 CHUNK = 1 << 16  # rows per block of source draws
 
@@ -182,7 +183,7 @@ class Loader:
         lo, hi = rows or (0, global_batch)
         self.offset, self.local = lo, hi - lo
 
-    def batch(self, step: int) -> dict[str, np.ndarray]:
+    def batch(self, step: int) -> Batch:
         """Rows of step `step` (0-based), plus `source` (the source index of each row)."""
         rows, sources = [], []
         for i in range(step * self.global_batch + self.offset, step * self.global_batch + self.offset + self.local):

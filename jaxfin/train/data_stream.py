@@ -7,21 +7,25 @@ refuses data that changed under it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import xxhash
 
-from jaxfin.config.schema import Config
+from jaxfin.config.schema import DataConfig, TrainConfig
 from jaxfin.data import DataError
 from jaxfin.data.loader import Loader, Mixture, named, open_sources, stage_weights
+from jaxfin.model.batch import Batch
 
 
 class DataStream:
-    def __init__(self, cfg: Config, tok, rows: tuple[int, int] | None = None):
-        """`rows`: the rows [lo, hi) of each global batch this process loads (default all; see process_rows)."""
-        d, t = cfg.data, cfg.train
+    def __init__(self, data: DataConfig, train: TrainConfig, objective: str, tok, rows: tuple[int, int] | None = None):
+        """The data of a run: `data`, and `train`'s seed, steps and batch size, for `objective` (objective.type).
+        `rows`: the rows [lo, hi) of each global batch this process loads (default all; see process_rows)."""
+        d, t = data, train
         if not d.sources:
             raise DataError("no training data: set data.sources (e.g. data.sources=[corpus.jsonl])")
-        _check_kinds(cfg)
+        _check_kinds(d, objective)
         sources = named(d.sources, "data.sources")
         self.sources = open_sources(sources, tok, d, t.seed)
         self.names = [s.name for s in self.sources]
@@ -29,6 +33,7 @@ class DataStream:
         self.mixture = Mixture(self.sources, stage_weights(d, sources), d.mix_by, t.seed)
         self.loader = Loader(self.mixture, t.batch_size, rows)
         self.threads = d.loader_threads
+        self.seq_len = d.seq_len
         self.dev = {s.name: s for s in open_sources(d.dev, tok, d, t.seed, "data.dev")} if d.dev else {}
         self._dev_batches: dict[str, list[dict]] | None = None
         plan = [(s.name, str(s.cache.path.name)) for s in self.sources] + [t.seed, d.seq_len, d.mix_by, d.packing]
@@ -39,7 +44,7 @@ class DataStream:
         self.total_rows = t.steps * t.batch_size
 
     # ------------------------------------------------------------------------------------------- batches
-    def iterate(self, start_step: int, stop_step: int):
+    def iterate(self, start_step: int, stop_step: int) -> Iterator[Batch]:
         """Local batches for steps start_step+1 .. stop_step (1-based steps; loader steps are 0-based)."""
         for batch in self.loader.iterate(start_step, stop_step, threads=self.threads):
             src = batch.pop("source")
@@ -74,7 +79,7 @@ class DataStream:
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- dev
-    def dev_batches(self, rows_per_batch: int, limit_rows: int) -> dict[str, list[dict]]:
+    def dev_batches(self, rows_per_batch: int, limit_rows: int) -> dict[str, list[Batch]]:
         """{name: [rows_per_batch, S] batches} per dev set: its first rows, a fixed set gathered once."""
         if self._dev_batches is None:
             self._dev_batches = {}
@@ -106,12 +111,11 @@ class DataStream:
 PREFERENCE_OBJECTIVES = ("dpo", "reward")
 
 
-def _check_kinds(cfg: Config) -> None:
+def _check_kinds(d: DataConfig, objective: str) -> None:
     """Pairs sources are for the preference objectives, which read nothing else (training and dev sets alike)."""
-    d = cfg.data
     srcs = [*(("data.sources", s) for s in d.sources), *(("data.dev", s) for s in d.dev)]
     pairs = [s.name or s.path for _, s in srcs if s.kind == "pairs"]
-    if cfg.objective.type not in PREFERENCE_OBJECTIVES:
+    if objective not in PREFERENCE_OBJECTIVES:
         if pairs:  # next-token training on both completions of a pair would teach the rejected one too
             raise DataError(f"sources {pairs} are preference pairs, which the next-token trainer cannot use; "
                             "they are for the preference objectives (DPO, reward model)")  # fmt: skip
@@ -119,7 +123,7 @@ def _check_kinds(cfg: Config) -> None:
     other = [f"{key}: {s.name or s.path} (kind {s.kind})" for key, s in srcs if s.kind != "pairs"]
     if other:
         raise DataError(
-            f"objective.type={cfg.objective.type} trains on preference pairs only, but these sources are not "
+            f"objective.type={objective} trains on preference pairs only, but these sources are not "
             f"kind: pairs: {', '.join(other)}. Set `kind: pairs` on each (prompt, chosen, rejected; map columns "
             "with `fields`), or remove them; text and chat data are for objective.type=next_token"
         )

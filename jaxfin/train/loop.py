@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import yaml
 
 from jaxfin.config.errors import ConfigError
-from jaxfin.config.schema import Config, to_dict
+from jaxfin.config.schema import Config, EvalDuringTrainingConfig, ModelConfig, to_dict
 from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
 from jaxfin.hf.tokenizer import copy_tokenizer_files
 from jaxfin.model import Model
@@ -25,6 +25,21 @@ from jaxfin.store import load_model, save_model
 from jaxfin.store.checkpoint import Checkpointer
 from jaxfin.store.jaxfin_dir import write_model_json
 from jaxfin.train.data_stream import DataStream
+from jaxfin.train.hooks import (
+    SIGTERM,
+    AtEnd,
+    Checkpoint,
+    DevEval,
+    Hook,
+    KeepBest,
+    LogRecord,
+    Loop,
+    StopFlag,
+    StopOnSignal,
+    TaskEval,
+    WriteMetrics,
+)
+from jaxfin.train.hooks import run as hooks_run
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
 from jaxfin.train.state import (
@@ -35,8 +50,8 @@ from jaxfin.train.state import (
     compile_train_step,
     init_state,
 )
-from jaxfin.train.step import make_eval_step
-from jaxfin.train.trainable import trainable_report, trainable_selection
+from jaxfin.train.step import make_eval_step, make_train_step
+from jaxfin.train.trainable import selection, trainable_report
 
 log = logging.getLogger("jaxfin")
 
@@ -116,204 +131,192 @@ def _dev_metrics(eval_step, state, data: DataStream, mesh, rows_per_batch: int, 
     return out
 
 
-class _StopFlag:
-    """SIGTERM (preemption) asks the loop to checkpoint and exit cleanly at the next step boundary."""
-
-    def __init__(self):
-        self.set = False
-        self.previous = signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        self.set = True
-
-    def restore(self):
-        signal.signal(signal.SIGTERM, self.previous)
-
-
 def _open_data(cfg: Config, tok: Tokenizer, rows: tuple[int, int]) -> DataStream:
     """Process 0 builds any missing token caches first; the others then open them (no duplicate tokenizing)."""
     if is_main():
-        data = DataStream(cfg, tok, rows)
+        data = DataStream(cfg.data, cfg.train, cfg.objective.type, tok, rows)
         barrier("jaxfin-data-ready")
         return data
     barrier("jaxfin-data-ready")
-    return DataStream(cfg, tok, rows)
+    return DataStream(cfg.data, cfg.train, cfg.objective.type, tok, rows)
 
 
 def train(cfg: Config) -> dict:
     """Train (or resume) and return a summary: steps run, first/last dev loss, stop reason."""
-    stop = _StopFlag()  # from the start: a SIGTERM while data loads or the step compiles is honoured too
+    stop = StopFlag()  # from the start: a SIGTERM while data loads or the step compiles is honoured too
     try:
         return _train(cfg, stop)
     finally:
         stop.restore()
 
 
-def _train(cfg: Config, stop: _StopFlag) -> dict:
+def _train(cfg: Config, stop: StopFlag) -> dict:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    main = is_main()
     tok = _tokenizer(cfg)
-    t = cfg.train
     mesh = make_mesh(cfg.mesh)
-    rows = process_rows(mesh, t.batch_size)
+    rows = process_rows(mesh, cfg.train.batch_size)
     data = _open_data(cfg, tok, rows)  # before the model: a data mistake should not wait for a big model to load
     cfg, params, hf_extra = _model(cfg, tok)
-    check_layout(cfg, mesh)
-    plan = data.plan()
-    if main:
+    check_layout(cfg.model, cfg.train, mesh)
+    if is_main():
         _write_run_files(cfg, tok, hf_extra, out)
-        (out / "data_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
-        print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
-              f"{jax.process_count()} process(es)")  # fmt: skip
-        for st in plan["stages"]:
-            print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
-                  f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
-
-    shapes = abstract_params(cfg)
-    selection = trainable_selection(shapes, cfg)
-    optimizer = make_optimizer(cfg.optimizer, t.steps, selection)
-    schedule = make_schedule(cfg.optimizer, t.steps)
-    state = init_state(cfg, optimizer, mesh, params)
+        _report_plan(data.plan(), mesh, out)
+    run = _setup(cfg, data, mesh, params, out)
     del params
+    hooks = _hooks(cfg, run, data, tok, mesh, out, hf_extra, stop)
+    dev = next((h for h in hooks if isinstance(h, DevEval)), None)
+    loop = hooks_run(run.loop, run.step_fn, hooks)
+    if is_main():
+        print(f"{loop.stop_reason}: stopped at step {loop.step}; checkpoints in {out / 'checkpoints'}", flush=True)
+        if loop.stop_reason == SIGTERM:
+            print("rerun the same command to resume", flush=True)
+    return {
+        "steps": loop.step,
+        "stop_reason": loop.stop_reason,
+        "dev_loss_first": loop.meta["dev_first"],
+        "dev_loss_last": None if dev is None else dev.last,
+        "dev_loss_best": loop.meta["dev_best"],
+        "output_dir": str(out),
+    }
+
+
+def _report_plan(plan: dict, mesh, out: Path) -> None:
+    (out / "data_plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    print(f"mesh {dict(mesh.shape)} over {jax.device_count()} {jax.devices()[0].platform} devices, "
+          f"{jax.process_count()} process(es)")  # fmt: skip
+    for st in plan["stages"]:
+        print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
+              f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
+
+
+@dataclass
+class _Run:
+    """A run made ready to loop: the (restored) loop state, the compiled steps and what they read."""
+
+    loop: Loop
+    step_fn: object  # (state, step) -> (state, metrics)
+    eval_step: object | None
+    checkpointer: Checkpointer
+    restored: bool
+    dev_refs: dict | None
+
+
+def _setup(cfg: Config, data: DataStream, mesh, params, out: Path) -> _Run:
+    """State (initialised or restored), the DPO reference table, and the train / eval steps compiled ahead (so
+    the first tokens/s is not the compile time)."""
+    t, main = cfg.train, is_main()
+    shapes = abstract_params(cfg.model)
+    trained = selection(shapes, list(t.trainable), cfg.model)
+    optimizer = make_optimizer(cfg.optimizer, t.steps, trained)
+    schedule = make_schedule(cfg.optimizer, t.steps)
+    state = init_state(cfg.model, cfg.objective, optimizer, mesh, t.seed, params)
     if main:
-        print(trainable_report(shapes, selection, optimizer), flush=True)
+        print(trainable_report(shapes, trained, optimizer), flush=True)
 
     ref_table = dev_refs = None
     if cfg.objective.type == "dpo" and cfg.objective.reference == "precomputed":
         from jaxfin.train.reference import precompute
 
         # before restoring: the reference is the initial model, also when a resumed run must rebuild its table
-        ref_table, dev_refs = precompute(cfg, data, mesh, state, out)
+        ref_table, dev_refs = precompute(cfg.model, t, data, mesh, state, out)
 
     ckpt = Checkpointer(out, cfg.checkpoint)
-    meta = {"dev_best": None, "dev_bad_evals": 0, "dev_first": None}
+    loop = Loop(step=0, last_step=t.steps, state=state)
     restored = ckpt.restore(abstract_state(state))
     if restored is not None:
-        state, meta = restored
-        data.restore(meta["data"])
+        loop.state, loop.meta = restored
+        data.restore(loop.meta.pop("data"))
+        loop.step = int(loop.state["step"])
         if main:
-            print(f"resumed from {out / 'checkpoints' / str(int(state['step']))}", flush=True)
-    start = int(state["step"])
+            print(f"resumed from {out / 'checkpoints' / str(loop.step)}", flush=True)
 
-    chunk = t.batch_size // t.micro_batches
-    t0 = time.time()  # compile ahead, so the first tokens/s is not the compile time
+    t0 = time.time()
     ref_pairs = 0 if ref_table is None else ref_table.shape[-1]
-    train_step = compile_train_step(cfg, optimizer, schedule, mesh, state, ref_pairs)
+    step_fn = make_train_step(cfg.model, cfg.objective, optimizer, schedule, t.micro_batches)
+    train_step = compile_train_step(step_fn, mesh, loop.state, t.batch_size, cfg.data.seq_len, ref_pairs)
     if main:
         print(f"compiled the train step in {time.time() - t0:.1f} s", flush=True)
-    dev_pairs = 0 if dev_refs is None else cfg.data.seq_len // 2
-    eval_step = (
-        compile_eval_step(make_eval_step(cfg), mesh, state, chunk, cfg.data.seq_len, dev_pairs) if data.dev else None
-    )
-    metrics = MetricsWriter(out, start if restored is not None else None) if main else None
-    progress = Progress(t.steps, start)
-    reason, last_dev = "steps", None
-    window_tokens, window_t0 = 0, time.time()
-    step = start
-    batches = data.iterate(start, t.steps)
-    try:
-        for step in range(start + 1, t.steps + 1):
-            batch = next(batches)
-            if ref_table is not None:
-                batch["ref_logps"] = ref_table[step - 1, rows[0] : rows[1]]
-            state, m = train_step(state, global_batch(mesh, batch, t.batch_size))
-            window_tokens = window_tokens + m["tokens"]  # on device: no sync per step
-            rec = None
-            if step % t.log_every == 0 or step == t.steps:
-                rec = {k: float(v) for k, v in m.items() if k != "tokens"}
-                now = time.time()
-                rec.update(step=step, tokens_per_s=float(window_tokens) / max(now - window_t0, 1e-9))
-                rec.update(data.mixture_metrics(step))
-                window_tokens, window_t0 = 0, now
-            if data.dev and t.dev_every and (step % t.dev_every == 0 or step == t.steps):
-                devs = _dev_metrics(eval_step, state, data, mesh, chunk, t.dev_batches * t.batch_size, dev_refs)
-                last_dev = devs["dev_loss"]
-                rec = rec or {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"])}
-                rec.update(devs)
-                meta["dev_first"] = meta["dev_first"] if meta["dev_first"] is not None else last_dev
-                if meta["dev_best"] is None or last_dev < meta["dev_best"]:
-                    meta["dev_best"], meta["dev_bad_evals"] = last_dev, 0
-                else:
-                    meta["dev_bad_evals"] += 1
-                window_t0 = time.time()  # keep eval time out of tokens/s
-            if cfg.eval.every and cfg.eval.tasks and (step % cfg.eval.every == 0 or step == t.steps):
-                rec = rec or {"step": step, "loss": float(m["loss"]), "lr": float(m["lr"])}
-                rec.update(_eval_tasks(cfg, state["params"], tok, out))
-                window_t0 = time.time()
-            if rec is not None:
-                _keep_best(cfg, state["params"], rec, meta, out, hf_extra)
-            if rec is not None and main:
-                metrics.write({"step": rec.pop("step"), **rec})
-                print(progress.line(step, rec), flush=True)
-            if t.patience and meta["dev_bad_evals"] >= t.patience:
-                reason = f"early stop: dev loss has not improved for {t.patience} evaluations"
-            elif (rec is not None or jax.process_count() == 1) and _agree(stop.set):
-                reason = "SIGTERM"
-            if cfg.checkpoint.every and step % cfg.checkpoint.every == 0 or reason != "steps":
-                ckpt.save(step, state, {**meta, "data": data.state(), "step": step})
-            if reason != "steps":
-                break
-        if step == t.steps:
-            ckpt.save(step, state, {**meta, "data": data.state(), "step": step}, force=True)
-    finally:
-        ckpt.close()
-        if metrics is not None:
-            metrics.close()
+    eval_step = None
+    if data.dev:
+        dev_pairs = 0 if dev_refs is None else cfg.data.seq_len // 2
+        chunk = t.batch_size // t.micro_batches
+        eval_step = compile_eval_step(make_eval_step(cfg.model, cfg.objective), mesh, loop.state, chunk,
+                                      cfg.data.seq_len, dev_pairs)  # fmt: skip
+    lo, hi = process_rows(mesh, t.batch_size)
+    batches = data.iterate(loop.step, t.steps)
+
+    def one_step(state, step):
+        batch = next(batches)
+        if ref_table is not None:
+            batch["ref_logps"] = ref_table[step - 1, lo:hi]
+        return train_step(state, global_batch(mesh, batch, t.batch_size))
+
+    return _Run(loop, one_step, eval_step, ckpt, restored is not None, dev_refs)
+
+
+def _hooks(cfg: Config, run: _Run, data: DataStream, tok: Tokenizer, mesh, out: Path, hf_extra, stop) -> list[Hook]:
+    """What every step does, in order: log record, dev eval, task eval, best model, metrics file, SIGTERM,
+    checkpoint; and at the end, the exports."""
+    t, main = cfg.train, is_main()
+    hooks: list[Hook] = [LogRecord(t.log_every, data.mixture_metrics)]
+    if run.eval_step is not None and t.dev_every:
+        chunk = t.batch_size // t.micro_batches
+
+        def dev(state):
+            return _dev_metrics(run.eval_step, state, data, mesh, chunk, t.dev_batches * t.batch_size, run.dev_refs)
+
+        hooks.append(DevEval(dev, t.dev_every, t.patience))
+    if cfg.eval.every and cfg.eval.tasks:
+        tasks = lambda state: _eval_tasks(cfg.model, cfg.eval, state["params"], tok, out)  # noqa: E731
+        hooks.append(TaskEval(tasks, cfg.eval.every))
+    if cfg.checkpoint.best_metric:
+        save = lambda state, best: _save_best(cfg.model, state["params"], best, out, hf_extra)  # noqa: E731
+        hooks.append(KeepBest(cfg.checkpoint.best_metric, cfg.checkpoint.best_mode, save))
     if main:
-        print(f"{reason}: stopped at step {step}; checkpoints in {out / 'checkpoints'}", flush=True)
-    if reason == "SIGTERM":
-        if main:
-            print("rerun the same command to resume", flush=True)
-    elif cfg.export_hf or cfg.export_peft:
-        params = to_host(state["params"])  # every process takes part in the gather; process 0 writes
-        if main and cfg.export_hf:
-            save_model(Model(cfg.model, params, str(out), hf_extra), cfg.export_hf, format="hf")
-            print(f"exported a Hugging Face model to {cfg.export_hf}", flush=True)
-        if main and cfg.export_peft:
-            from jaxfin.hf.peft import save_peft_adapter
-
-            save_peft_adapter(params, cfg.model, cfg.export_peft, base_model_name_or_path=cfg.init_from)
-            print(f"exported the LoRA adapters as a PEFT adapter folder to {cfg.export_peft}", flush=True)
-    return {
-        "steps": step,
-        "stop_reason": reason,
-        "dev_loss_first": meta["dev_first"],
-        "dev_loss_last": last_dev,
-        "dev_loss_best": meta["dev_best"],
-        "output_dir": str(out),
-    }
+        writer = MetricsWriter(out, run.loop.step if run.restored else None)  # a resumed run drops later records
+        hooks.append(WriteMetrics(writer, Progress(t.steps, run.loop.step)))
+    hooks.append(StopOnSignal(stop, _agree, jax.process_count()))
+    hooks.append(Checkpoint(run.checkpointer, cfg.checkpoint.every, lambda: {"data": data.state()}))
+    if cfg.export_hf or cfg.export_peft:
+        hooks.append(AtEnd(lambda state: _export(cfg, state["params"], out, hf_extra)))
+    return hooks
 
 
-def _eval_tasks(cfg: Config, params, tok: Tokenizer, out: Path) -> dict:
+def _export(cfg: Config, params, out: Path, hf_extra) -> None:
+    """export_hf / export_peft at the end of a run."""
+    params = to_host(params)  # every process takes part in the gather; process 0 writes
+    if is_main() and cfg.export_hf:
+        save_model(Model(cfg.model, params, str(out), hf_extra), cfg.export_hf, format="hf")
+        print(f"exported a Hugging Face model to {cfg.export_hf}", flush=True)
+    if is_main() and cfg.export_peft:
+        from jaxfin.hf.peft import save_peft_adapter
+
+        save_peft_adapter(params, cfg.model, cfg.export_peft, base_model_name_or_path=cfg.init_from)
+        print(f"exported the LoRA adapters as a PEFT adapter folder to {cfg.export_peft}", flush=True)
+
+
+def _eval_tasks(model_cfg: ModelConfig, ev: EvalDuringTrainingConfig, params, tok: Tokenizer, out: Path) -> dict:
     """The configured evaluation tasks on the current params, as eval/<task>/<metric>. Every process runs them on
     its own devices from the gathered params (small, deterministic work), so all log and compare the same numbers
     without another exchange."""
     from jaxfin.eval.tasks import run_task
 
-    model = Model(cfg.model, to_host(params), str(out))  # to_host is a collective: every process takes part
+    model = Model(model_cfg, to_host(params), str(out))  # to_host is a collective: every process takes part
     res = {}
-    for task in cfg.eval.tasks:
-        r = run_task(model, tok, task, batch_size=cfg.eval.batch_size, limit=cfg.eval.limit or None)
+    for task in ev.tasks:
+        r = run_task(model, tok, task, batch_size=ev.batch_size, limit=ev.limit or None)
         res.update({f"eval/{r['task']}/{k}": float(v) for k, v in r["metrics"].items()})
     return res
 
 
-def _keep_best(cfg: Config, params, rec: dict, meta: dict, out: Path, hf_extra) -> None:
+def _save_best(model_cfg: ModelConfig, params, best: dict, out: Path, hf_extra) -> None:
     """OUTPUT_DIR/best: the model with the best `checkpoint.best_metric` so far, as a Hugging Face dir (written by
     process 0 alone; LoRA adapters merged), with best.json saying which step and value."""
-    name = cfg.checkpoint.best_metric
-    if not name or name not in rec:
-        return
-    value, best = float(rec[name]), meta.get("best")
-    better = best is None or (value < best["value"] if cfg.checkpoint.best_mode == "min" else value > best["value"])
-    if not better:
-        return
-    host = to_host(params)
-    meta["best"] = {"metric": name, "value": value, "step": int(rec["step"])}
+    host = to_host(params)  # a collective: every process takes part
     if is_main():
-        save_model(Model(cfg.model, host, str(out), hf_extra), out / "best", format="hf")
-        (out / "best" / "best.json").write_text(json.dumps(meta["best"], indent=2) + "\n")
+        save_model(Model(model_cfg, host, str(out), hf_extra), out / "best", format="hf")
+        (out / "best" / "best.json").write_text(json.dumps(best, indent=2) + "\n")
 
 
 def _agree(flag: bool) -> bool:

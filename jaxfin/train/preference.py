@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxfin.config.choices import DPO_LOSSES
+from jaxfin.model.batch import Batch
 from jaxfin.model.loss import token_logps
 
 
@@ -43,7 +44,7 @@ def _split_pairs(per_segment, p: int):
     return per_segment[:, 1 : 2 * p : 2], per_segment[:, 2 : 2 * p + 1 : 2]
 
 
-def pair_logps(logits, batch) -> dict:
+def pair_logps(logits, batch: Batch) -> dict:
     """Per-pair completion log-probs of packed pair rows, each [B, P] with P = S // 2:
     chosen_logps / rejected_logps (sums over the completion's target tokens), chosen_len / rejected_len (target
     counts, float32) and valid (bool: both sides have targets). A function of the row alone, so a reference
@@ -126,14 +127,14 @@ def dpo_loss(policy: dict, reference: dict | None, cfg):
     return total(losses), jnp.sum(valid.astype(jnp.float32)), metrics
 
 
-def segment_last_tokens(batch):
+def segment_last_tokens(batch: Batch):
     """[B, S] bool: the last token of each non-padding segment."""
     seg = batch["segment_ids"]
     nxt = jnp.concatenate([seg[:, 1:], jnp.zeros_like(seg[:, :1])], axis=1)
     return (seg != 0) & (nxt != seg)
 
 
-def reward_scores_at_last_token(scores, batch):
+def reward_scores_at_last_token(scores, batch: Batch):
     """Reward-model scores [B, S] (one per position) -> (chosen [B, P], rejected [B, P], valid [B, P] bool):
     each sequence's score at its last token (its EOS, unless the pair was truncated), as transformers'
     *ForSequenceClassification reads it."""

@@ -20,10 +20,11 @@ import jax.numpy as jnp
 import numpy as np
 import xxhash
 
-from jaxfin.config.schema import Config
+from jaxfin.config.schema import ModelConfig, TrainConfig
+from jaxfin.model.batch import BATCH_KEYS
 from jaxfin.parallel import global_batch, process_rows, replicated
 from jaxfin.parallel.distributed import barrier, is_main
-from jaxfin.train.state import BATCH_KEYS, abstract_state, batch_spec
+from jaxfin.train.state import abstract_state, batch_spec
 from jaxfin.train.step import reference_logps
 
 CACHE = "reference_logps.npz"
@@ -33,10 +34,10 @@ def _stack(ref: dict) -> jnp.ndarray:
     return jnp.stack([ref["chosen_logps"], ref["rejected_logps"]], axis=1)  # [B, 2, P]
 
 
-def _compile(cfg: Config, mesh, state, rows: int):
-    fn = jax.jit(lambda p, b: _stack(reference_logps(p, cfg, b)), out_shardings=replicated(mesh))
+def _compile(model: ModelConfig, mesh, state, rows: int, seq_len: int):
+    fn = jax.jit(lambda p, b: _stack(reference_logps(p, model, b)), out_shardings=replicated(mesh))
     with jax.set_mesh(mesh):
-        return fn.lower(abstract_state(state["params"]), batch_spec(mesh, rows, cfg.data.seq_len)).compile()
+        return fn.lower(abstract_state(state["params"]), batch_spec(mesh, rows, seq_len)).compile()
 
 
 def weights_fingerprint(params, mesh) -> list:
@@ -58,9 +59,10 @@ def _trim(tables: list[np.ndarray]) -> np.ndarray:
     return np.stack([t[:, :, :used] for t in tables])
 
 
-def precompute(cfg: Config, data, mesh, state, out: Path) -> tuple[np.ndarray, dict[str, list[np.ndarray]]]:
-    """(train table [steps, B, 2, P], {dev set: [batch][rows, 2, P]}), from the cache when it is current."""
-    t = cfg.train
+def precompute(model: ModelConfig, t: TrainConfig, data, mesh, state, out: Path) -> tuple[np.ndarray, dict]:
+    """(train table [steps, B, 2, P], {dev set: [batch][rows, 2, P]}) of the model `state` holds, for the run's
+    DataStream `data` and train settings `t`, from the cache when it is current."""
+    seq_len = data.seq_len
     chunk = t.batch_size // t.micro_batches
     key = xxhash.xxh3_64_hexdigest(
         json.dumps([data.fingerprint, t.steps, t.batch_size, chunk, weights_fingerprint(state["params"], mesh),
@@ -73,7 +75,7 @@ def precompute(cfg: Config, data, mesh, state, out: Path) -> tuple[np.ndarray, d
                 dev = {name: list(z[f"dev/{name}"]) for name in data.dev}
                 return z["train"], dev
     t0 = time.time()
-    fn = _compile(cfg, mesh, state, t.batch_size)
+    fn = _compile(model, mesh, state, t.batch_size, seq_len)
     tables = []
     for step, batch in enumerate(data.loader.iterate(0, t.steps, threads=data.threads)):
         local = {k: batch[k] for k in BATCH_KEYS}
@@ -83,7 +85,7 @@ def precompute(cfg: Config, data, mesh, state, out: Path) -> tuple[np.ndarray, d
     train = _trim(tables)
     dev = {}
     if data.dev:
-        fn = _compile(cfg, mesh, state, chunk)
+        fn = _compile(model, mesh, state, chunk, seq_len)
         lo, hi = process_rows(mesh, chunk)
         for name, batches in data.dev_batches(chunk, t.dev_batches * t.batch_size).items():
             dev[name] = [

@@ -12,48 +12,47 @@ import numpy as np
 from jax.sharding import Mesh
 
 from jaxfin.config.errors import ConfigError
-from jaxfin.config.schema import Config
+from jaxfin.config.schema import ModelConfig, ObjectiveConfig, TrainConfig
+from jaxfin.model.batch import BATCH_DTYPE, BATCH_KEYS
 from jaxfin.model.config import param_dtype
 from jaxfin.model.init import traced_init_params
 from jaxfin.model.params import param_axes, param_shapes
 from jaxfin.parallel import batch_sharding, like_params, param_shardings, replicated
 from jaxfin.parallel.rules import check_divisible
-from jaxfin.train.step import make_train_step
-
-BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
 
 
-def check_layout(cfg: Config, mesh: Mesh) -> None:
+def check_layout(model: ModelConfig, train: TrainConfig, mesh: Mesh) -> None:
     """Everything the mesh splits must divide evenly; checked before anything is built or compiled."""
-    t = cfg.train
-    if t.batch_size % t.micro_batches:
-        raise ConfigError(f"train.batch_size={t.batch_size} is not divisible by train.micro_batches={t.micro_batches}")
-    check_divisible("each micro-batch", t.batch_size // t.micro_batches, "batch", mesh)
-    param_shardings(abstract_params(cfg), mesh, param_axes(cfg.model))  # checks every split parameter dimension
+    if train.batch_size % train.micro_batches:
+        raise ConfigError(
+            f"train.batch_size={train.batch_size} is not divisible by train.micro_batches={train.micro_batches}"
+        )
+    check_divisible("each micro-batch", train.batch_size // train.micro_batches, "batch", mesh)
+    param_shardings(abstract_params(model), mesh, param_axes(model))  # checks every split parameter dimension
 
 
-def abstract_params(cfg: Config) -> dict:
-    dtype = param_dtype(cfg.model)
+def abstract_params(model: ModelConfig) -> dict:
+    dtype = param_dtype(model)
     return jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s, dtype), param_shapes(cfg.model), is_leaf=lambda x: isinstance(x, tuple)
+        lambda s: jax.ShapeDtypeStruct(s, dtype), param_shapes(model), is_leaf=lambda x: isinstance(x, tuple)
     )
 
 
-def state_shardings(cfg: Config, optimizer, mesh: Mesh) -> dict:
+def state_shardings(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: Mesh) -> dict:
     """NamedSharding for every leaf of the train state."""
-    params = abstract_params(cfg)
-    p_shard = param_shardings(params, mesh, param_axes(cfg.model))
+    params = abstract_params(model)
+    p_shard = param_shardings(params, mesh, param_axes(model))
     opt = jax.eval_shape(optimizer.init, params)
     rep = replicated(mesh)
     out = {"params": p_shard, "opt_state": like_params(opt, p_shard, mesh), "step": rep, "rng": rep}
-    if keeps_reference(cfg):
+    if keeps_reference(objective):
         out["ref_params"] = p_shard
     return out
 
 
-def keeps_reference(cfg: Config) -> bool:
+def keeps_reference(objective: ObjectiveConfig) -> bool:
     """DPO with `reference: frozen` keeps a copy of the initial params in the train state."""
-    return cfg.objective.type == "dpo" and cfg.objective.reference == "frozen"
+    return objective.type == "dpo" and objective.reference == "frozen"
 
 
 def _put(x, sharding):
@@ -64,13 +63,13 @@ def _put(x, sharding):
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def init_state(cfg: Config, optimizer, mesh: Mesh, params=None) -> dict:
+def init_state(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: Mesh, seed: int, params=None):
     """The initial state, created directly in its sharded layout: from `params` (e.g. loaded from Hugging Face)
-    or freshly initialised from `train.seed` (random numbers do not depend on the layout)."""
-    shardings = state_shardings(cfg, optimizer, mesh)
+    or freshly initialised from `seed` (train.seed; random numbers do not depend on the layout)."""
+    shardings = state_shardings(model, objective, optimizer, mesh)
     if params is None:
-        params = jax.jit(lambda k: traced_init_params(cfg.model, k), out_shardings=shardings["params"])(
-            jax.random.key(cfg.train.seed)
+        params = jax.jit(lambda k: traced_init_params(model, k), out_shardings=shardings["params"])(
+            jax.random.key(seed)
         )
     else:
         params = jax.tree.map(_put, params, shardings["params"])
@@ -80,9 +79,9 @@ def init_state(cfg: Config, optimizer, mesh: Mesh, params=None) -> dict:
             "params": p,
             "opt_state": optimizer.init(p),
             "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(cfg.train.seed)),
+            "rng": jax.random.key_data(jax.random.key(seed)),
         }
-        if keeps_reference(cfg):
+        if keeps_reference(objective):
             state["ref_params"] = jax.tree.map(jnp.copy, p)
         return state
 
@@ -103,22 +102,23 @@ def batch_spec(mesh: Mesh, rows: int, seq_len: int, ref_pairs: int = 0) -> dict:
     """Abstract global batch: the packed layout, plus `ref_logps` [rows, 2, P] when DPO reads precomputed
     reference log-probs (P = the most pairs any row holds)."""
     shard = batch_sharding(mesh)
-    spec = dict.fromkeys(BATCH_KEYS, jax.ShapeDtypeStruct((rows, seq_len), jnp.int32, sharding=shard))
+    spec = dict.fromkeys(BATCH_KEYS, jax.ShapeDtypeStruct((rows, seq_len), BATCH_DTYPE, sharding=shard))
     if ref_pairs:
         spec["ref_logps"] = jax.ShapeDtypeStruct((rows, 2, ref_pairs), jnp.float32, sharding=shard)
     return spec
 
 
-def compile_train_step(cfg: Config, optimizer, schedule, mesh: Mesh, state, ref_pairs: int = 0):
-    """The train step lowered and compiled for this state layout and the global batch shape."""
+def compile_train_step(step_fn, mesh: Mesh, state, rows: int, seq_len: int, ref_pairs: int = 0):
+    """step_fn(state, batch) (from make_train_step) lowered and compiled for this state layout and a global batch
+    of `rows` rows (train.batch_size), the state donated."""
     shardings = jax.tree.map(lambda x: x.sharding, state)
     step = jax.jit(
-        make_train_step(cfg, optimizer, schedule),
+        step_fn,
         in_shardings=(shardings, batch_sharding(mesh)),
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
-    batch = batch_spec(mesh, cfg.train.batch_size, cfg.data.seq_len, ref_pairs)
+    batch = batch_spec(mesh, rows, seq_len, ref_pairs)
     with jax.set_mesh(mesh):  # activation constraints in the model resolve against this mesh
         return step.lower(abstract_state(state), batch).compile()
 

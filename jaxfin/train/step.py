@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxfin.config.schema import Config
+from jaxfin.config.schema import ModelConfig, ObjectiveConfig
 from jaxfin.model import forward, scores
+from jaxfin.model.batch import Batch
 from jaxfin.model.loss import next_token_loss_sum
 from jaxfin.model.params import param_axes
 from jaxfin.parallel.rules import constrain_params
@@ -23,65 +24,64 @@ from jaxfin.train import preference
 from jaxfin.train.trainable import apply_part_updates, trainable_part, with_trainable
 
 
-def _model_inputs(batch):
+def _model_inputs(batch: Batch):
     return batch["tokens"], batch["segment_ids"], batch["positions"]
 
 
-def reference_logps(params, cfg: Config, batch) -> dict:
+def reference_logps(params, model: ModelConfig, batch: Batch) -> dict:
     """The reference model's per-pair log-probs for a batch of packed pairs (no gradient)."""
-    logits = forward(jax.lax.stop_gradient(params), cfg.model, *_model_inputs(batch))
+    logits = forward(jax.lax.stop_gradient(params), model, *_model_inputs(batch))
     return jax.lax.stop_gradient(preference.pair_logps(logits, batch))
 
 
-def _reference(cfg: Config, batch, ref_params) -> dict | None:
+def _reference(model: ModelConfig, objective: ObjectiveConfig, batch: Batch, ref_params) -> dict | None:
     """Where DPO's reference log-probs come from (see ObjectiveConfig.reference)."""
-    o = cfg.objective
-    if o.reference == "none":
+    if objective.reference == "none":
         return None
-    if o.reference == "precomputed":
+    if objective.reference == "precomputed":
         p = batch["ref_logps"].shape[-1]  # [B, 2, P_cached]: pairs a row can hold are padded with zeros
         return {"chosen_logps": batch["ref_logps"][:, 0], "rejected_logps": batch["ref_logps"][:, 1], "pairs": p}
-    return reference_logps(ref_params, cfg, batch)
+    return reference_logps(ref_params, model, batch)
 
 
-def objective_sums(params, cfg: Config, batch, ref_params=None, dropout_rng=None):
+def objective_sums(params, model: ModelConfig, objective: ObjectiveConfig, batch: Batch, ref_params=None,
+                   dropout_rng=None):  # fmt: skip
     """(loss sum, normaliser count, {metric: sum}) of one (micro-)batch. `dropout_rng`: LoRA dropout (training)."""
-    kind = cfg.objective.type
+    kind = objective.type
     inputs = _model_inputs(batch)
     if kind == "next_token":
-        loss, count = next_token_loss_sum(forward(params, cfg.model, *inputs, dropout_rng=dropout_rng), batch)
+        loss, count = next_token_loss_sum(forward(params, model, *inputs, dropout_rng=dropout_rng), batch)
         return loss, count, {}
     if kind == "dpo":
-        policy = preference.pair_logps(forward(params, cfg.model, *inputs, dropout_rng=dropout_rng), batch)
-        ref = _reference(cfg, batch, ref_params)
+        policy = preference.pair_logps(forward(params, model, *inputs, dropout_rng=dropout_rng), batch)
+        ref = _reference(model, objective, batch, ref_params)
         if ref is not None and "pairs" in ref:  # precomputed: only the first P_cached pairs of a row can exist
             p = ref.pop("pairs")
             policy = {k: v[:, :p] for k, v in policy.items()}
-        return preference.dpo_loss(policy, ref, cfg.objective)
+        return preference.dpo_loss(policy, ref, objective)
     if kind == "reward":
-        s = scores(params, cfg.model, *inputs, dropout_rng=dropout_rng)[..., 0]
+        s = scores(params, model, *inputs, dropout_rng=dropout_rng)[..., 0]
         return preference.reward_loss(*preference.reward_scores_at_last_token(s, batch))
     raise ValueError(f"unknown objective '{kind}'")
 
 
-def make_train_step(cfg: Config, optimizer, schedule):
-    """The train step for `optimizer` from make_optimizer. With a trainable selection (partial training, LoRA) the
-    gradients, accumulation buffers and optimizer update cover only the trained values: frozen weights are
-    constants to XLA."""
-    micro_batches = cfg.train.micro_batches
-    axes = param_axes(cfg.model)  # gradients laid out like the params
+def make_train_step(model: ModelConfig, objective: ObjectiveConfig, optimizer, schedule, micro_batches: int = 1):
+    """The train step for `optimizer` from make_optimizer, over a global batch split into `micro_batches`
+    (train.micro_batches). With a trainable selection (partial training, LoRA) the gradients, accumulation buffers
+    and optimizer update cover only the trained values: frozen weights are constants to XLA."""
+    axes = param_axes(model)  # gradients laid out like the params
     sel = getattr(optimizer, "selection", None)
     inner = optimizer if sel is None else optimizer.inner
-    dropout = cfg.model.lora.rank > 0 and cfg.model.lora.dropout > 0
+    dropout = model.lora.rank > 0 and model.lora.dropout > 0
 
     def sums(part, params, mb, ref_params, rng):
         full = part if sel is None else with_trainable(params, part, sel)
-        loss, count, metrics = objective_sums(full, cfg, mb, ref_params, rng)
+        loss, count, metrics = objective_sums(full, model, objective, mb, ref_params, rng)
         return loss, (count, metrics)
 
     grad_fn = jax.value_and_grad(sums, has_aux=True)
 
-    def train_step(state, batch):
+    def train_step(state, batch: Batch):
         params = state["params"]
         part = params if sel is None else trainable_part(params, sel)
         ref_params = state.get("ref_params")
@@ -113,7 +113,7 @@ def make_train_step(cfg: Config, optimizer, schedule):
             **{k: v / count for k, v in msums.items()},
             "grad_norm": optax.tree.norm(grads),  # of the trained values
             "lr": schedule(state["step"]),
-            "target_tokens" if cfg.objective.type == "next_token" else "pairs": count,
+            "target_tokens" if objective.type == "next_token" else "pairs": count,
             "tokens": jnp.sum(batch["segment_ids"] != 0),  # non-padding input tokens of the global batch
         }
         return new_state, metrics
@@ -121,10 +121,10 @@ def make_train_step(cfg: Config, optimizer, schedule):
     return train_step
 
 
-def make_eval_step(cfg: Config):
+def make_eval_step(model: ModelConfig, objective: ObjectiveConfig):
     """(loss sum, count, {metric: sum}) of a batch; the caller divides the totals."""
 
-    def eval_step(params, batch, ref_params=None):
-        return objective_sums(params, cfg, batch, ref_params)
+    def eval_step(params, batch: Batch, ref_params=None):
+        return objective_sums(params, model, objective, batch, ref_params)
 
     return eval_step

@@ -38,7 +38,7 @@ import optax
 from flax import traverse_util
 
 from jaxfin.config.errors import ConfigError
-from jaxfin.config.schema import Config, ModelConfig
+from jaxfin.config.schema import ModelConfig
 
 SHORTCUTS = ("@embeddings", "@head", "@top:K", "@bottom:K", "@norms", "@lora", "@all")
 _LAYERS = re.compile(r"layers\[([^\]]*)\](?:/(.*))?")
@@ -165,11 +165,6 @@ def selection(params, patterns: list[str], cfg: ModelConfig) -> dict:
         for path, v in hit.items():
             chosen[path] = _union(chosen.get(path), v, cfg.num_layers)
     return traverse_util.unflatten_dict({p: chosen.get(p) for p in paths}, sep="/")
-
-
-def trainable_selection(params, cfg: Config) -> dict:
-    """The selection a run's config asks for: `selection(params, cfg.train.trainable, cfg.model)`."""
-    return selection(params, list(cfg.train.trainable), cfg.model)
 
 
 def is_everything(sel: dict) -> bool:

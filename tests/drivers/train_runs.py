@@ -27,7 +27,8 @@ def inspect(cfg) -> dict:
     from jaxfin.train.optimizer import make_optimizer
     from jaxfin.train.state import init_state
 
-    state = init_state(cfg, make_optimizer(cfg.optimizer, cfg.train.steps), make_mesh(cfg.mesh))
+    optimizer = make_optimizer(cfg.optimizer, cfg.train.steps)
+    state = init_state(cfg.model, cfg.objective, optimizer, make_mesh(cfg.mesh), cfg.train.seed)
     shard = lambda x: list(x.addressable_shards[0].data.shape)  # noqa: E731
     q = state["params"]["layers"]["self_attn"]["q_proj"]["kernel"]
     moments = [
