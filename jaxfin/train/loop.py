@@ -24,22 +24,9 @@ from jaxfin.parallel.distributed import barrier, is_main, to_host
 from jaxfin.store import load_model, save_model
 from jaxfin.store.checkpoint import Checkpointer
 from jaxfin.store.jaxfin_dir import write_model_json
+from jaxfin.train import hooks
 from jaxfin.train.data_stream import DataStream
-from jaxfin.train.hooks import (
-    SIGTERM,
-    AtEnd,
-    Checkpoint,
-    DevEval,
-    Hook,
-    KeepBest,
-    LogRecord,
-    Loop,
-    StopFlag,
-    StopOnSignal,
-    TaskEval,
-    WriteMetrics,
-)
-from jaxfin.train.hooks import run as hooks_run
+from jaxfin.train.hooks import Hook, Loop, StopFlag
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
 from jaxfin.train.state import (
@@ -164,12 +151,12 @@ def _train(cfg: Config, stop: StopFlag) -> dict:
         _report_plan(data.plan(), mesh, out)
     run = _setup(cfg, data, mesh, params, out)
     del params
-    hooks = _hooks(cfg, run, data, tok, mesh, out, hf_extra, stop)
-    dev = next((h for h in hooks if isinstance(h, DevEval)), None)
-    loop = hooks_run(run.loop, run.step_fn, hooks)
+    every_step = _hooks(cfg, run, data, tok, mesh, out, hf_extra, stop)
+    dev = next((h for h in every_step if isinstance(h, hooks.DevEval)), None)
+    loop = hooks.run(run.loop, run.step_fn, every_step)
     if is_main():
         print(f"{loop.stop_reason}: stopped at step {loop.step}; checkpoints in {out / 'checkpoints'}", flush=True)
-        if loop.stop_reason == SIGTERM:
+        if loop.stop_reason == hooks.SIGTERM:
             print("rerun the same command to resume", flush=True)
     return {
         "steps": loop.step,
@@ -259,28 +246,28 @@ def _hooks(cfg: Config, run: _Run, data: DataStream, tok: Tokenizer, mesh, out: 
     """What every step does, in order: log record, dev eval, task eval, best model, metrics file, SIGTERM,
     checkpoint; and at the end, the exports."""
     t, main = cfg.train, is_main()
-    hooks: list[Hook] = [LogRecord(t.log_every, data.mixture_metrics)]
+    out_hooks: list[Hook] = [hooks.LogRecord(t.log_every, data.mixture_metrics)]
     if run.eval_step is not None and t.dev_every:
         chunk = t.batch_size // t.micro_batches
 
         def dev(state):
             return _dev_metrics(run.eval_step, state, data, mesh, chunk, t.dev_batches * t.batch_size, run.dev_refs)
 
-        hooks.append(DevEval(dev, t.dev_every, t.patience))
+        out_hooks.append(hooks.DevEval(dev, t.dev_every, t.patience))
     if cfg.eval.every and cfg.eval.tasks:
         tasks = lambda state: _eval_tasks(cfg.model, cfg.eval, state["params"], tok, out)  # noqa: E731
-        hooks.append(TaskEval(tasks, cfg.eval.every))
+        out_hooks.append(hooks.TaskEval(tasks, cfg.eval.every))
     if cfg.checkpoint.best_metric:
         save = lambda state, best: _save_best(cfg.model, state["params"], best, out, hf_extra)  # noqa: E731
-        hooks.append(KeepBest(cfg.checkpoint.best_metric, cfg.checkpoint.best_mode, save))
+        out_hooks.append(hooks.KeepBest(cfg.checkpoint.best_metric, cfg.checkpoint.best_mode, save))
     if main:
         writer = MetricsWriter(out, run.loop.step if run.restored else None)  # a resumed run drops later records
-        hooks.append(WriteMetrics(writer, Progress(t.steps, run.loop.step)))
-    hooks.append(StopOnSignal(stop, _agree, jax.process_count()))
-    hooks.append(Checkpoint(run.checkpointer, cfg.checkpoint.every, lambda: {"data": data.state()}))
+        out_hooks.append(hooks.WriteMetrics(writer, Progress(t.steps, run.loop.step)))
+    out_hooks.append(hooks.StopOnSignal(stop, _agree, jax.process_count()))
+    out_hooks.append(hooks.Checkpoint(run.checkpointer, cfg.checkpoint.every, lambda: {"data": data.state()}))
     if cfg.export_hf or cfg.export_peft:
-        hooks.append(AtEnd(lambda state: _export(cfg, state["params"], out, hf_extra)))
-    return hooks
+        out_hooks.append(hooks.AtEnd(lambda state: _export(cfg, state["params"], out, hf_extra)))
+    return out_hooks
 
 
 def _export(cfg: Config, params, out: Path, hf_extra) -> None:
