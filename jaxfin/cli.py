@@ -164,6 +164,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.bench.cli import add_bench_parser
 
     add_bench_parser(sub)
+    from jaxfin.compile.cli import add_compile_parser
+
+    add_compile_parser(sub)
     from jaxfin.vocab.cli import add_vocab_parser
 
     add_vocab_parser(sub)

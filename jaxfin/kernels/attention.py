@@ -14,6 +14,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxfin.config.choices import ATTENTION_BACKENDS
+from jaxfin.parallel.mesh import target_platform
+from jaxfin.parallel.rules import spec
 
 BACKENDS = ATTENTION_BACKENDS  # pallas: interpret mode on CPU; not chosen by auto until GPU-tested
 
@@ -35,7 +37,7 @@ def resolve_backend(q, k, backend: str = "auto") -> str:
     """The concrete backend `attention` runs for these inputs ("auto" resolved; fallbacks logged once)."""
     if backend not in BACKENDS:
         raise ValueError(f"attention backend '{backend}' is not available; choose one of {', '.join(BACKENDS)}")
-    platform = jax.default_backend()
+    platform = target_platform()
     if backend == "cudnn" and platform != "gpu":
         raise ValueError(f"attention backend 'cudnn' needs an NVIDIA GPU (this is {platform}); use xla or pallas")
     if backend != "auto":
@@ -53,25 +55,45 @@ def pallas_kernel() -> str:
     """The Pallas kernel behind backend="pallas": "tpu" on a TPU, else "gpu" (interpreted on CPU)."""
     if _PALLAS_KERNEL is not None:
         return _PALLAS_KERNEL
-    return "tpu" if jax.default_backend() == "tpu" else "gpu"
+    return "tpu" if target_platform() == "tpu" else "gpu"
 
 
 def attention(q, k, v, *, segment_ids=None, causal: bool = True, sm_scale: float | None = None, backend="auto"):
     """q [B, S, Hq, D], k/v [B, S, Hkv, D] -> [B, S, Hq, D]; see the module docstring for the masking rules."""
     name = resolve_backend(q, k, backend)
     if name == "pallas":
-        if pallas_kernel() == "tpu":
-            from jaxfin.kernels.pallas_tpu import pallas_tpu_attention
-
-            return pallas_tpu_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
-        from jaxfin.kernels.pallas_gpu import pallas_attention
-
-        return pallas_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+        return _per_device(_pallas, q, k, v, segment_ids, causal=causal, sm_scale=sm_scale)
     if name == "cudnn":
         from jaxfin.kernels.cudnn import cudnn_attention
 
         return cudnn_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
     return xla_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+
+
+def _pallas(q, k, v, segment_ids, *, causal, sm_scale):
+    if pallas_kernel() == "tpu":
+        from jaxfin.kernels.pallas_tpu import pallas_tpu_attention
+
+        return pallas_tpu_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+    from jaxfin.kernels.pallas_gpu import pallas_attention
+
+    return pallas_attention(q, k, v, segment_ids=segment_ids, causal=causal, sm_scale=sm_scale)
+
+
+def _per_device(kernel, q, k, v, segment_ids, **kw):
+    """A Pallas kernel is one device's program (XLA cannot partition a Mosaic / Triton custom call): on a mesh of
+    several devices it runs inside shard_map, each device on its rows (the batch axes) and its heads (`tensor`),
+    which is exactly how the activations are laid out, so no data moves. GQA stays local: a device holds query
+    heads [i*Hq/t, (i+1)*Hq/t) and their kv heads [i*Hkv/t, (i+1)*Hkv/t)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return kernel(q, k, v, segment_ids, **kw)
+    if segment_ids is None:
+        segment_ids = jnp.ones(q.shape[:2], jnp.int32)
+    qs, kvs = spec(("batch", "seq", "heads", "head_dim")), spec(("batch", "seq", "kv_heads", "head_dim"))
+    run = jax.shard_map(lambda *a: kernel(*a, **kw), in_specs=(qs, kvs, kvs, spec(("batch", "seq"))), out_specs=qs,
+                        check_vma=False)  # fmt: skip
+    return run(q, k, v, segment_ids)
 
 
 def attention_mask(segment_ids, seq_len: int, batch: int, causal: bool):

@@ -30,6 +30,7 @@ from jax import lax
 from jax.experimental import pallas as pl
 
 from jaxfin.kernels.flash_blocks import check_shapes, flash_vjp, loop_bounds, padded_inputs, visibility, visible
+from jaxfin.parallel.mesh import target_platform
 
 _NEG = -1e30  # finite "minus infinity" for masked scores (exp(_NEG - _NEG) = 1 never yields NaN)
 
@@ -289,7 +290,7 @@ def pallas_attention(
         if not _is_pow2(blk) or blk < 16:
             raise ValueError(f"pallas attention needs {name} to be a power of two >= 16; got {blk}")
     if interpret is None:
-        interpret = jax.default_backend() == "cpu"
+        interpret = target_platform() == "cpu"
     scale = float(d**-0.5 if sm_scale is None else sm_scale)
     q, k, v, seg = padded_inputs(q, k, v, segment_ids, block_q, block_k)
     out = _flash(q, k, v, seg, bool(causal), scale, int(block_q), int(block_k), bool(interpret))

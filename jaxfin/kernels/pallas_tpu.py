@@ -40,6 +40,7 @@ from jax.experimental import pallas as pl
 from jax.experimental.pallas import tpu as pltpu
 
 from jaxfin.kernels.flash_blocks import check_shapes, flash_vjp, loop_bounds, padded_inputs, visibility, visible
+from jaxfin.parallel.mesh import target_platform
 
 NUM_LANES = 128
 NUM_SUBLANES = 8
@@ -133,6 +134,19 @@ def _params(interpret, semantics):
     return kw
 
 
+def _cost(q, k, causal: bool, matmuls: int, operands) -> pl.CostEstimate:
+    """What XLA's cost analysis should count for a kernel it cannot see into (a Mosaic call is opaque): `matmuls`
+    [S, S, D] products per (batch, query head), halved when causal (block skipping of packed rows is not known at
+    trace time, so this is the dense-causal figure), and each operand and result read or written once."""
+    b, hq, s, d = q.shape
+    flops = 2 * matmuls * b * hq * s * s * d // (2 if causal else 1)
+    return pl.CostEstimate(
+        flops=int(flops),
+        transcendentals=int(b * hq * s * s // (2 if causal else 1)),
+        bytes_accessed=int(sum(x.size * x.dtype.itemsize for x in operands)),
+    )
+
+
 _N_META = 8  # scalar-prefetch operands: qmin, qmax, kmin, kmax, k_lo, k_hi, q_lo, q_hi
 
 
@@ -214,6 +228,7 @@ def _fwd(q, k, v, seg, causal, scale, block_q, block_k, interpret, count=False):
         ),
         out_shape=out_shape,
         name="jaxfin_flash_tpu_fwd",
+        cost_estimate=_cost(q, k, causal, 2, [q, k, v, q, jax.ShapeDtypeStruct(out_shape[1].shape, jnp.float32)]),
         **_params(interpret, ("parallel", "parallel", "parallel", "arbitrary")),
     )(*meta, q, k, v, q_seg, kv_seg)
     return outs
@@ -298,6 +313,7 @@ def _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
         ),
         out_shape=jax.ShapeDtypeStruct(q.shape, q.dtype),
         name="jaxfin_flash_tpu_bwd_dq",
+        cost_estimate=_cost(q, k, causal, 3, [q, k, v, do, lse, delta, q]),
         **_params(interpret, ("parallel", "parallel", "parallel", "arbitrary")),
     )(*meta, q, k, v, q_seg, kv_seg, do, lse, delta)
 
@@ -337,6 +353,7 @@ def _bwd(q, k, v, seg, o, lse, do, causal, scale, block_q, block_k, interpret):
         ),
         out_shape=[jax.ShapeDtypeStruct(k.shape, k.dtype), jax.ShapeDtypeStruct(v.shape, v.dtype)],
         name="jaxfin_flash_tpu_bwd_dkv",
+        cost_estimate=_cost(q, k, causal, 4, [q, k, v, do, lse, delta, k, v]),
         **_params(interpret, ("parallel", "parallel", "parallel", "arbitrary", "arbitrary")),
     )(*meta, q, k, v, q_seg, kv_seg, do, lse, delta)
     return dq, dk, dv
@@ -378,7 +395,7 @@ def pallas_tpu_attention(
     `interpret=None` interprets (TPU interpreter) unless running on a TPU, where it compiles with Mosaic.
     """
     if interpret is None:
-        interpret = jax.default_backend() != "tpu"
+        interpret = target_platform() != "tpu"
     q, k, v, seg, scale, s = _prepare(q, k, v, segment_ids, sm_scale, block_q, block_k)
     out = _flash(q, k, v, seg, bool(causal), scale, int(block_q), int(block_k), bool(interpret))
     return jnp.swapaxes(out, 1, 2)[:, :s]

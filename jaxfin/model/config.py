@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from jaxfin.config import ConfigError, choices, config_from_dict
 from jaxfin.config.schema import ModelConfig
+from jaxfin.parallel.mesh import target_platform
 
 DTYPES = {name: jnp.dtype(name) for name in choices.DTYPES}
 
@@ -18,7 +19,7 @@ def param_dtype(m: ModelConfig):
 
 def compute_dtype(m: ModelConfig):
     if m.compute_dtype == "auto":
-        return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+        return jnp.float32 if target_platform() == "cpu" else jnp.bfloat16
     return DTYPES[m.compute_dtype]
 
 

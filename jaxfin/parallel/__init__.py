@@ -8,6 +8,7 @@ from jaxfin.parallel.mesh import (
     make_mesh,
     process_rows,
     replicated,
+    target_platform,
 )
 from jaxfin.parallel.rules import constrain, constrain_params, like_params, param_shardings
 
@@ -23,4 +24,5 @@ __all__ = [
     "param_shardings",
     "process_rows",
     "replicated",
+    "target_platform",
 ]

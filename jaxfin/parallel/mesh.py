@@ -39,6 +39,14 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
 
 
+def target_platform() -> str:
+    """The platform being compiled for: that of the mesh set by `jax.set_mesh` (a TPU topology's devices on a CPU
+    host under `jaxfin compile`), else the default backend. Code that picks dtypes or kernels by platform asks this,
+    not `jax.default_backend()`, so that a deviceless compile builds what the target would run."""
+    device = jax.sharding.get_abstract_mesh().abstract_device
+    return device.platform if device is not None else jax.default_backend()
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 

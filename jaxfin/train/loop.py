@@ -54,8 +54,7 @@ def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict | None, dict | Non
     """The resolved config (architecture from init_from when given), the loaded params (None: initialise from
     train.seed on the mesh) and HF extras."""
     params = hf_extra = None
-    if cfg.objective.type == "reward" and not cfg.model.num_labels:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_labels=1))
+    cfg = for_objective(cfg)
     if cfg.init_from:
         runtime = {k: getattr(cfg.model, k) for k in cfg.model.RUNTIME_KEYS}
         loaded = load_model(cfg.init_from, **runtime)
@@ -66,6 +65,13 @@ def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict | None, dict | Non
             f"the tokenizer at {tok.path} has {tok.vocab_size} tokens but model.vocab_size is {cfg.model.vocab_size}"
         )
     return cfg, params, hf_extra
+
+
+def for_objective(cfg: Config) -> Config:
+    """The model the objective trains: a reward model has a score head (one output unless model.num_labels says)."""
+    if cfg.objective.type == "reward" and not cfg.model.num_labels:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_labels=1))
+    return cfg
 
 
 def _adapt_loaded(cfg: Config, loaded_cfg, params: dict) -> tuple[Config, dict]:

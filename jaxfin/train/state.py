@@ -74,6 +74,11 @@ def init_state(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: 
     else:
         params = jax.tree.map(_put, params, shardings["params"])
 
+    make = jax.jit(_state_from(objective, optimizer, seed), out_shardings=shardings, donate_argnums=0)
+    return make(params)
+
+
+def _state_from(objective: ObjectiveConfig, optimizer, seed: int):
     def make(p):
         state = {
             "params": p,
@@ -85,12 +90,15 @@ def init_state(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: 
             state["ref_params"] = jax.tree.map(jnp.copy, p)
         return state
 
-    make = jax.jit(
-        make,
-        out_shardings=shardings,
-        donate_argnums=0,
-    )
-    return make(params)
+    return make
+
+
+def abstract_train_state(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: Mesh) -> dict:
+    """The state `init_state` would build, as ShapeDtypeStructs with their shardings, and nothing allocated: what a
+    deviceless compile (`jaxfin compile`) lowers the step for."""
+    shapes = jax.eval_shape(_state_from(objective, optimizer, 0), abstract_params(model))
+    shardings = state_shardings(model, objective, optimizer, mesh)
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
 
 def abstract_state(state):
