@@ -50,10 +50,6 @@ def run_compile(args: argparse.Namespace) -> int:
     return 0 if report["compiled"] else 1
 
 
-def _g(x) -> str:
-    return "n/a" if x is None else f"{x:.2f}"
-
-
 def format_report(r: dict) -> str:
     lines = [
         f"target   {r['target']} ({r['topology']}, {r['num_slices']} slice(s)): {r['devices']} x {r['device_kind']}, "
@@ -75,15 +71,16 @@ def format_report(r: dict) -> str:
         lines.append(f"         {verdict} in {m['hbm']:.0f} GiB HBM (headroom {m['headroom']:.2f} GiB)")
     if "per_step" in r:
         s, rf = r["per_step"], r["roofline"]
-        lines.append(f"per step {s['flops'] / 1e12:.2f} TFLOP (model {s['model_flops'] / 1e12:.2f}), "
-                     f"{s['bytes'] / 1e9:.2f} GB accessed, per device")  # fmt: skip
-        coll = ", ".join(f"{k} {s['collectives'][k]['count']} ({s['collectives'][k]['bytes'] / 1e9:.2f} GB)"
+        lines.append(f"per step {s['flops'] / 1e12:.4g} TFLOP (model {s['model_flops'] / 1e12:.4g}), "
+                     f"{s['bytes'] / 1e9:.4g} GB accessed, per device")  # fmt: skip
+        coll = ", ".join(f"{k} {s['collectives'][k]['count']} ({s['collectives'][k]['bytes'] / 1e9:.3g} GB)"
                          for k in KINDS)  # fmt: skip
         lines.append(f"         collectives: {coll}")
         if rf["step_s"] is not None:
+            ms = {k: 1e3 * rf[f"{k}_s"] for k in ("compute", "hbm", "collectives", "step")}
             lines.append(
-                f"roofline compute {rf['compute_s']:.3f} s, HBM {rf['hbm_s']:.3f} s, collectives "
-                f"{rf['collectives_s']:.3f} s -> step >= {rf['step_s']:.3f} s ({rf['dominant']} bound), "
+                f"roofline compute {ms['compute']:.2f} ms, HBM {ms['hbm']:.2f} ms, collectives "
+                f"{ms['collectives']:.2f} ms -> step >= {ms['step']:.2f} ms ({rf['dominant']} bound), "
                 f"MFU <= {100 * rf['mfu_bound']:.1f}%"
             )
     if "max_batch" in r:

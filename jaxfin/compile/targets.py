@@ -97,8 +97,9 @@ def parse_target(name: str, num_slices: int = 1) -> Target:
             chips = count // _CORES_PER_CHIP[gen]
             shape = _torus(chips, 3 if gen in ("v4", "v5p") else 2)
             return Target(name, CHIPS[gen], f"{_LIBTPU_NAME[gen]}:{'x'.join(map(str, shape))}", num_slices)
-    if m := re.fullmatch(r"(?:(\d+)x)?(h100|h200|mi300x)(?:x(\d+))?", text):
-        nodes, chip, per_node = int(m.group(1) or 1), m.group(2), int(m.group(3) or 8)
+    if m := re.fullmatch(r"(?:(\d+)x)?(h100|h200|mi300x?)(?:x(\d+))?", text):
+        chip = "mi300x" if m.group(2).startswith("mi") else m.group(2)
+        nodes, per_node = int(m.group(1) or 1), int(m.group(3) or 8)
         return Target(name, CHIPS[chip], f"gpu:{nodes * per_node}", num_slices)
     raise ConfigError(
         f"unknown topology '{name}': use a Cloud TPU name (v5p-64, v6e-256, v5litepod-16, v4-32), libtpu's form "

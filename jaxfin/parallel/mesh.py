@@ -36,7 +36,17 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
     with `tensor` innermost so tensor-parallel groups sit on the fastest links."""
     devices = jax.devices() if devices is None else devices
     shape = mesh_shape(cfg, len(devices))
-    return jax.make_mesh(shape, AXES, axis_types=(AxisType.Auto,) * len(AXES), devices=devices)
+    types = (AxisType.Auto,) * len(AXES)
+    slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if slices > 1:  # multi-slice TPU: data parallelism spans the slices (DCN), fsdp and tensor stay inside one (ICI)
+        if shape[0] % slices:
+            raise ConfigError(f"mesh.data={shape[0]} must be a multiple of the {slices} slices (data parallelism "
+                              f"spans the slices); fsdp and tensor stay inside one slice")  # fmt: skip
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_hybrid_device_mesh((shape[0] // slices, *shape[1:]), (slices, 1, 1), devices)
+        return Mesh(grid, AXES, axis_types=types)
+    return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
 
 
 def target_platform() -> str:

@@ -1,0 +1,120 @@
+"""The README's `jaxfin compile` table: Llama-3.2-1B, Llama-3-8B and Llama-3-70B (configs/) x {v5p-64, v6e-256,
+v5litepod-16} x {FSDP, FSDP x TP} at seq 8192, compiled deviceless on this CPU host, and the largest batch that fits
+for 8B on v5p-64.
+
+Needs the TPU build of the project's jax in the running interpreter (`make compile-venv` builds one;
+/tmp/jaxfin-tpu/bin/python benchmarks/compile_table.py). Each cell is one `jaxfin compile` report, written to
+benchmarks/results/compile_<model>_<topology>_<layout>.json (kept; rerun with --force to redo), and the table is
+printed as Markdown from those files.
+
+Every cell: global batch = one row of 8192 tokens per chip, remat full, the Pallas attention kernel (Mosaic),
+float32 params and Adam state, bfloat16 compute. FSDP x TP puts 4 chips on `tensor`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+MODELS = {"llama-3.2-1b": "configs/llama-3.2-1b.yaml", "llama-3-8b": "configs/llama-3-8b.yaml",
+          "llama-3-70b": "configs/llama-3-70b.yaml"}  # fmt: skip
+TOPOLOGIES = ("v5p-64", "v6e-256", "v5litepod-16")
+LAYOUTS = {"fsdp": ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1"],
+           "fsdp_tp4": ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=4"]}  # fmt: skip
+COMMON = ["data.seq_len=8192", "model.remat=full", "model.attention_backend=pallas", "train.micro_batches=1"]
+
+
+def cell(model: str, topology: str, layout: str, force: bool) -> dict:
+    from jaxfin.compile import compile_report, parse_target
+    from jaxfin.config import load_config
+
+    path = RESULTS / f"compile_{model}_{topology}_{layout}.json"
+    if path.exists() and not force:
+        return json.loads(path.read_text())
+    target = parse_target(topology)
+    chips = _chips(target)
+    overrides = [*COMMON, *LAYOUTS[layout], f"train.batch_size={chips}", "model.max_position_embeddings=8192"]
+    t0 = time.time()
+    try:
+        r = compile_report(load_config(REPO / MODELS[model], overrides), target)
+    except Exception as e:  # noqa: BLE001 - a cell that cannot compile is a result too
+        r = {"target": topology, "compiled": False, "error": f"{type(e).__name__}: {e}"}
+    r.update(model=model, layout=layout, overrides=overrides, wall_s=time.time() - t0, host=_host())
+    path.write_text(json.dumps(r, indent=2) + "\n")
+    print(f"{model} {topology} {layout}: {'compiled' if r['compiled'] else r['error'][:200]} "
+          f"({r['wall_s']:.0f} s)", file=sys.stderr, flush=True)  # fmt: skip
+    return r
+
+
+def max_batch_cell(force: bool) -> dict:
+    from jaxfin.compile import max_batch, parse_target
+    from jaxfin.config import load_config
+
+    path = RESULTS / "compile_llama-3-8b_v5p-64_fsdp_max_batch.json"
+    if path.exists() and not force:
+        return json.loads(path.read_text())
+    overrides = [*COMMON, *LAYOUTS["fsdp"], "train.batch_size=32"]
+    t0 = time.time()
+    r = max_batch(load_config(REPO / MODELS["llama-3-8b"], overrides), parse_target("v5p-64"))
+    r.update(model="llama-3-8b", target="v5p-64", layout="fsdp", overrides=overrides, wall_s=time.time() - t0,
+             host=_host())  # fmt: skip
+    path.write_text(json.dumps(r, indent=2) + "\n")
+    return r
+
+
+def _chips(target) -> int:
+    from jaxfin.compile.targets import devices
+
+    return len(devices(target))
+
+
+def _host() -> dict:
+    import os
+    import platform
+
+    import jax
+
+    return {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "jax": jax.__version__}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | slice | layout | compiled | GiB/device | fits (HBM) | MFU bound | dominant | compile s |\n"
+            "|---|---|---|---|---|---|---|---|---|")  # fmt: skip
+    out = [head]
+    for r in rows:
+        if not r["compiled"]:
+            why = "OOM" if "out of memory" in r.get("error", "") else "no"
+            out.append(f"| {r['model']} | {r['target']} | {r['layout']} | {why} | | | | | |")
+            continue
+        m, rf = r["memory_gib"], r["roofline"]
+        out.append(
+            f"| {r['model']} | {r['target']} | {r['layout']} | yes | {m['total']:.1f} | "
+            f"{'yes' if m['fits'] else 'no'} ({m['hbm']:.0f}) | {100 * rf['mfu_bound']:.0f}% | {rf['dominant']} | "
+            f"{r['compile_s']:.0f} |"
+        )
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--force", action="store_true", help="recompile cells whose JSON exists")
+    ap.add_argument("--models", nargs="*", default=list(MODELS))
+    ap.add_argument("--topologies", nargs="*", default=list(TOPOLOGIES))
+    ap.add_argument("--no-max-batch", action="store_true")
+    args = ap.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    rows = [cell(m, t, lay, args.force) for m in args.models for t in args.topologies for lay in LAYOUTS]
+    print(table(rows))
+    if not args.no_max_batch:
+        mb = max_batch_cell(args.force)
+        print(f"\nLlama-3-8B on v5p-64 (FSDP, seq 8192): largest train.batch_size that fits = {mb['max_batch_size']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
