@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-isa test-repeat lint format install clean mergekit-venv mergekit-path
+.PHONY: demo test test-isa test-repeat lint format install clean mergekit-venv mergekit-path compile-venv compile-check
 
 $(BIN)/jaxfin: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,23 @@ mergekit-venv: $(MERGEKIT_STAMP)
 
 mergekit-path:
 	@echo $(MERGEKIT_VENV)/bin/mergekit-yaml
+
+# Real TPU compilation on this CPU host (tests/test_tpu_compile.py, `jaxfin compile --topology v5p-64`): the TPU build
+# of the project's own jax version (libtpu) in a side venv outside the clone, named by that version, with the
+# project's runtime dependencies; the clone's code runs from PYTHONPATH (nothing stale installed). libtpu normally
+# allows one process per machine: ALLOW_MULTIPLE_LIBTPU_LOAD lets the two test workers (and anything else) share it.
+JAX_VERSION = $(shell $(BIN)/python -c "import jax; print(jax.__version__)" 2>/dev/null)
+TPU_VENV ?= /tmp/jaxfin-tpu-$(JAX_VERSION)
+TPU_RUN := PYTHONPATH=$(CURDIR) ALLOW_MULTIPLE_LIBTPU_LOAD=1 JAX_ENABLE_COMPILATION_CACHE=false $(TPU_VENV)/bin/python
+
+compile-venv: install
+	test -x $(TPU_VENV)/bin/python || $(PY) -m venv $(TPU_VENV)
+	$(TPU_VENV)/bin/pip install -q --upgrade pip
+	$(TPU_VENV)/bin/pip install -q "jax[tpu]==$(JAX_VERSION)" "pytest>=8" "pytest-xdist>=3" \
+		$$($(BIN)/python -c "import tomllib; print(' '.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))")
+
+compile-check: compile-venv
+	$(TPU_RUN) -m pytest -q -n 2 -p no:cacheprovider tests/test_tpu_compile.py
 
 clean:
 	rm -rf runs

@@ -88,8 +88,13 @@ def table(rows: list[dict]) -> str:
     out = [head]
     for r in rows:
         if not r["compiled"]:
-            why = "OOM" if "out of memory" in r.get("error", "") else "no"
-            out.append(f"| {r['model']} | {r['target']} | {r['layout']} | {why} | | | | | |")
+            if "out of memory" not in r.get("error", ""):
+                out.append(f"| {r['model']} | {r['target']} | {r['layout']} | no: {r['error'][:80]} | | | | | |")
+                continue
+            need = r["memory_gib"].get("temporaries_needed")
+            hbm = r["chip"]["hbm_gib"]
+            out.append(f"| {r['model']} | {r['target']} | {r['layout']} | no (out of memory) | "
+                       f"> {need:.1f} (temporaries alone) | no ({hbm:.0f}) | | | |")  # fmt: skip
             continue
         m, rf = r["memory_gib"], r["roofline"]
         out.append(

@@ -216,8 +216,18 @@ def compile_report(cfg: Config, target: Target, dump_hlo: str | None = None, cos
         "devices": n,
         "device_kind": mesh.devices.flat[0].device_kind,
         "mesh": dict(mesh.shape),
-        "model": {k: getattr(cfg.model, k) for k in ("num_layers", "hidden_size", "num_heads", "num_kv_heads",
-                                                      "vocab_size", "remat", "attention_backend")},  # fmt: skip
+        "model": {
+            k: getattr(cfg.model, k)
+            for k in (
+                "num_layers",
+                "hidden_size",
+                "num_heads",
+                "num_kv_heads",
+                "vocab_size",
+                "remat",
+                "attention_backend",
+            )
+        },  # fmt: skip
         "objective": cfg.objective.type,
         "batch_size": cfg.train.batch_size,
         "micro_batches": cfg.train.micro_batches,
@@ -227,7 +237,9 @@ def compile_report(cfg: Config, target: Target, dump_hlo: str | None = None, cos
         "compile_s": seconds,
     }
     if compiled is None:
-        out.update(error=f"out of memory: {oom}", memory={"fits": False})
+        need = re.search(r"required for HLO temporaries \(([\d.]+)G\)", oom)
+        temporaries = float(need.group(1)) if need else None  # XLA's G: GiB
+        out.update(error=f"out of memory: {oom}", memory_gib={"fits": False, "temporaries_needed": temporaries})
         return out
     out["memory_gib"] = memory(compiled, state, cfg, mesh, target)
     if dump_hlo:

@@ -21,11 +21,17 @@ def add_compile_parser(sub) -> None:
     )
     p.add_argument("config", help="YAML config file (see configs/)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. train.batch_size=64")
-    p.add_argument("--topology", required=True,
-                   help="v5p-64, v6e-256, v5litepod-16, v4-32, libtpu's v5p:4x4x2, or cpu[:N] (this machine)")
+    p.add_argument(
+        "--topology",
+        required=True,
+        help="v5p-64, v6e-256, v5litepod-16, v4-32, libtpu's v5p:4x4x2, or cpu[:N] (this machine)",
+    )
     p.add_argument("--num-slices", type=int, default=1, help="TPU slices joined over DCN (mesh.data spans them)")
-    p.add_argument("--max-batch", action="store_true",
-                   help="find the largest train.batch_size that fits, by bisection (one compile per try)")
+    p.add_argument(
+        "--max-batch",
+        action="store_true",
+        help="find the largest train.batch_size that fits, by bisection (one compile per try)",
+    )
     p.add_argument("--dump-hlo", metavar="DIR", help="write the optimized HLO of the step to DIR")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--out", metavar="FILE", help="also write the JSON report to FILE")

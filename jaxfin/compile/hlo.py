@@ -16,7 +16,8 @@ import numpy as np
 KINDS = ("all-gather", "reduce-scatter", "all-reduce", "all-to-all", "collective-permute")
 _TRAFFIC = {"all-gather": 1.0, "reduce-scatter": 1.0, "all-reduce": 2.0, "all-to-all": 1.0, "collective-permute": 1.0}
 _OP = re.compile(r"=\s*(?P<type>.+?)\s+(?P<op>" + "|".join(KINDS) + r")(?P<start>-start)?\(")
-_ARRAY = re.compile(r"\b(pred|s4|u4|s8|u8|s16|u16|s32|u32|s64|u64|f8e4m3fn|f8e5m2|bf16|f16|f32|f64|c64|c128)\[([\d,]*)\]")
+_DTYPES = "pred|s4|u4|s8|u8|s16|u16|s32|u32|s64|u64|f8e4m3fn|f8e5m2|bf16|f16|f32|f64|c64|c128"
+_ARRAY = re.compile(r"\b(" + _DTYPES + r")\[([\d,]*)\]")
 _BITS = {"pred": 8, "s4": 4, "u4": 4, "c64": 64, "c128": 128}
 
 

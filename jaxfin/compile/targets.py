@@ -128,7 +128,9 @@ def devices(target: Target) -> list:
     from jax.experimental import topologies
 
     try:
-        topo = topologies.get_topology_desc(target.topology, "tpu", num_slices=target.num_slices)
+        # v4 and v5p run their two TensorCores per chip as one device (megacore), as on a real slice
+        kw = {"chip_config_name": "megacore"} if target.topology.startswith(("v4", "v5p")) else {}
+        topo = topologies.get_topology_desc(target.topology, "tpu", num_slices=target.num_slices, **kw)
     except Exception as e:  # noqa: BLE001 - libtpu missing or the name refused: say what to do
         hint = "" if _has_libtpu() else "; install the TPU build of jax first: pip install 'jax[tpu]==<jax version>'"
         raise ConfigError(f"topology {target.name} ({target.topology}): libtpu refused it: {e}{hint}") from None

@@ -46,7 +46,13 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
 
         grid = mesh_utils.create_hybrid_device_mesh((shape[0] // slices, *shape[1:]), (slices, 1, 1), devices)
         return Mesh(grid, AXES, axis_types=types)
-    return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
+    try:
+        return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
+    except NotImplementedError:  # e.g. tensor=4 on a 16x16 torus: no physical axis of 4; let one be split
+        from jax.experimental import mesh_utils
+
+        grid = mesh_utils.create_device_mesh(shape, devices, allow_split_physical_axes=True)
+        return Mesh(grid, AXES, axis_types=types)
 
 
 def target_platform() -> str:
