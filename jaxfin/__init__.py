@@ -11,7 +11,8 @@ level and inside functions alike; tests/test_architecture.py checks it):
     store                        models on disk: load_model, save_model, run checkpoints, `jaxfin convert`
     eval                         text metrics, finance tasks, generation, agents: functions of a Model
     train                        train state, steps, objectives, the loop and its hooks (may run eval tasks)
-    merge, scaling, vocab, bench parameter-space merging, scaling laws, vocabulary expansion, benchmarks
+    merge, scaling, vocab,       parameter-space merging, scaling laws, vocabulary expansion, benchmarks,
+    bench, compile               ahead-of-time compilation for absent accelerators (`jaxfin compile`)
     recipe, demo, cli, launch    multi-stage recipes, the demo, the `jaxfin` command, `python -m jaxfin.launch`
 
 Why this order: eval sits below train because training evaluates tasks as it runs, and nothing in eval needs

@@ -21,7 +21,7 @@ LAYERS = [
     {"store", "jaxfin"},
     {"eval"},
     {"train"},
-    {"merge", "scaling", "vocab", "bench"},
+    {"merge", "scaling", "vocab", "bench", "compile"},
     {"recipe", "demo", "cli", "launch", "__main__"},
 ]
 

@@ -122,6 +122,9 @@ def test_roofline_terms_are_the_costs_over_the_chip_rates():
     assert (r["compute_s"], r["hbm_s"], r["collectives_s"]) == pytest.approx((0.02, 0.01, 0.03))
     assert r["dominant"] == "collectives" and r["step_s"] == pytest.approx(0.03)
     assert r["mfu_bound"] == pytest.approx(1e12 / (100e12 * 0.03))
+    # an HLO count below the model's own FLOPs (loops counted once) gives way to the model's: still a lower bound
+    low = aot.roofline({**costs, "flops": 1e11}, Target("x", chip, "v5p:1x1x1"), model_flops=1e12)
+    assert low["compute_s"] == pytest.approx(0.01)
 
 
 def test_chip_table_matches_the_bench_peaks():
