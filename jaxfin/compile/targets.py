@@ -132,7 +132,8 @@ def devices(target: Target) -> list:
         kw = {"chip_config_name": "megacore"} if target.topology.startswith(("v4", "v5p")) else {}
         topo = topologies.get_topology_desc(target.topology, "tpu", num_slices=target.num_slices, **kw)
     except Exception as e:  # noqa: BLE001 - libtpu missing or the name refused: say what to do
-        hint = "" if _has_libtpu() else "; install the TPU build of jax first: pip install 'jax[tpu]==<jax version>'"
+        hint = "" if _has_libtpu() else (f"; install the TPU build of jax first: `make compile-venv` in a clone, or "
+                                         f"pip install 'jax[tpu]=={jax.__version__}'")  # fmt: skip
         raise ConfigError(f"topology {target.name} ({target.topology}): libtpu refused it: {e}{hint}") from None
     return list(topo.devices)
 
