@@ -245,7 +245,11 @@ def compile_report(cfg: Config, target: Target, dump_hlo: str | None = None, cos
     if compiled is None:
         need = re.search(r"required for HLO temporaries \(([\d.]+)G\)", oom)
         temporaries = float(need.group(1)) if need else None  # XLA's G: GiB
-        out.update(error=f"out of memory: {oom}", memory_gib={"fits": False, "temporaries_needed": temporaries})
+        hint = (
+            "lower train.batch_size (or raise train.micro_batches), model.remat=full, "
+            "model.attention_backend=pallas, or split more (mesh.fsdp, mesh.tensor)"
+        )
+        out.update(error=f"out of memory: {oom}; {hint}", memory_gib={"fits": False, "temporaries_needed": temporaries})
         return out
     out["memory_gib"] = memory(compiled, state, cfg, mesh, target)
     if dump_hlo:
