@@ -156,7 +156,7 @@ def test_compile_command_on_four_cpu_devices_splits_the_state_and_gathers_weight
 
     cfg = load_config(small_config)
     params = param_count(cfg.model) * 4  # float32
-    assert r["devices"] == 4 and r["mesh"] == {"data": 1, "fsdp": 4, "tensor": 1}
+    assert r["devices"] == 4 and r["mesh"] == {"data": 1, "fsdp": 4, "expert": 1, "tensor": 1}
     mem = r["memory_gib"]
     assert mem["params"] * 2**30 == pytest.approx(params / 4, rel=0.02)  # FSDP: a quarter of every weight
     assert mem["optimizer_state"] * 2**30 == pytest.approx(2 * params / 4, rel=0.02)  # Adam's mu and nu, split too

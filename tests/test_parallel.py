@@ -19,6 +19,7 @@ from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import ModelConfig
 from jaxfin.model import forward, init_params, param_axes, param_shapes
 from jaxfin.parallel.distributed import detect
+from jaxfin.parallel.mesh import AXES
 from jaxfin.parallel.rules import check_divisible, param_specs
 from jaxfin.parallel.xla_flags import DEFAULT_FLAGS, apply_xla_flags, merged_flags
 
@@ -28,8 +29,8 @@ CFG = ModelConfig(
 )  # fmt: skip
 
 
-def _mesh(data=1, fsdp=1, tensor=1):
-    return AbstractMesh((data, fsdp, tensor), ("data", "fsdp", "tensor"))
+def _mesh(data=1, fsdp=1, tensor=1, expert=1):
+    return AbstractMesh((data, fsdp, expert, tensor), AXES)
 
 
 # ------------------------------------------------------------------------------------------- rules
@@ -73,7 +74,7 @@ def test_a_bad_mesh_is_refused_before_anything_compiles(small_config, tmp_path):
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert proc.returncode == 2
-    assert "error: mesh {'data': -1, 'fsdp': 1, 'tensor': 2} does not fit 1 devices" in proc.stderr
+    assert "error: mesh {'data': -1, 'fsdp': 1, 'expert': 1, 'tensor': 2} does not fit 1 devices" in proc.stderr
     assert "compiled the train step" not in proc.stdout and "Traceback" not in proc.stderr
 
 

@@ -210,9 +210,9 @@ def test_stop_frozen_gradients():
 def test_layer_slices_of_opt_state_are_laid_out_like_the_params():
     from jax.sharding import Mesh
 
-    from jaxfin.parallel import like_params, param_shardings
+    from jaxfin.parallel import AXES, like_params, param_shardings
 
-    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    mesh = Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1, 1), AXES)
     params = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s, jnp.float32), SHAPES, is_leaf=lambda x: isinstance(x, tuple)
     )

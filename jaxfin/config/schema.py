@@ -34,7 +34,7 @@ class LoraConfig:
 class ModelConfig:
     """Architecture of a Llama-family decoder plus runtime knobs that do not change the weights."""
 
-    family: str = "llama"  # llama | mistral | qwen2 (only affects HF export and defaults)
+    family: str = "llama"  # llama | mistral | qwen2 | mixtral (mixtral: a mixture-of-experts MLP, below)
     vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -55,14 +55,22 @@ class ModelConfig:
     pad_token_id: int = -1  # -1 = none
     num_labels: int = 0  # 0 = causal LM head; N >= 1 = a `score` head of N outputs on the last token (reward model)
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters (part of the pytree: lora_a / lora_b leaves)
+    # Mixture of experts (family mixtral; jaxfin/model/moe.py): each layer's MLP is num_experts SwiGLU experts of
+    # intermediate_size, and a router sends each token to experts_per_token of them.
+    num_experts: int = 0  # 0 = a dense MLP
+    experts_per_token: int = 2
+    norm_topk_prob: bool = True  # true: softmax over the selected k (Mixtral); false: the all-expert softmax's values
+    router_aux_loss_coef: float = 0.01  # load balancing, E * sum_e f_e p_e averaged over layers (Switch, HF Mixtral)
+    router_z_loss_coef: float = 0.001  # mean logsumexp(router logits)^2 (ST-MoE): keeps router logits small
     # Runtime knobs: they never change the parameter pytree or the checkpoint layout.
     param_dtype: str = "float32"
     compute_dtype: str = "auto"  # auto = bfloat16 on GPU/TPU, float32 on CPU
     scan_layers: bool = True  # lax.scan over the stacked layer weights, or a Python loop over them
     remat: str = "none"  # none | full | save_matmuls | save_projections (what backward keeps; jaxfin/model/llama.py)
     attention_backend: str = "xla"  # see jaxfin.kernels.attention
+    moe_dispatch: str = "ragged"  # ragged: sort tokens by expert, grouped matmul (dropless) | dense: every expert
 
-    RUNTIME_KEYS = ("param_dtype", "compute_dtype", "scan_layers", "remat", "attention_backend")
+    RUNTIME_KEYS = ("param_dtype", "compute_dtype", "scan_layers", "remat", "attention_backend", "moe_dispatch")
 
     @property
     def head_size(self) -> int:
@@ -199,6 +207,7 @@ class MeshConfig:
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
+    expert: int = 1  # expert parallelism (mixture of experts): experts split over it, tokens exchanged all-to-all
 
 
 @dataclass

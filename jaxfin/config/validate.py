@@ -72,7 +72,24 @@ def validate_model_config(m: ModelConfig) -> None:
         raise ConfigError("model dtype float64 needs JAX's 64-bit mode: set JAX_ENABLE_X64=1 (for numerical checks)")
     check_choice(m.remat, C.REMAT, "model.remat")
     check_choice(m.attention_backend, C.ATTENTION_BACKENDS, "model.attention_backend")
+    _validate_moe(m)
     _validate_lora(m)
+
+
+def _validate_moe(m: ModelConfig) -> None:
+    check_choice(m.moe_dispatch, C.MOE_DISPATCH, "model.moe_dispatch")
+    if (m.family in C.MOE_FAMILIES) != (m.num_experts > 0):
+        raise ConfigError(
+            f"'model.num_experts' is {m.num_experts} for family '{m.family}': a mixture of experts "
+            f"({', '.join(C.MOE_FAMILIES)}) needs num_experts >= 1, a dense family 0"
+        )
+    if m.num_experts and not 1 <= m.experts_per_token <= m.num_experts:
+        raise ConfigError(
+            f"'model.experts_per_token' must be in 1..num_experts ({m.num_experts}); got {m.experts_per_token}"
+        )
+    for key in ("router_aux_loss_coef", "router_z_loss_coef"):
+        if getattr(m, key) < 0:
+            raise ConfigError(f"'model.{key}' must be >= 0; got {getattr(m, key)}")
 
 
 def _validate_lora(m: ModelConfig) -> None:

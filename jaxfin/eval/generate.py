@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxfin.model.config import compute_dtype
-from jaxfin.model.llama import apply_rope, matmul, output_kernel, rms_norm, rope_frequencies, rope_tables
+from jaxfin.model.llama import apply_rope, matmul, mlp_block, output_kernel, rms_norm, rope_frequencies, rope_tables
 
 NEG = -1e30  # a finite "minus infinity": fully masked rows (left padding) stay NaN-free
 
@@ -142,10 +142,7 @@ def forward_cached(params, cfg, tokens, start, pad, k_cache, v_cache):
         o = _cached_attention(q, k_cache[i], v_cache[i], cols, pad)
         h = h + _proj(o, a["o_proj"], dtype, contract=2)
         x = rms_norm(h, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
-        m = lp["mlp"]
-        h = h + _proj(
-            jax.nn.silu(_proj(x, m["gate_proj"], dtype)) * _proj(x, m["up_proj"], dtype), m["down_proj"], dtype
-        )
+        h = h + mlp_block(cfg, lp["mlp"], x)[0]
         return (h, k_cache, v_cache), None
 
     layers = (params["layers"], jnp.arange(cfg.num_layers))

@@ -24,9 +24,13 @@ from jaxfin.model import Model
 from jaxfin.model.config import model_config
 from jaxfin.model.params import param_shapes, table
 
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}
+ARCHITECTURES = {
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM",
+    "mixtral": "MixtralForCausalLM",
+}  # fmt: skip
 # inert keys copied back on export when the source had them (the export is otherwise built from ModelConfig)
-KEPT_KEYS = ("use_cache", "attention_dropout", "pretraining_tp", "max_window_layers")
+KEPT_KEYS = ("use_cache", "attention_dropout", "pretraining_tp", "max_window_layers", "output_router_logits",
+             "router_jitter_noise")  # fmt: skip
 IGNORED_TENSORS = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")
 
 
@@ -97,7 +101,7 @@ def config_from_hf(hf: dict, where: str) -> ModelConfig:
     _check_supported(hf, family, where)
     theta, scaling = _rope(hf, where)
     heads = _get(hf, "num_attention_heads", where, required=True)
-    if family == "mistral":
+    if family in ("mistral", "mixtral"):
         window = hf.get("sliding_window") or 0
     elif family == "qwen2":
         window = (hf.get("sliding_window") or 0) if hf.get("use_sliding_window") else 0
@@ -125,6 +129,12 @@ def config_from_hf(hf: dict, where: str) -> ModelConfig:
         "pad_token_id": _token_id(hf.get("pad_token_id")),
         "num_labels": _num_labels(hf),
     }
+    if family == "mixtral":
+        d |= {
+            "num_experts": _get(hf, "num_local_experts", where, required=True),
+            "experts_per_token": _get(hf, "num_experts_per_tok", where, required=True),
+            "router_aux_loss_coef": _get(hf, "router_aux_loss_coef", where, 0.001),
+        }
     return model_config(d, where)
 
 
@@ -188,6 +198,15 @@ def config_to_hf(cfg: ModelConfig) -> dict:
         hf |= {"attention_bias": False, "mlp_bias": False, "pretraining_tp": 1}
     elif cfg.family == "mistral":
         hf["sliding_window"] = cfg.sliding_window or None
+    elif cfg.family == "mixtral":
+        hf |= {
+            "sliding_window": cfg.sliding_window or None,
+            "num_local_experts": cfg.num_experts,
+            "num_experts_per_tok": cfg.experts_per_token,
+            "router_aux_loss_coef": cfg.router_aux_loss_coef,
+            "output_router_logits": False,
+            "router_jitter_noise": 0.0,
+        }
     elif cfg.family == "qwen2":
         hf |= {
             "use_sliding_window": bool(cfg.sliding_window),
@@ -197,14 +216,16 @@ def config_to_hf(cfg: ModelConfig) -> dict:
     return hf
 
 
-def _extras(hf: dict, generation: dict | None) -> dict:
-    """HF fields ModelConfig does not hold, kept for a faithful export."""
+def _extras(hf: dict, generation: dict | None, layout: str | None = None) -> dict:
+    """HF fields ModelConfig does not hold, kept for a faithful export (and a mixture of experts' tensor layout)."""
     config = {k: hf[k] for k in KEPT_KEYS if k in hf}
     if isinstance(hf.get("eos_token_id"), list):
         config["eos_token_id"] = hf["eos_token_id"]
     if hf.get("model_type") == "qwen2" and not hf.get("use_sliding_window") and "sliding_window" in hf:
         config["sliding_window"] = hf["sliding_window"]  # inert while use_sliding_window is false
     extra = {"model_type": hf.get("model_type"), "config": config}
+    if layout:
+        extra["moe_layout"] = layout
     if generation:
         extra["generation_config"] = {k: v for k, v in generation.items() if k != "transformers_version"}
     return extra
@@ -239,27 +260,144 @@ def _export_configs(cfg: ModelConfig, extra: dict | None) -> tuple[dict, dict]:
 
 @dataclasses.dataclass(frozen=True)
 class _Spec:
-    """One HF tensor: where it lives in the pytree (layer index or None) and its HF shape."""
+    """One HF tensor: where it lives in the pytree (layer and expert index or None) and its HF shape."""
 
     name: str
     path: tuple[str, ...]
     layer: int | None
     hf_shape: tuple[int, ...]
     transpose: bool  # HF nn.Linear weights are [out, in]; our kernels are [in, out]
+    expert: int | None = None
+
+    def part(self, buf: np.ndarray) -> np.ndarray:
+        """This tensor's slice of its (stacked) leaf."""
+        if self.layer is None:
+            return buf
+        return buf[self.layer] if self.expert is None else buf[self.layer, self.expert]
 
 
 def _specs(cfg: ModelConfig) -> list[_Spec]:
     """Every HF tensor of the model, in the order transformers writes them: from the family's table
-    (jaxfin/model/params.py), the stacked layer params one layer at a time."""
+    (jaxfin/model/params.py), the stacked layer params one layer at a time (a layer's experts one expert at a
+    time, each with its projections)."""
     base = table(cfg)
     stacked = [p for p in base if p.stacked]
     first = base.index(stacked[0])
+    experts = [p for p in stacked if p.per_expert]
 
-    def one(p, i=None):
-        return _Spec(p.hf.format(i=i), tuple(p.path.split("/")), i, p.hf_shape(cfg), p.transpose)
+    def one(p, i=None, e=None):
+        name = p.hf.format(i=i, e=e)
+        return _Spec(name, tuple(p.path.split("/")), i, p.hf_shape(cfg), p.transpose, e)
 
-    layers = [one(p, i) for i in range(cfg.num_layers) for p in stacked]
+    def layer(i):
+        out = []
+        for p in stacked:
+            if p is (experts[0] if experts else None):
+                out += [one(q, i, e) for e in range(cfg.num_experts) for q in experts]
+            elif not p.per_expert:
+                out.append(one(p, i))
+        return out
+
+    layers = [s for i in range(cfg.num_layers) for s in layer(i)]
     return [one(p) for p in base[:first]] + layers + [one(p) for p in base[first:] if not p.stacked]
+
+
+# ---------------------------------------------------------------------------------------------- MoE layouts
+
+# A Mixtral checkpoint comes in two layouts transformers reads: per expert (`block_sparse_moe.experts.{e}.w1/w2/w3`,
+# what it writes, and what the MIXTRAL table names) and fused (`mlp.experts.gate_up_proj` [E, 2F, D] = each
+# expert's w1 then w3 along dim 1, `mlp.experts.down_proj` [E, D, F], router `mlp.gate`: the module's own
+# parameters). The fused one is read through a per-expert view and written by fusing the per-expert stream.
+_PER_EXPERT = re.compile(r"model\.layers\.(\d+)\.block_sparse_moe\.experts\.(\d+)\.(w[123])\.weight")
+_FUSED_TEST = "model.layers.0.mlp.experts.gate_up_proj"
+
+
+def _fused(i: int, what: str) -> str:
+    return f"model.layers.{i}.mlp.{what}"
+
+
+def moe_layout(names) -> str | None:
+    """'fused' or 'per_expert' for a Mixtral checkpoint's tensor names, None for a dense model."""
+    names = set(names)
+    if _FUSED_TEST in names:
+        return "fused"
+    return "per_expert" if any(_PER_EXPERT.fullmatch(n) for n in names) else None
+
+
+class _PerExpertView(Mapping):
+    """A fused Mixtral checkpoint seen with per-expert names (the dense names unchanged)."""
+
+    def __init__(self, tensors: Mapping, cfg: ModelConfig):
+        self.tensors, self.cfg = tensors, cfg
+        self.names = {}
+        for name in tensors:
+            m = re.fullmatch(
+                r"model\.layers\.(\d+)\.mlp\.(gate\.weight|experts\.gate_up_proj|experts\.down_proj)", name
+            )
+            if not m:
+                self.names[name] = name
+                continue
+            i, what = m.group(1), m.group(2)
+            if what == "gate.weight":
+                self.names[f"model.layers.{i}.block_sparse_moe.gate.weight"] = name
+            else:
+                for e in range(cfg.num_experts):
+                    for w in ("w1", "w3") if what == "experts.gate_up_proj" else ("w2",):
+                        self.names[f"model.layers.{i}.block_sparse_moe.experts.{e}.{w}.weight"] = name
+        self._last = (None, None)
+
+    def __getitem__(self, name):
+        m = _PER_EXPERT.fullmatch(name)
+        if not m:
+            return self.tensors[self.names[name]]
+        fused = self.names[name]
+        if self._last[0] != fused:  # one fused tensor serves all experts of a layer: read it once
+            self._last = (fused, np.asarray(self.tensors[fused]))
+        t, e, f = self._last[1], int(m.group(2)), self.cfg.intermediate_size
+        if t.ndim != 3 or t.shape[0] != self.cfg.num_experts:
+            raise ValueError(f"tensor '{fused}' has shape {list(t.shape)}, expected [{self.cfg.num_experts}, ...]")
+        return {"w1": t[e, :f], "w3": t[e, f:], "w2": t[e]}[m.group(3)]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self):
+        return len(self.names)
+
+
+def _fused_specs(cfg: ModelConfig, dtype: str) -> list[TensorSpec]:
+    """The fused layout's tensors, in the per-expert stream's order."""
+    out, d, f, e = [], cfg.hidden_size, cfg.intermediate_size, cfg.num_experts
+    for s in _specs(cfg):
+        m = _PER_EXPERT.fullmatch(s.name)
+        if s.name.endswith("block_sparse_moe.gate.weight"):
+            out.append(TensorSpec(_fused(s.layer, "gate.weight"), s.hf_shape, dtype))
+        elif m and m.group(2) == "0" and m.group(3) == "w1":
+            out.append(TensorSpec(_fused(s.layer, "experts.gate_up_proj"), (e, 2 * f, d), dtype))
+            out.append(TensorSpec(_fused(s.layer, "experts.down_proj"), (e, d, f), dtype))
+        elif not m:
+            out.append(TensorSpec(s.name, s.hf_shape, dtype))
+    return out
+
+
+def _fuse(pairs: Iterator[tuple[str, np.ndarray]], cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
+    """The per-expert (name, tensor) stream -> the fused layout's, one layer's experts gathered at a time."""
+    held: dict[str, np.ndarray] = {}
+    for name, x in pairs:
+        m = _PER_EXPERT.fullmatch(name)
+        if name.endswith("block_sparse_moe.gate.weight"):
+            yield name.replace("block_sparse_moe.gate", "mlp.gate"), x
+            continue
+        if not m:
+            yield name, x
+            continue
+        held[f"{m.group(2)}.{m.group(3)}"] = x
+        if len(held) == 3 * cfg.num_experts:
+            i, experts = int(m.group(1)), range(cfg.num_experts)
+            yield _fused(i, "experts.gate_up_proj"), np.stack([np.concatenate([held[f"{e}.w1"], held[f"{e}.w3"]])
+                                                               for e in experts])  # fmt: skip
+            yield _fused(i, "experts.down_proj"), np.stack([held[f"{e}.w2"] for e in experts])
+            held = {}
 
 
 def _from_hf(w: np.ndarray, spec: _Spec, shape: tuple[int, ...]) -> np.ndarray:
@@ -291,6 +429,8 @@ def _check_names(names, specs: list[_Spec], cfg: ModelConfig, where: str) -> Non
 def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: str = "checkpoint") -> dict:
     """HF tensors -> the param pytree in cfg.param_dtype, one tensor at a time (`tensors` may be lazy)."""
     specs = _specs(cfg)
+    if moe_layout(tensors.keys()) == "fused":
+        tensors = _PerExpertView(tensors, cfg)
     _check_names(list(tensors.keys()), specs, cfg, where)
     shapes = traverse_util.flatten_dict(param_shapes(cfg))
     dtype = FLOAT_DTYPES[cfg.param_dtype]
@@ -306,26 +446,25 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: s
                 raise ValueError(
                     f"{where}: tensor '{spec.name}' has shape {list(w.shape)}, expected {list(spec.hf_shape)}"
                 )
-            part = buf if spec.layer is None else buf[spec.layer]
+            part = spec.part(buf)
             part[...] = _from_hf(w, spec, part.shape)
         out[path] = jax.device_put(buf)
         del buf
     return traverse_util.unflatten_dict(out)
 
 
-def _host(x, layer: int | None) -> np.ndarray:
-    """One layer of a (stacked) leaf on the host: a free view on CPU, else sliced on device then copied."""
+def _host(x, spec: _Spec) -> np.ndarray:
+    """One tensor of a (stacked) leaf on the host: a free view on CPU, else sliced on device then copied."""
     if isinstance(x, np.ndarray) or all(d.platform == "cpu" for d in x.devices()):
-        x = np.asarray(x)
-        return x if layer is None else x[layer]
-    return np.asarray(jax.device_get(x if layer is None else x[layer]))
+        return spec.part(np.asarray(x))
+    return np.asarray(jax.device_get(spec.part(x)))
 
 
 def _iter_hf(params: dict, cfg: ModelConfig, dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
     """(HF name, tensor) pairs, one tensor on the host at a time."""
     flat = traverse_util.flatten_dict(params)
     for spec in _specs(cfg):
-        x = _host(flat[spec.path], spec.layer)
+        x = _host(flat[spec.path], spec)
         yield spec.name, _to_hf(x.astype(dtype, copy=False), spec)
 
 
@@ -377,7 +516,7 @@ def load_hf(path: str | Path, **runtime) -> Model:
     tensors = SafetensorsReader(path)
     params = params_from_hf(tensors, cfg, tensors.where)
     gen = path / "generation_config.json"
-    extra = _extras(hf, _read_json(gen) if gen.is_file() else None)
+    extra = _extras(hf, _read_json(gen) if gen.is_file() else None, moe_layout(tensors.keys()))
     return Model(cfg, params, str(path) if has_tokenizer_files(path) else None, hf_extra=extra)
 
 
@@ -402,9 +541,12 @@ def save_hf(model: Model, path: str | Path, max_shard_size: int | str = "5GB", d
     _write_json(path / "config.json", hf)
     _write_json(path / "generation_config.json", gen)
     specs = [TensorSpec(s.name, s.hf_shape, cfg.param_dtype) for s in _specs(cfg)]
+    pairs = _iter_hf(params, cfg, FLOAT_DTYPES[cfg.param_dtype])
+    if cfg.num_experts and (model.hf_extra or {}).get("moe_layout") == "fused":  # written as it was read
+        specs, pairs = _fused_specs(cfg, cfg.param_dtype), _fuse(pairs, cfg)
     written = ["config.json", "generation_config.json"]
     with SafetensorsWriter(path, specs, max_shard_size) as w:  # removes stale shards of an earlier export
-        for name, x in _iter_hf(params, cfg, FLOAT_DTYPES[cfg.param_dtype]):
+        for name, x in pairs:
             w.write(name, x)
     written += w.close()
     if model.tokenizer_dir:

@@ -1,4 +1,4 @@
-"""Llama-family decoder (Llama 2/3/3.1/3.2, Mistral, Qwen2) as pure functions over one parameter pytree.
+"""Llama-family decoder (Llama 2/3/3.1/3.2, Mistral, Qwen2, Mixtral) as pure functions over one parameter pytree.
 
 Its parameters are declared once, in the LLAMA table of jaxfin/model/params.py; in short (HF-aligned names;
 per-layer weights stacked on a leading layer axis, so scanning or looping over layers never changes the checkpoint
@@ -12,6 +12,9 @@ layout; kernels are [in, out], attention heads kept as their own axis):
     layers/post_attention_layernorm/scale  [L, D]
     layers/mlp/{gate,up}_proj/kernel       [L, D, F]
     layers/mlp/down_proj/kernel            [L, F, D]
+    layers/mlp/router/kernel               [L, D, E]         (Mixtral, instead of the dense MLP: jaxfin/model/moe.py)
+    layers/mlp/experts/{gate,up}_proj/kernel  [L, E, D, F]
+    layers/mlp/experts/down_proj/kernel    [L, E, F, D]
     norm/scale                             [D]
     lm_head/kernel                         [D, V]            (absent when embeddings are tied)
     score/kernel                           [D, N]            (instead of lm_head when num_labels = N > 0)
@@ -32,6 +35,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxfin.config.schema import ModelConfig
 from jaxfin.kernels import attention
 from jaxfin.model.config import compute_dtype
+from jaxfin.model.moe import moe_mlp
 from jaxfin.parallel.rules import constrain
 
 # Activation layouts (logical names; jaxfin/parallel/rules.py maps them to mesh axes).
@@ -118,9 +122,20 @@ def _proj(x, p, dtype, name, layout, cfg: ModelConfig, key=None):
     return checkpoint_name(constrain(_dense(x, p, dtype, cfg, key), layout), name)
 
 
+def mlp_block(cfg: ModelConfig, m: dict, x, valid=None, key=lambda i: None):
+    """The MLP of one layer: SwiGLU, or the mixture of experts (moe.py) when the config has experts. `valid` [B, S]:
+    non-padding tokens (router statistics only). Returns (output, router statistics or {})."""
+    if cfg.num_experts:
+        return moe_mlp(cfg, m, x, valid, (key(4), key(5), key(6)))
+    dtype = x.dtype
+    gate = checkpoint_name(constrain(_dense(x, m["gate_proj"], dtype, cfg, key(4)), MLP), "gate_proj")
+    up = checkpoint_name(constrain(_dense(x, m["up_proj"], dtype, cfg, key(5)), MLP), "up_proj")
+    return checkpoint_name(_dense(jax.nn.silu(gate) * up, m["down_proj"], dtype, cfg, key(6)), "down_proj"), {}
+
+
 def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, rope, dropout_key=None):
     """One pre-norm block: h + attn(norm(h)), then + mlp(norm(h)). `dropout_key`: this layer's LoRA dropout key
-    (None = no dropout)."""
+    (None = no dropout). Returns (h, router statistics or {})."""
     dtype = h.dtype
 
     def key(i):  # an independent dropout mask per projection, as PEFT draws one per adapted module
@@ -135,16 +150,15 @@ def decoder_layer(cfg: ModelConfig, lp: dict, h, segment_ids, rope, dropout_key=
     o = _dense(constrain(o, HEADS), a["o_proj"], dtype, cfg, key(3), contract=2)
     h = constrain(h + checkpoint_name(o, "o_proj"), HIDDEN)
     x = rms_norm(h, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
-    m = lp["mlp"]
-    gate = checkpoint_name(constrain(_dense(x, m["gate_proj"], dtype, cfg, key(4)), MLP), "gate_proj")
-    up = checkpoint_name(constrain(_dense(x, m["up_proj"], dtype, cfg, key(5)), MLP), "up_proj")
-    down = checkpoint_name(_dense(jax.nn.silu(gate) * up, m["down_proj"], dtype, cfg, key(6)), "down_proj")
-    return constrain(h + down, HIDDEN)
+    valid = None if segment_ids is None else segment_ids != 0
+    out, stats = mlp_block(cfg, lp["mlp"], x, valid, key)
+    return constrain(h + out, HIDDEN), stats
 
 
-def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
-    """Final normed hidden states [B, S, D] in the compute dtype. `dropout_rng`: a key for LoRA dropout (training);
-    None = no dropout (evaluation), as does a model without LoRA or with lora.dropout 0."""
+def decoder(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
+    """(final normed hidden states [B, S, D] in the compute dtype, router statistics stacked over layers [L, ...]
+    ({} for a dense model)). `dropout_rng`: a key for LoRA dropout (training); None = no dropout (evaluation), as
+    does a model without LoRA or with lora.dropout 0."""
     b, s = tokens.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
@@ -158,17 +172,25 @@ def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, posi
 
     def layer(h, xs):
         lp, key = xs
-        return decoder_layer(cfg, lp, h, segment_ids, rope, key), None
+        return decoder_layer(cfg, lp, h, segment_ids, rope, key)
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-        h, _ = jax.lax.scan(layer, h, (params["layers"], keys))
+        h, stats = jax.lax.scan(layer, h, (params["layers"], keys))
     else:
+        per_layer = []
         for i in range(cfg.num_layers):
             lp = jax.tree.map(lambda w, i=i: w[i], params["layers"])
-            h, _ = layer(h, (lp, None if keys is None else keys[i]))
-    return rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps)
+            h, st = layer(h, (lp, None if keys is None else keys[i]))
+            per_layer.append(st)
+        stats = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    return rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps), stats
+
+
+def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
+    """Final normed hidden states [B, S, D] in the compute dtype (see `decoder`)."""
+    return decoder(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)[0]
 
 
 def output_kernel(params: dict, cfg: ModelConfig):
@@ -183,9 +205,12 @@ def scores(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=N
     return matmul(h, params["score"]["kernel"].astype(h.dtype)).astype(jnp.promote_types(h.dtype, jnp.float32))
 
 
-def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):
+def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None,
+            router_stats: bool = False):  # fmt: skip
     """Logits [B, S, V] in float32 (float64 with float64 compute). segment_ids/positions come from the packed
-    batch (None = one document); dropout_rng: LoRA dropout key for training (None = no dropout)."""
-    h = hidden_states(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)
+    batch (None = one document); dropout_rng: LoRA dropout key for training (None = no dropout). With
+    `router_stats`: (logits, the router statistics of a mixture of experts, [L, ...] per key; {} when dense)."""
+    h, stats = decoder(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)
     logits = matmul(h, output_kernel(params, cfg).astype(h.dtype))
-    return constrain(logits, LOGITS).astype(jnp.promote_types(h.dtype, jnp.float32))
+    logits = constrain(logits, LOGITS).astype(jnp.promote_types(h.dtype, jnp.float32))
+    return (logits, stats) if router_stats else logits

@@ -1,7 +1,8 @@
 """LoRA adapters as leaves of the one parameter pytree, next to the kernel they adapt.
 
 For a target projection with kernel W [L, in..., out...] (q/k/v: [L, D, H, Dh]; o_proj: [L, Hq, Dh, D] contracting
-two dims; gate/up: [L, D, F]; down: [L, F, D]) the adapters are
+two dims; gate/up: [L, D, F]; down: [L, F, D]; a Mixtral expert's [L, E, D, F], with [L, E] as the stacking) the
+adapters are
 
     lora_a  [L, in..., r]     kaiming-uniform like PEFT's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in))
     lora_b  [L, r, out...]    zeros, so an adapted model starts equal to its base
@@ -17,6 +18,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from jaxfin.config.schema import ModelConfig
 from jaxfin.model.params import ADAPTER_LEAVES, AXIS_SIZES, adapters, lora_params
@@ -39,13 +41,7 @@ def adapter_paths(cfg: ModelConfig) -> list[str]:
 
 
 def has_adapters(params: dict) -> bool:
-    layers = params.get("layers", {})
-    return any(
-        isinstance(proj, dict) and "lora_a" in proj
-        for group in layers.values()
-        if isinstance(group, dict)
-        for proj in group.values()
-    )
+    return any(path[-1] in ADAPTER_LEAVES for path in traverse_util.flatten_dict(params))
 
 
 def add_adapters(params: dict, cfg: ModelConfig, key: jax.Array) -> dict:
@@ -58,27 +54,24 @@ def add_adapters(params: dict, cfg: ModelConfig, key: jax.Array) -> dict:
         raise ValueError("these params already have LoRA adapters; merge them first (jaxfin.model.lora.merge_adapters)")
     shapes = adapter_shapes(cfg)
     keys = jax.random.split(key, len(shapes))
-    out = {**params, "layers": {g: dict(v) for g, v in params["layers"].items()}}
+    flat = traverse_util.flatten_dict(params, sep="/")
     for k, (path, (a_shape, b_shape)) in zip(keys, shapes.items()):
-        _, group, name, _ = path.split("/")
-        kernel = params["layers"][group][name]["kernel"]
-        n_in = lora_params(cfg)[name].n_in
-        bound = 1.0 / math.sqrt(math.prod(a_shape[1 : 1 + n_in]))
-        a = jax.random.uniform(k, a_shape, jnp.float32, -bound, bound).astype(kernel.dtype)
-        out["layers"][group][name] = {
-            **params["layers"][group][name],
-            "lora_a": a,
-            "lora_b": jnp.zeros(b_shape, kernel.dtype),
-        }
-    return out
+        kernel = flat[path]
+        p = lora_params(cfg)[path.split("/")[-2]]
+        bound = 1.0 / math.sqrt(math.prod(a_shape[p.lead : p.lead + p.n_in]))
+        base = path.rsplit("/", 1)[0]
+        flat[f"{base}/lora_a"] = jax.random.uniform(k, a_shape, jnp.float32, -bound, bound).astype(kernel.dtype)
+        flat[f"{base}/lora_b"] = jnp.zeros(b_shape, kernel.dtype)
+    return traverse_util.unflatten_dict(flat, sep="/")
 
 
-def adapter_delta(a, b, scale: float):
-    """scale * A @ B per layer, shaped like the kernel [L, in..., out...], in float32."""
-    n, r = a.shape[0], a.shape[-1]
-    a32 = jnp.asarray(a, jnp.float32).reshape(n, -1, r)
-    b32 = jnp.asarray(b, jnp.float32).reshape(n, r, -1)
-    return scale * jnp.einsum("lir,lro->lio", a32, b32).reshape(*a.shape[:-1], *b.shape[2:])
+def adapter_delta(a, b, scale: float, lead: int = 1):
+    """scale * A @ B per layer (and expert), shaped like the kernel [lead..., in..., out...], in float32. `lead`:
+    the stacking axes A and B share (1: layers; 2: layers and experts)."""
+    stack, r = a.shape[:lead], a.shape[-1]
+    a32 = jnp.asarray(a, jnp.float32).reshape(math.prod(stack), -1, r)
+    b32 = jnp.asarray(b, jnp.float32).reshape(math.prod(stack), r, -1)
+    return scale * jnp.einsum("lir,lro->lio", a32, b32).reshape(*a.shape[:-1], *b.shape[lead + 1 :])
 
 
 def merge_adapters(params: dict, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
@@ -87,35 +80,17 @@ def merge_adapters(params: dict, cfg: ModelConfig) -> tuple[dict, ModelConfig]:
     if cfg.lora.rank <= 0 or not has_adapters(params):
         return params, without_lora(cfg)
     scale = cfg.lora.alpha / cfg.lora.rank
-    out = {**params, "layers": {g: dict(v) for g, v in params["layers"].items()}}
-    for group, projs in params["layers"].items():
-        if not isinstance(projs, dict):
-            continue
-        for name, p in projs.items():
-            if not isinstance(p, dict) or "lora_a" not in p:
-                continue
-            w = p["kernel"]
-            delta = adapter_delta(p["lora_a"], p["lora_b"], scale)
-            merged = {k: v for k, v in p.items() if k not in ADAPTER_LEAVES}
-            merged["kernel"] = (jnp.asarray(w, jnp.float32) + delta).astype(w.dtype)
-            out["layers"][group][name] = merged
-    return out, without_lora(cfg)
+    flat = traverse_util.flatten_dict(params, sep="/")
+    for base in [k.rsplit("/", 1)[0] for k in flat if k.endswith("/lora_a")]:
+        w, a, b = flat[f"{base}/kernel"], flat.pop(f"{base}/lora_a"), flat.pop(f"{base}/lora_b")
+        lead = lora_params(cfg)[base.split("/")[-1]].lead
+        flat[f"{base}/kernel"] = (jnp.asarray(w, jnp.float32) + adapter_delta(a, b, scale, lead)).astype(w.dtype)
+    return traverse_util.unflatten_dict(flat, sep="/"), without_lora(cfg)
 
 
 def split_adapters(params: dict) -> tuple[dict, dict]:
     """(base params without adapters, {path: adapter leaf})."""
-    base = {**params, "layers": {}}
-    adapters = {}
-    for group, projs in params["layers"].items():
-        if not isinstance(projs, dict):
-            base["layers"][group] = projs
-            continue
-        base["layers"][group] = {}
-        for name, p in projs.items():
-            if isinstance(p, dict) and "lora_a" in p:
-                base["layers"][group][name] = {k: v for k, v in p.items() if k not in ADAPTER_LEAVES}
-                for leaf in ADAPTER_LEAVES:
-                    adapters[f"layers/{group}/{name}/{leaf}"] = p[leaf]
-            else:
-                base["layers"][group][name] = p
-    return base, adapters
+    flat = traverse_util.flatten_dict(params, sep="/")
+    adapters = {k: v for k, v in flat.items() if k.rsplit("/", 1)[-1] in ADAPTER_LEAVES}
+    base = {k: v for k, v in flat.items() if k not in adapters}
+    return traverse_util.unflatten_dict(base, sep="/"), adapters

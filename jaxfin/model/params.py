@@ -5,7 +5,8 @@ conversion (jaxfin/hf/convert.py) all read the family's table, so a new model fa
 forward.
 
 A table lists `Param`s in the order transformers writes the tensors; `layers/...` params are stacked on a leading
-`layers` axis and have one HF tensor per layer (`{i}` in the name).
+`layers` axis and have one HF tensor per layer (`{i}` in the name); a mixture of experts' expert weights are also
+stacked on an `experts` axis after it, one HF tensor per layer and expert (`{e}`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ AXIS_SIZES: dict[str, Callable[[ModelConfig], int]] = {
     "vocab": lambda c: c.vocab_size,
     "labels": lambda c: c.num_labels,
     "lora_rank": lambda c: c.lora.rank,
+    "experts": lambda c: c.num_experts,
 }
 INITS = ("normal", "normal_out", "ones", "zeros")  # normal_out: std / sqrt(2 L), GPT-2's residual-output scaling
 ADAPTER_LEAVES = ("lora_a", "lora_b")
@@ -50,12 +52,22 @@ class Param:
     def stacked(self) -> bool:
         return self.axes[0] == "layers"
 
+    @property
+    def per_expert(self) -> bool:
+        """Stacked on layers and experts: [L, E, ...], one HF tensor per (layer, expert)."""
+        return self.stacked and len(self.axes) > 1 and self.axes[1] == "experts"
+
+    @property
+    def lead(self) -> int:
+        """How many leading stacking axes (layers, experts) come before the tensor's own dims."""
+        return 2 if self.per_expert else 1 if self.stacked else 0
+
     def shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         return tuple(AXIS_SIZES[a](cfg) for a in self.axes)
 
     def hf_shape(self, cfg: ModelConfig) -> tuple[int, ...]:
         """The HF tensor's shape (one layer of a stacked param): 2-D [out, in] for a transposed kernel."""
-        dims = self.shape(cfg)[1:] if self.stacked else self.shape(cfg)
+        dims = self.shape(cfg)[self.lead :]
         a, b = math.prod(dims[: self.n_in]), math.prod(dims[self.n_in :])
         if self.transpose:
             return (b, a)
@@ -98,7 +110,31 @@ LLAMA: tuple[Param, ...] = (
           when=lambda c: not c.num_labels and not c.tie_embeddings),
 )  # fmt: skip
 
-TABLES: dict[str, tuple[Param, ...]] = {"llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA}
+
+def _expert(name: str, hf: str, axes: tuple[str, ...], init: str = "normal") -> Param:
+    hf_name = f"model.layers.{{i}}.block_sparse_moe.experts.{{e}}.{hf}.weight"
+    return Param(f"layers/mlp/experts/{name}/kernel", ("layers", "experts", *axes), init, hf_name, n_in=1,
+                 transpose=True, lora=True)  # fmt: skip
+
+
+# Mixtral: Llama attention; the MLP is a router [D, E] and E SwiGLU experts (HF w1 = gate, w3 = up, w2 = down).
+# HF names are the per-expert layout; jaxfin/hf/convert.py also reads and writes transformers 5's fused one.
+_DENSE_MLP = ("layers/mlp/gate_proj/kernel", "layers/mlp/up_proj/kernel", "layers/mlp/down_proj/kernel")
+_MOE_MLP = (
+    Param("layers/mlp/router/kernel", ("layers", "embed", "experts"), "normal",
+          "model.layers.{i}.block_sparse_moe.gate.weight", n_in=1, transpose=True),
+    _expert("gate_proj", "w1", ("embed", "mlp")),
+    _expert("down_proj", "w2", ("mlp", "embed"), init="normal_out"),
+    _expert("up_proj", "w3", ("embed", "mlp")),
+)  # fmt: skip
+_AT = LLAMA.index(next(p for p in LLAMA if p.path == _DENSE_MLP[0]))
+MIXTRAL: tuple[Param, ...] = (
+    *(p for p in LLAMA[:_AT] if not p.path.endswith("/bias")),
+    *_MOE_MLP,
+    *(p for p in LLAMA[_AT:] if p.path not in _DENSE_MLP),
+)
+
+TABLES: dict[str, tuple[Param, ...]] = {"llama": LLAMA, "mistral": LLAMA, "qwen2": LLAMA, "mixtral": MIXTRAL}
 
 
 def table(cfg: ModelConfig) -> list[Param]:
@@ -113,14 +149,14 @@ def lora_params(cfg: ModelConfig) -> dict[str, Param]:
 
 def adapters(cfg: ModelConfig) -> dict[str, tuple[tuple[str, ...], tuple[str, ...]]]:
     """Kernel path -> (lora_a axes, lora_b axes) for each of cfg.lora.targets (none without adapters): A keeps
-    the kernel's layer and input axes, B its output axes."""
+    the kernel's stacking (layer, expert) and input axes, B the stacking and output axes."""
     if cfg.lora.rank <= 0:
         return {}
     out = {}
     for name in cfg.lora.targets:
         k = lora_params(cfg)[name]
-        cut = 1 + k.n_in
-        out[k.path] = ((*k.axes[:cut], "lora_rank"), ("layers", "lora_rank", *k.axes[cut:]))
+        cut = k.lead + k.n_in
+        out[k.path] = ((*k.axes[:cut], "lora_rank"), (*k.axes[: k.lead], "lora_rank", *k.axes[cut:]))
     return out
 
 

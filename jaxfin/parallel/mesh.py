@@ -1,4 +1,4 @@
-"""Device mesh with named axes (data, fsdp, tensor), batch shardings and process-local batch assembly.
+"""Device mesh with named axes (data, fsdp, expert, tensor), batch shardings and process-local batch assembly.
 
 How arrays are laid out on the mesh is decided in one place, `jaxfin/parallel/rules.py`.
 """
@@ -15,13 +15,13 @@ from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import MeshConfig
 from jaxfin.parallel.rules import RULES
 
-AXES = ("data", "fsdp", "tensor")
+AXES = ("data", "fsdp", "expert", "tensor")
 
 
 def mesh_shape(cfg: MeshConfig, num_devices: int) -> tuple[int, ...]:
-    sizes = [cfg.data, cfg.fsdp, cfg.tensor]
+    sizes = [cfg.data, cfg.fsdp, cfg.expert, cfg.tensor]
     if sum(s == -1 for s in sizes) > 1:
-        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1")
+        raise ConfigError("at most one of mesh.data, mesh.fsdp, mesh.expert, mesh.tensor may be -1")
     known = math.prod(s for s in sizes if s != -1)
     if any(s == 0 or s < -1 for s in sizes) or num_devices % known:
         raise ConfigError(f"mesh {dict(zip(AXES, sizes))} does not fit {num_devices} devices")
@@ -44,7 +44,7 @@ def make_mesh(cfg: MeshConfig, devices=None) -> Mesh:
                               f"spans the slices); fsdp and tensor stay inside one slice")  # fmt: skip
         from jax.experimental import mesh_utils
 
-        grid = mesh_utils.create_hybrid_device_mesh((shape[0] // slices, *shape[1:]), (slices, 1, 1), devices)
+        grid = mesh_utils.create_hybrid_device_mesh((shape[0] // slices, *shape[1:]), (slices, 1, 1, 1), devices)
         return Mesh(grid, AXES, axis_types=types)
     try:
         return jax.make_mesh(shape, AXES, axis_types=types, devices=devices)
@@ -68,7 +68,7 @@ def replicated(mesh: Mesh) -> NamedSharding:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Rows of a [B, S] batch split over the data-parallel axes (data x fsdp)."""
+    """Rows of a [B, S] batch split over the data-parallel axes (data x fsdp x expert)."""
     return NamedSharding(mesh, PartitionSpec(RULES["batch"]))
 
 

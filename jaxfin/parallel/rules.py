@@ -8,6 +8,9 @@ Every array dimension has a logical name; `RULES` maps names to mesh axes (None 
   gradient. Batches are split over `data` x `fsdp`.
 - Tensor parallelism (Megatron): query/key/value heads, the MLP hidden dimension and the vocabulary are split over
   `tensor`, so attention and the MLP run on local heads / columns and meet in one reduction per block.
+- Expert parallelism (mixture of experts): the `experts` dimension of the expert weights is split over `expert`,
+  and so is the batch, so each device routes its own tokens and exchanges them with the devices holding their
+  experts (all-to-all inside shard_map, jaxfin/model/moe.py). The other weights are replicated over `expert`.
 - The stacked layer axis, head_dim and norms stay whole.
 """
 
@@ -21,7 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from jaxfin.config.errors import ConfigError
 
 RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
+    "batch": ("data", "fsdp", "expert"),
     "embed": "fsdp",
     "heads": "tensor",
     "kv_heads": "tensor",
@@ -32,6 +35,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "norm": None,
     "labels": None,
     "lora_rank": None,
+    "experts": "expert",
     "seq": None,
     "act_embed": None,  # the model dimension of activations: whole on each device (no sequence parallelism)
 }
@@ -43,6 +47,7 @@ _CONFIG_KEY = {
     "heads": "model.num_heads",
     "kv_heads": "model.num_kv_heads",
     "mlp": "model.intermediate_size",
+    "experts": "model.num_experts",
     "batch": "train.batch_size / train.micro_batches",
 }
 

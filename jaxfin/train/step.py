@@ -6,6 +6,9 @@ over the whole global batch: per target token for next-token training, per pair 
     dpo          DPO family on packed pairs, reference log-probs from `ref_params` (a frozen copy of the initial
                  params), from the batch (`ref_logps`, precomputed in one pass), or none (reference-free)
     reward       Bradley-Terry reward model: score head at each sequence's last token
+
+A mixture of experts adds its router loss (load balancing + z-loss, jaxfin/model/moe.py) to what training
+minimises, per counted unit (`moe/router_loss`); the logged `loss` and the dev losses are the objective's alone.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from jaxfin.config.schema import ModelConfig, ObjectiveConfig
 from jaxfin.model import forward, scores
 from jaxfin.model.batch import Batch
 from jaxfin.model.loss import next_token_loss_sum
+from jaxfin.model.moe import router_loss, router_metrics
 from jaxfin.model.params import param_axes
 from jaxfin.parallel.rules import constrain_params
 from jaxfin.train import preference
@@ -46,23 +50,30 @@ def _reference(model: ModelConfig, objective: ObjectiveConfig, batch: Batch, ref
 
 def objective_sums(params, model: ModelConfig, objective: ObjectiveConfig, batch: Batch, ref_params=None,
                    dropout_rng=None):  # fmt: skip
-    """(loss sum, normaliser count, {metric: sum}) of one (micro-)batch. `dropout_rng`: LoRA dropout (training)."""
+    """(loss sum, normaliser count, {metric: sum}) of one (micro-)batch. `dropout_rng`: LoRA dropout (training).
+    A mixture of experts' router metrics come as sums too (value x count), `moe/router_loss` among them."""
     kind = objective.type
     inputs = _model_inputs(batch)
+    if kind == "reward":
+        s = scores(params, model, *inputs, dropout_rng=dropout_rng)[..., 0]
+        return preference.reward_loss(*preference.reward_scores_at_last_token(s, batch))
+    logits, stats = forward(params, model, *inputs, dropout_rng=dropout_rng, router_stats=True)
     if kind == "next_token":
-        loss, count = next_token_loss_sum(forward(params, model, *inputs, dropout_rng=dropout_rng), batch)
-        return loss, count, {}
-    if kind == "dpo":
-        policy = preference.pair_logps(forward(params, model, *inputs, dropout_rng=dropout_rng), batch)
+        loss, count = next_token_loss_sum(logits, batch)
+        metrics = {}
+    elif kind == "dpo":
+        policy = preference.pair_logps(logits, batch)
         ref = _reference(model, objective, batch, ref_params)
         if ref is not None and "pairs" in ref:  # precomputed: only the first P_cached pairs of a row can exist
             p = ref.pop("pairs")
             policy = {k: v[:, :p] for k, v in policy.items()}
-        return preference.dpo_loss(policy, ref, objective)
-    if kind == "reward":
-        s = scores(params, model, *inputs, dropout_rng=dropout_rng)[..., 0]
-        return preference.reward_loss(*preference.reward_scores_at_last_token(s, batch))
-    raise ValueError(f"unknown objective '{kind}'")
+        loss, count, metrics = preference.dpo_loss(policy, ref, objective)
+    else:
+        raise ValueError(f"unknown objective '{kind}'")
+    if stats:  # per-batch means, weighted by the count so that accumulation and the final division average them
+        moe = {"moe/router_loss": router_loss(model, stats), **router_metrics(stats)}
+        metrics = {**metrics, **{k: v * count for k, v in moe.items()}}
+    return loss, count, metrics
 
 
 def make_train_step(model: ModelConfig, objective: ObjectiveConfig, optimizer, schedule, micro_batches: int = 1):
@@ -77,7 +88,7 @@ def make_train_step(model: ModelConfig, objective: ObjectiveConfig, optimizer, s
     def sums(part, params, mb, ref_params, rng):
         full = part if sel is None else with_trainable(params, part, sel)
         loss, count, metrics = objective_sums(full, model, objective, mb, ref_params, rng)
-        return loss, (count, metrics)
+        return loss + metrics.get("moe/router_loss", 0.0), (count, loss, metrics)
 
     grad_fn = jax.value_and_grad(sums, has_aux=True)
 
@@ -91,7 +102,7 @@ def make_train_step(model: ModelConfig, objective: ObjectiveConfig, optimizer, s
 
         def micro_step(m, mb):
             rng = None if key is None else jax.random.fold_in(key, m)
-            (loss, (n, metrics)), g = grad_fn(part, params, mb, ref_params, rng)
+            (_, (n, loss, metrics)), g = grad_fn(part, params, mb, ref_params, rng)
             return constrain_params(jax.tree.map(lambda x: x.astype(jnp.float32), g), axes), loss, n, metrics
 
         totals = micro_step(0, jax.tree.map(lambda x: x[0], micro))

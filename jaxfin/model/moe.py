@@ -1,0 +1,226 @@
+"""Mixture-of-experts MLP (Mixtral): a router picks `experts_per_token` of `num_experts` SwiGLU experts per token.
+
+Params of one layer (declared in the MIXTRAL table of params.py; stacked on [L] in the pytree):
+
+    mlp/router/kernel                     [D, E]
+    mlp/experts/{gate,up}_proj/kernel     [E, D, F]
+    mlp/experts/down_proj/kernel          [E, F, D]
+
+Routing is HF Mixtral's: logits = x W_router, p = softmax(logits) in float32, the top k of p, renormalised over
+the k (`norm_topk_prob`; else p's own values). Dispatch is dropless, every (token, expert) assignment computed:
+
+- `ragged` (default): sort the T*k assignments by expert, one grouped matmul per projection over the sorted rows
+  (`jax.lax.ragged_dot`, group sizes = tokens per expert), unsort, weight and sum the k outputs (Levanter's and
+  MaxText's `sparse_matmul` scheme). FLOPs = those of the k active experts.
+- `dense`: every expert on every token, combined by the (mostly zero) routing weights: E/k times the FLOPs; the
+  simple oracle the tests compare the ragged path against.
+- expert parallelism (a mesh with `expert` > 1, parallel/rules.py): the experts are split over the `expert` axis
+  and so are the tokens; inside `shard_map` each device sorts its assignments by destination device, exchanges them
+  with one all-to-all, runs its local experts on what it received as above, and sends the outputs back with a
+  second all-to-all. The exchange buffers hold every assignment a device could send (worst case, no capacity
+  factor), so nothing is dropped whatever the routing.
+
+Router statistics per layer (over non-padding tokens): load share of each expert, mean router probability, the
+load-balancing loss E * sum_e f_e p_e (Switch Transformer eq. 4-6, as HF's `load_balancing_loss_func`: f_e =
+assignments to e per token), the router z-loss mean(logsumexp(logits)^2) (ST-MoE), router entropy, and dropped
+assignments (0: dropless).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from jaxfin.config.schema import ModelConfig
+from jaxfin.parallel.rules import RULES
+
+EXPERT_AXIS = "expert"
+
+
+def route(cfg: ModelConfig, router_kernel, x):
+    """x [T, D] -> (router logits [T, E] float32, top-k expert ids [T, k], their weights [T, k] float32)."""
+    logits = (x @ router_kernel.astype(x.dtype)).astype(jnp.promote_types(x.dtype, jnp.float32))
+    probs = jax.nn.softmax(logits, axis=-1)
+    top_p, top_i = jax.lax.top_k(probs, cfg.experts_per_token)
+    if cfg.norm_topk_prob:
+        top_p = top_p / jnp.sum(top_p, axis=-1, keepdims=True)
+    return logits, top_i, top_p
+
+
+def _lora(p, cfg: ModelConfig, x, key, matmul):
+    """The LoRA term (alpha/r) * (dropout(x) A) B of an expert projection, or 0 without adapters."""
+    if "lora_a" not in p:
+        return 0.0
+    rate = cfg.lora.dropout
+    if key is not None and rate > 0:
+        keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+    return (cfg.lora.alpha / cfg.lora.rank) * matmul(matmul(x, p["lora_a"]), p["lora_b"])
+
+
+def _swiglu(experts: dict, cfg: ModelConfig, x, matmul, keys):
+    """down(silu(gate(x)) * up(x)) with `matmul(x, w)` applying each expert's weights to its rows."""
+
+    def proj(name, x, key):
+        p = experts[name]
+        return matmul(x, p["kernel"]) + _lora(p, cfg, x, key, matmul)
+
+    h = jax.nn.silu(proj("gate_proj", x, keys[0])) * proj("up_proj", x, keys[1])
+    return proj("down_proj", h, keys[2])
+
+
+def _cast(experts: dict, dtype) -> dict:
+    return jax.tree.map(lambda w: w.astype(dtype), experts)
+
+
+def ragged_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None):
+    """Sorted-by-expert grouped matmuls over the assignments. x [T, D], top_i [T, k] (ids >= num_groups are
+    padding: skipped). Returns (per-assignment outputs [T, k, D] in assignment order, assignments computed)."""
+    t, k = top_i.shape
+    e = num_groups or cfg.num_experts
+    ids = top_i.reshape(-1)
+    order = jnp.argsort(ids, stable=True)  # assignment rows grouped by expert, padding last
+    rows = x[order // k]
+    sizes = jnp.bincount(ids, length=e).astype(jnp.int32)  # ids >= e are not counted: their rows come out 0
+
+    def grouped(x, w):
+        return jax.lax.ragged_dot(x, w, sizes)
+
+    out = _swiglu(experts, cfg, rows, grouped, keys)
+    back = jnp.zeros_like(out).at[order].set(out)  # unsort
+    return back.reshape(t, k, -1), jnp.sum(sizes)
+
+
+def dense_experts(experts: dict, cfg: ModelConfig, x, top_i, keys):
+    """Every expert on every token (the oracle for the ragged path): per-assignment outputs [T, k, D]."""
+
+    def each(x, w):  # x [T, ...] or [E, T, ...] -> [E, T, ...]
+        spec = "td,edf->etf" if x.ndim == 2 else "etd,edf->etf"
+        return jnp.einsum(spec, x, w)
+
+    out = _swiglu(experts, cfg, x, each, keys)  # [E, T, D]
+    t = jnp.arange(x.shape[0])[:, None]
+    return out[top_i, t], jnp.int32(top_i.size)
+
+
+def _expert_mesh_size() -> int:
+    mesh = jax.sharding.get_abstract_mesh()
+    return 0 if mesh.empty or EXPERT_AXIS not in mesh.axis_names else mesh.shape[EXPERT_AXIS]
+
+
+def _exchange(experts: dict, x, top_i, *, cfg: ModelConfig, keys, ep: int):
+    """Per device inside shard_map: x [T, D] this device's tokens, top_i [T, k] global expert ids; experts hold
+    this device's E/ep experts. Returns (outputs [T, k, D], assignments computed here for others)."""
+    t, k = top_i.shape
+    local = cfg.num_experts // ep
+    a = t * k
+    ids = top_i.reshape(-1)
+    dest = ids // local
+    order = jnp.argsort(ids, stable=True)  # by destination device, then by its local expert
+    counts = jnp.bincount(dest, length=ep)
+    starts = jnp.cumsum(counts) - counts
+    slot = jnp.arange(a)
+    src = jnp.clip(starts[:, None] + slot[None, :], 0, a - 1)  # [ep, a]: sorted position of each buffer slot
+    filled = slot[None, :] < counts[:, None]
+    send_x = jnp.where(filled[..., None], x[order[src] // k], 0)  # [ep, a, D]
+    send_id = jnp.where(filled, ids[order[src]] % local, local)  # padding slots: id `local` (skipped)
+    recv_x = jax.lax.all_to_all(send_x, EXPERT_AXIS, 0, 0, tiled=True)
+    recv_id = jax.lax.all_to_all(send_id, EXPERT_AXIS, 0, 0, tiled=True)
+    out, done = ragged_experts(experts, cfg, recv_x.reshape(ep * a, -1), recv_id.reshape(-1, 1), keys, local)
+    if "tensor" in jax.sharding.get_abstract_mesh().axis_names:
+        out = jax.lax.psum(out, "tensor")  # each tensor shard computed a partial sum over its slice of F
+    back = jax.lax.all_to_all(out.reshape(ep, a, -1), EXPERT_AXIS, 0, 0, tiled=True)  # [ep, a, D], as sent
+    pos = jnp.zeros((a,), jnp.int32).at[order].set(jnp.arange(a))  # sorted position of each assignment
+    mine = back[dest, pos - starts[dest]]  # [a, D], assignment order
+    return mine.reshape(t, k, -1), jax.lax.psum(done, EXPERT_AXIS)
+
+
+def parallel_experts(experts: dict, cfg: ModelConfig, x, top_i, keys):
+    """Expert parallelism over the mesh's `expert` axis (see the module docstring)."""
+    ep = _expert_mesh_size()
+    if cfg.num_experts % ep:
+        from jaxfin.config.errors import ConfigError
+
+        raise ConfigError(f"model.num_experts={cfg.num_experts} is not divisible by mesh.expert={ep}")
+    batch = RULES["batch"]
+    tokens = P(batch, None)
+    # expert weights split over experts and their MLP width over tensor (fsdp shards are gathered at entry);
+    # LoRA: A of gate/up and B of down keep their whole dims, the others follow the kernel's F split
+    col, row, whole = P(EXPERT_AXIS, None, "tensor"), P(EXPERT_AXIS, "tensor", None), P(EXPERT_AXIS, None, None)
+    layout = {"kernel": (col, row), "lora_a": (whole, row), "lora_b": (col, whole)}
+    specs = {name: {leaf: layout[leaf][name == "down_proj"] for leaf in p} for name, p in experts.items()}
+    fn = jax.shard_map(partial(_exchange, cfg=cfg, ep=ep, keys=keys), in_specs=(specs, tokens, tokens),
+                       out_specs=(P(batch, None, None), P()), check_vma=False)  # fmt: skip
+    return fn(experts, x, top_i)
+
+
+def moe_mlp(cfg: ModelConfig, m: dict, x, valid=None, keys=(None, None, None)):
+    """The MoE block on x [B, S, D] (compute dtype). valid [B, S] (non-padding tokens, for the statistics) or None.
+    keys: LoRA dropout keys of gate/up/down. Returns (y [B, S, D], this layer's router statistics)."""
+    b, s, d = x.shape
+    xt = x.reshape(-1, d)
+    logits, top_i, top_w = route(cfg, m["router"]["kernel"], xt)
+    experts = _cast(m["experts"], x.dtype)
+    if _expert_mesh_size() > 1:
+        out, done = parallel_experts(experts, cfg, xt, top_i, keys)
+    elif cfg.moe_dispatch == "dense":
+        out, done = dense_experts(experts, cfg, xt, top_i, keys)
+    else:
+        out, done = ragged_experts(experts, cfg, xt, top_i, keys)
+    y = jnp.einsum("tkd,tk->td", out, top_w.astype(out.dtype))
+    mask = jnp.ones((b * s,), jnp.float32) if valid is None else valid.reshape(-1).astype(jnp.float32)
+    return y.reshape(b, s, d).astype(x.dtype), router_stats(cfg, logits, top_i, mask, done)
+
+
+def router_stats(cfg: ModelConfig, logits, top_i, mask, done) -> dict:
+    """One layer's statistics over the tokens where mask is 1 (float32 scalars and [E] vectors)."""
+    e = cfg.num_experts
+    n = jnp.maximum(jnp.sum(mask), 1.0)
+    probs = jax.nn.softmax(logits, axis=-1)
+    per_token = jnp.sum(jax.nn.one_hot(top_i, e, dtype=jnp.float32), axis=1)  # [T, E]: 1 where routed
+    f = jnp.sum(per_token * mask[:, None], axis=0) / n  # assignments per token, sums to k
+    p = jnp.sum(probs * mask[:, None], axis=0) / n
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    entropy = -jnp.sum(probs * jnp.log(jnp.maximum(probs, 1e-30)), axis=-1)
+    return {
+        "load": f / cfg.experts_per_token,  # share of the assignments each expert got (1/E when balanced)
+        "aux_loss": e * jnp.sum(f * p),
+        "z_loss": jnp.sum(lse * lse * mask) / n,
+        "entropy": jnp.sum(entropy * mask) / n,
+        "dropped": (top_i.size - done).astype(jnp.float32),
+    }
+
+
+def router_loss(cfg: ModelConfig, stats: dict):
+    """The auxiliary loss added to the training objective: both terms averaged over layers, with config weights."""
+    if not stats:
+        return 0.0
+    return cfg.router_aux_loss_coef * jnp.mean(stats["aux_loss"]) + cfg.router_z_loss_coef * jnp.mean(stats["z_loss"])
+
+
+def router_metrics(stats: dict) -> dict:
+    """Scalar metrics from the per-layer statistics [L, ...]: layer means, and per layer the entropy, dropped
+    assignments and each expert's load share (`moe/layer3/load/e5`)."""
+    if not stats:
+        return {}
+    out = {f"moe/{k}": jnp.mean(stats[k]) for k in ("aux_loss", "z_loss", "entropy")}
+    out["moe/dropped"] = jnp.sum(stats["dropped"])
+    out["moe/load_max"] = jnp.mean(jnp.max(stats["load"], axis=-1))  # 1/E when balanced
+    layers, experts = stats["load"].shape
+    for i in range(layers):
+        out[f"moe/layer{i}/entropy"] = stats["entropy"][i]
+        out[f"moe/layer{i}/dropped"] = stats["dropped"][i]
+        for j in range(experts):
+            out[f"moe/layer{i}/load/e{j}"] = stats["load"][i, j]
+    return out
+
+
+def active_params(cfg: ModelConfig, total: int) -> int:
+    """Parameters a token passes through: all but the (E - k) experts it is not routed to."""
+    if not cfg.num_experts:
+        return total
+    per_expert = 3 * cfg.hidden_size * cfg.intermediate_size * cfg.num_layers
+    return total - (cfg.num_experts - cfg.experts_per_token) * per_expert
