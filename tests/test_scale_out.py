@@ -169,7 +169,7 @@ def test_two_processes_match_one_process_and_restore_on_another_mesh(runs, layou
     ]
     logs = [p.communicate(timeout=900)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
-    assert "mesh {'data': 8, 'fsdp': 1, 'tensor': 1} over 8 cpu devices, 2 process(es)" in logs[0]
+    assert "mesh {'data': 8, 'fsdp': 1, 'expert': 1, 'tensor': 1} over 8 cpu devices, 2 process(es)" in logs[0]
     assert "step 20/20" not in logs[1]  # only process 0 reports
     ref = runs["eight"]["runs"]["dp8"]
     two = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]

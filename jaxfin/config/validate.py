@@ -40,6 +40,9 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"'{key}[{i}].path' is required")
     if cfg.export_peft and not cfg.model.lora.rank:
         raise ConfigError("'export_peft' writes LoRA adapters: set model.lora.rank > 0 (or drop export_peft)")
+    if cfg.export_peft and cfg.model.num_experts:
+        raise ConfigError("'export_peft': PEFT has no layout for adapters on a mixture of experts' stacked experts; "
+                          "use export_hf (the adapters merged into the weights)")  # fmt: skip
     o = cfg.objective
     check_choice(o.type, C.OBJECTIVES, "objective.type")
     check_choice(o.loss, C.DPO_LOSSES, "objective.loss")

@@ -86,6 +86,11 @@ def save_peft_adapter(
         raise ValueError("save_peft_adapter needs the model config and an output dir")
     if cfg.lora.rank <= 0 or not has_adapters(params):
         raise ConfigError("this model has no LoRA adapters (model.lora.rank is 0); nothing to write as a PEFT adapter")
+    if cfg.num_experts:
+        raise ConfigError(
+            "PEFT adapter export supports dense models only: PEFT has no layout for adapters on stacked experts "
+            "(transformers fuses a Mixtral layer's experts into one tensor); export the merged model with format='hf'"
+        )
     if cfg.num_labels:
         raise ConfigError(
             "PEFT adapter export supports causal LMs only; a reward model's trained score head is not an adapter "

@@ -12,7 +12,8 @@
   layers; `layers[0,3]/mlp/*` the MLPs of layers 0 and 3. Only those layers of each stacked leaf are trained.
 - a shortcut: `@embeddings` (embed_tokens + the output head: lm_head, or score for a reward model; with tied
   embeddings the one matrix), `@head` (lm_head or score), `@top:K` (= `layers[-K:]`), `@bottom:K` (= `layers[:K]`),
-  `@norms` (every norm scale), `@lora` (every LoRA adapter), `@all` (everything).
+  `@norms` (every norm scale), `@lora` (every LoRA adapter), `@router` (a mixture of experts' routers: train
+  the gates of an assembled MoE first, Branch-Train-MiX style), `@all` (everything).
 
 The patterns' union is trained. [] (the default) trains everything, or only the LoRA adapters when
 model.lora.rank > 0 (plus the score head of a reward model, which starts untrained). A pattern that matches no
@@ -40,7 +41,7 @@ from flax import traverse_util
 from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import ModelConfig
 
-SHORTCUTS = ("@embeddings", "@head", "@top:K", "@bottom:K", "@norms", "@lora", "@all")
+SHORTCUTS = ("@embeddings", "@head", "@top:K", "@bottom:K", "@norms", "@lora", "@router", "@all")
 _LAYERS = re.compile(r"layers\[([^\]]*)\](?:/(.*))?")
 _SHORT = re.compile(r"@(top|bottom):(\d+)")
 
@@ -107,6 +108,7 @@ def _expand(pattern: str, cfg: ModelConfig) -> list[str]:
         "@head": ["lm_head", "score"],
         "@norms": ["*/scale"],
         "@lora": ["*/lora_a", "*/lora_b"],
+        "@router": ["layers/mlp/router"],
         "@all": ["*"],
     }
     if pattern not in table:
