@@ -50,6 +50,8 @@ class Progress:
         parts = [f"step {step}/{self.total}", f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}"]
         if "tokens_per_s" in rec:
             parts.append(f"tok/s {rec['tokens_per_s']:,.0f}")
+        if "moe/aux_loss" in rec:  # a mixture of experts: balance (E*sum f*p, 1 when even) and the busiest expert
+            parts.append(f"moe aux {rec['moe/aux_loss']:.3f} load_max {rec['moe/load_max']:.3f}")
         if "dev_loss" in rec:
             parts.append(f"dev {rec['dev_loss']:.4f}")
         parts.append(f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")

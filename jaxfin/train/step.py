@@ -9,6 +9,8 @@ over the whole global batch: per target token for next-token training, per pair 
 
 A mixture of experts adds its router loss (load balancing + z-loss, jaxfin/model/moe.py) to what training
 minimises, per counted unit (`moe/router_loss`); the logged `loss` and the dev losses are the objective's alone.
+The balance term E*sum(f*p) is not a sum over tokens, so with micro-batches each micro-batch is balanced on its own
+(as in HF and MaxText): micro_batches changes an MoE's trajectory slightly, where it leaves a dense model's alone.
 """
 
 from __future__ import annotations
