@@ -132,7 +132,13 @@ def parse_overrides(overrides: list[str], cls=Config, example: str = "train.step
         key = key.strip()
         if key not in keys:
             raise unknown_key_error(key, "command line", keys)
-        _set_dotted(tree, key, yaml.safe_load(raw) if raw else "")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            why = str(e).splitlines()[0]
+            raise ConfigError(f"override '{item}': the value is not valid YAML ({why}); quote strings that start "
+                              f"with '@', '*' or '&', e.g. train.trainable=['@router']") from None  # fmt: skip
+        _set_dotted(tree, key, value)
     return tree
 
 
