@@ -26,7 +26,7 @@ from jaxfin.config.schema import LoraConfig
 from jaxfin.hf import load_hf, params_to_hf
 from jaxfin.model import forward, init_params
 from jaxfin.model.lora import add_adapters, merge_adapters
-from jaxfin.model.moe import active_params, dense_experts, ragged_experts, route
+from jaxfin.model.moe import active_params, blocked_experts, dense_experts, dispatch, ragged_experts, route
 from jaxfin.store.convert import convert_main
 
 SHAPE = dict(
@@ -76,7 +76,7 @@ def hf_mixtral(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------- import / export
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
-@pytest.mark.parametrize("dispatch", ["ragged", "dense"])
+@pytest.mark.parametrize("dispatch", ["ragged", "blocked", "dense"])
 def test_logits_match_transformers_in_both_layouts(hf_mixtral, layout, dispatch):
     names = _tensors(hf_mixtral[layout])
     marker = "block_sparse_moe.experts.0.w1.weight" if layout == "per_expert" else "mlp.experts.gate_up_proj"
@@ -182,20 +182,40 @@ def test_grouped_dispatch_equals_every_expert_on_every_token():
     x = jax.random.normal(jax.random.key(1), (40, CFG.hidden_size))
     _, top_i, _ = route(CFG, params["layers"]["mlp"]["router"]["kernel"][0], x)
     keys = (None, None, None)
-    ragged, n = ragged_experts(experts, CFG, x, top_i, keys)
     dense, _ = dense_experts(experts, CFG, x, top_i, keys)
-    assert int(n) == top_i.size  # dropless: every assignment computed
-    assert_close_to_scale(ragged, dense, rounding_tol(np.float32, CFG.intermediate_size, depth=2))
+    for grouped in (ragged_experts, blocked_experts):
+        out, n = grouped(experts, CFG, x, top_i, keys)
+        assert int(n) == top_i.size  # dropless: every assignment computed
+        assert_close_to_scale(out, dense, rounding_tol(np.float32, CFG.intermediate_size, depth=2))
+    # padding ids (>= the group count, as expert parallelism sends) come out 0 and are not counted
+    pad = top_i.at[:5].set(CFG.num_experts)
+    for grouped in (ragged_experts, blocked_experts):
+        out, n = grouped(experts, CFG, x, pad, keys)
+        assert int(n) == top_i.size - 10 and not np.any(np.asarray(out[:5]))
+        assert_close_to_scale(out[5:], dense[5:], rounding_tol(np.float32, CFG.intermediate_size, depth=2))
 
     tokens = jax.random.randint(jax.random.key(2), (2, 16), 0, CFG.vocab_size)
 
     def loss(p, cfg):
         return jnp.mean(jax.nn.logsumexp(forward(p, cfg, tokens), axis=-1))
 
-    g_r = jax.grad(loss)(params, CFG)
     g_d = jax.grad(loss)(params, dataclasses.replace(CFG, moe_dispatch="dense"))
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g_r), jax.tree.leaves(g_d)):
-        assert_close_to_scale(a, b, rounding_tol(np.float32, 64, depth=8), err_msg=jax.tree_util.keystr(path))
+    for kind in ("ragged", "blocked"):
+        g = jax.grad(loss)(params, dataclasses.replace(CFG, moe_dispatch=kind))
+        for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_d)):
+            assert_close_to_scale(
+                a, b, rounding_tol(np.float32, 64, depth=8), err_msg=f"{kind} {jax.tree_util.keystr(path)}"
+            )
+
+
+def test_auto_dispatch_is_blocked_on_cpu_and_ragged_on_accelerators():
+    from unittest import mock
+
+    assert CFG.moe_dispatch == "auto" and dispatch(CFG) == "blocked"  # these tests run on CPU
+    for platform in ("gpu", "tpu"):
+        with mock.patch("jaxfin.parallel.mesh.target_platform", return_value=platform):
+            assert dispatch(CFG) == "ragged"
+    assert dispatch(dataclasses.replace(CFG, moe_dispatch="ragged")) == "ragged"
 
 
 def test_packed_documents_route_and_score_as_alone():

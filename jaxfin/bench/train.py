@@ -73,8 +73,11 @@ def _shape_leaves(tree) -> list[tuple[int, ...]]:
 def flops_params(model_cfg: ModelConfig) -> int:
     """N in 6·N: every parameter that takes part in a matmul per token, i.e. all but the input embedding table
     (a lookup does no FLOPs). The LM head counts; with tied embeddings the shared matrix counts once, as the head.
-    Norm scales are included (negligible: 2·L·D + D)."""
-    n = param_count(model_cfg)
+    Norm scales are included (negligible: 2·L·D + D). A mixture of experts counts its active parameters: the
+    router and k of the E experts per token (jaxfin.model.moe.active_params), as MaxText's MoE MFU does."""
+    from jaxfin.model.moe import active_params
+
+    n = active_params(model_cfg, param_count(model_cfg))
     return n if model_cfg.tie_embeddings else n - model_cfg.vocab_size * model_cfg.hidden_size
 
 
@@ -304,6 +307,8 @@ def model_summary(m: ModelConfig) -> dict:
     out = {k: getattr(m, k) for k in keys}
     out |= {"head_dim": m.head_size, "tie_embeddings": m.tie_embeddings}
     out |= {k: getattr(m, k) for k in ("param_dtype", "scan_layers", "remat", "attention_backend")}
+    if m.num_experts:
+        out |= {k: getattr(m, k) for k in ("family", "num_experts", "experts_per_token", "moe_dispatch")}
     return out
 
 
@@ -385,7 +390,13 @@ def format_summary(r: dict) -> str:
     m = r["model"]
     lines = [
         f"model   {m['num_layers']} layers, hidden {m['hidden_size']}, {m['num_heads']}/{m['num_kv_heads']} heads, "
-        f"vocab {m['vocab_size']:,}: {r['params'] / 1e6:,.2f}M params ({r['flops_params'] / 1e6:,.2f}M in 6N)",
+        f"vocab {m['vocab_size']:,}: {r['params'] / 1e6:,.2f}M params ({r['flops_params'] / 1e6:,.2f}M in 6N)"
+        + (
+            f", {m['num_experts']} experts, {m['experts_per_token']} per token ({m['moe_dispatch']} dispatch; 6N "
+            f"counts the active ones)"
+            if "num_experts" in m
+            else ""
+        ),
         f"batch   {r['batch_size']} x {r['seq_len']} = {r['tokens_per_step']:,} tokens/step, {r['steps']} timed steps "
         f"after {r['warmup_steps']} warm-up; {r['compute_dtype']} compute on {r['num_devices']} x {r['device_kind']} "
         f"(jax {r['jax']}, remat {m['remat']}, scan_layers {m['scan_layers']})",

@@ -9,11 +9,16 @@ Params of one layer (declared in the MIXTRAL table of params.py; stacked on [L] 
 Routing is HF Mixtral's: logits = x W_router, p = softmax(logits) in float32, the top k of p, renormalised over
 the k (`norm_topk_prob`; else p's own values). Dispatch is dropless, every (token, expert) assignment computed:
 
-- `ragged` (default): sort the T*k assignments by expert, one grouped matmul per projection over the sorted rows
+- `ragged`: sort the T*k assignments by expert, one grouped matmul per projection over the sorted rows
   (`jax.lax.ragged_dot`, group sizes = tokens per expert), unsort, weight and sum the k outputs (Levanter's and
-  MaxText's `sparse_matmul` scheme). FLOPs = those of the k active experts.
+  MaxText's `sparse_matmul` scheme). FLOPs = those of the k active experts on GPU/TPU, whose compilers have a
+  grouped GEMM; XLA:CPU expands ragged_dot into a masked dot over every group (E times the FLOPs).
+- `blocked`: the same sorted rows, each expert's group padded to a multiple of a row block (MegaBlocks' layout), so
+  every block belongs to one expert: one batched matmul over the blocks with each block's expert weights. FLOPs =
+  the active experts' plus the padding (< one block per expert); the fast path on CPU.
+- `auto` (default): ragged on GPU/TPU, blocked on CPU (the platform compiled for, parallel/mesh.py).
 - `dense`: every expert on every token, combined by the (mostly zero) routing weights: E/k times the FLOPs; the
-  simple oracle the tests compare the ragged path against.
+  simple oracle the tests compare the grouped paths against.
 - expert parallelism (a mesh with `expert` > 1, parallel/rules.py): the experts are split over the `expert` axis
   and so are the tokens; inside `shard_map` each device sorts its assignments by destination device, exchanges them
   with one all-to-all, runs its local experts on what it received as above, and sends the outputs back with a
@@ -61,14 +66,20 @@ def _lora(p, cfg: ModelConfig, x, key, matmul):
     return (cfg.lora.alpha / cfg.lora.rank) * matmul(matmul(x, p["lora_a"]), p["lora_b"])
 
 
-def _swiglu(experts: dict, cfg: ModelConfig, x, matmul, keys):
-    """down(silu(gate(x)) * up(x)) with `matmul(x, w)` applying each expert's weights to its rows."""
+def _swiglu(experts: dict, cfg: ModelConfig, x, matmul, keys, fuse_gate_up: bool = False):
+    """down(silu(gate(x)) * up(x)) with `matmul(x, w)` applying each expert's weights to its rows. fuse_gate_up:
+    one matmul with the gate and up kernels side by side (fewer, wider GEMMs: faster for small ones on CPU; a
+    copy of both kernels per call, which big models on accelerators should not pay)."""
 
-    def proj(name, x, key):
+    def proj(name, x, key, y=None):
         p = experts[name]
-        return matmul(x, p["kernel"]) + _lora(p, cfg, x, key, matmul)
+        return (matmul(x, p["kernel"]) if y is None else y) + _lora(p, cfg, x, key, matmul)
 
-    h = jax.nn.silu(proj("gate_proj", x, keys[0])) * proj("up_proj", x, keys[1])
+    gate = up = None
+    if fuse_gate_up:
+        both = jnp.concatenate([experts["gate_proj"]["kernel"], experts["up_proj"]["kernel"]], axis=-1)
+        gate, up = jnp.split(matmul(x, both), 2, axis=-1)
+    h = jax.nn.silu(proj("gate_proj", x, keys[0], gate)) * proj("up_proj", x, keys[1], up)
     return proj("down_proj", h, keys[2])
 
 
@@ -76,22 +87,70 @@ def _cast(experts: dict, dtype) -> dict:
     return jax.tree.map(lambda w: w.astype(dtype), experts)
 
 
-def ragged_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None):
-    """Sorted-by-expert grouped matmuls over the assignments. x [T, D], top_i [T, k] (ids >= num_groups are
-    padding: skipped). Returns (per-assignment outputs [T, k, D] in assignment order, assignments computed)."""
+def dispatch(cfg: ModelConfig) -> str:
+    """The concrete dispatch for cfg.moe_dispatch ("auto" resolved for the platform compiled for)."""
+    if cfg.moe_dispatch != "auto":
+        return cfg.moe_dispatch
+    from jaxfin.parallel.mesh import target_platform
+
+    return "blocked" if target_platform() == "cpu" else "ragged"
+
+
+def grouped_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None,
+                    kernel: str = "ragged"):  # fmt: skip
+    """Sorted-by-expert grouped matmuls over the assignments (`kernel` ragged or blocked). x [T, D], top_i [T, k]
+    (ids >= num_groups are padding: skipped). Returns (per-assignment outputs [T, k, D] in assignment order,
+    assignments computed)."""
     t, k = top_i.shape
     e = num_groups or cfg.num_experts
     ids = top_i.reshape(-1)
     order = jnp.argsort(ids, stable=True)  # assignment rows grouped by expert, padding last
     rows = x[order // k]
     sizes = jnp.bincount(ids, length=e).astype(jnp.int32)  # ids >= e are not counted: their rows come out 0
-
-    def grouped(x, w):
-        return jax.lax.ragged_dot(x, w, sizes)
-
-    out = _swiglu(experts, cfg, rows, grouped, keys)
+    if kernel == "blocked":
+        out = _blocked(experts, cfg, rows, ids[order], sizes, keys)
+    else:
+        out = _swiglu(experts, cfg, rows, lambda x, w: jax.lax.ragged_dot(x, w, sizes), keys)
     back = jnp.zeros_like(out).at[order].set(out)  # unsort
     return back.reshape(t, k, -1), jnp.sum(sizes)
+
+
+def ragged_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None):
+    return grouped_experts(experts, cfg, x, top_i, keys, num_groups, "ragged")
+
+
+def blocked_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None):
+    return grouped_experts(experts, cfg, x, top_i, keys, num_groups, "blocked")
+
+
+def _block_rows(assignments: int, groups: int) -> int:
+    """Rows per block: about half an expert's even share, a power of two in [8, 128]. Fewer, bigger blocks run
+    faster on XLA:CPU (one small GEMM per block), though the static bound adds up to one block per expert of
+    padding (128 rows of 2048 per expert on configs/tiny-mixtral.yaml: measured fastest there among 32/64/128)."""
+    share = max(assignments // (2 * groups), 1)
+    return int(min(128, max(8, 1 << (share - 1).bit_length())))
+
+
+def _blocked(experts: dict, cfg: ModelConfig, rows, sorted_ids, sizes, keys):
+    """rows [A, D] sorted by expert (ids `sorted_ids`, >= E last), group `sizes` [E] -> outputs [A, D] (0 for
+    padding ids): each group is padded to whole blocks of b rows, block i runs expert block_expert[i]."""
+    a, e = rows.shape[0], sizes.shape[0]
+    b = _block_rows(a, e)
+    nb = -(-a // b) + e  # sum_g ceil(size_g / b) <= ceil(A / b) + E: a static bound
+    padded = (sizes + b - 1) // b * b
+    ends = jnp.cumsum(padded)
+    g = jnp.minimum(sorted_ids, e - 1)
+    rank = jnp.arange(a) - (jnp.cumsum(sizes) - sizes)[g]  # position within its group
+    dest = jnp.where(sorted_ids < e, (ends - padded)[g] + rank, nb * b)  # padding ids: out of range, dropped
+    xb = jnp.zeros((nb * b, rows.shape[1]), rows.dtype).at[dest].set(rows, mode="drop")
+    block_expert = jnp.minimum(jnp.searchsorted(ends, jnp.arange(nb) * b, side="right"), e - 1)
+
+    def per_block(x, w):  # x [nb*b, in], w [E, in, out]: each block times its expert's weights
+        y = jnp.einsum("nbi,nio->nbo", x.reshape(nb, b, -1), w[block_expert])
+        return y.reshape(nb * b, -1)
+
+    out = _swiglu(experts, cfg, xb, per_block, keys, fuse_gate_up=True)
+    return out.at[dest].get(mode="fill", fill_value=0)
 
 
 def dense_experts(experts: dict, cfg: ModelConfig, x, top_i, keys):
@@ -129,7 +188,8 @@ def _exchange(experts: dict, x, top_i, *, cfg: ModelConfig, keys, ep: int):
     send_id = jnp.where(filled, ids[order[src]] % local, local)  # padding slots: id `local` (skipped)
     recv_x = jax.lax.all_to_all(send_x, EXPERT_AXIS, 0, 0, tiled=True)
     recv_id = jax.lax.all_to_all(send_id, EXPERT_AXIS, 0, 0, tiled=True)
-    out, done = ragged_experts(experts, cfg, recv_x.reshape(ep * a, -1), recv_id.reshape(-1, 1), keys, local)
+    out, done = grouped_experts(experts, cfg, recv_x.reshape(ep * a, -1), recv_id.reshape(-1, 1), keys, local,
+                                dispatch(cfg) if cfg.moe_dispatch != "dense" else "ragged")  # fmt: skip
     if "tensor" in jax.sharding.get_abstract_mesh().axis_names:
         out = jax.lax.psum(out, "tensor")  # each tensor shard computed a partial sum over its slice of F
     back = jax.lax.all_to_all(out.reshape(ep, a, -1), EXPERT_AXIS, 0, 0, tiled=True)  # [ep, a, D], as sent
@@ -164,12 +224,13 @@ def moe_mlp(cfg: ModelConfig, m: dict, x, valid=None, keys=(None, None, None)):
     xt = x.reshape(-1, d)
     logits, top_i, top_w = route(cfg, m["router"]["kernel"], xt)
     experts = _cast(m["experts"], x.dtype)
+    kind = dispatch(cfg)
     if _expert_mesh_size() > 1:
         out, done = parallel_experts(experts, cfg, xt, top_i, keys)
-    elif cfg.moe_dispatch == "dense":
+    elif kind == "dense":
         out, done = dense_experts(experts, cfg, xt, top_i, keys)
     else:
-        out, done = ragged_experts(experts, cfg, xt, top_i, keys)
+        out, done = grouped_experts(experts, cfg, xt, top_i, keys, kernel=kind)
     y = jnp.einsum("tkd,tk->td", out, top_w.astype(out.dtype))
     mask = jnp.ones((b * s,), jnp.float32) if valid is None else valid.reshape(-1).astype(jnp.float32)
     return y.reshape(b, s, d).astype(x.dtype), router_stats(cfg, logits, top_i, mask, done)
