@@ -170,9 +170,10 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.vocab.cli import add_vocab_parser
 
     add_vocab_parser(sub)
-    from jaxfin.merge.cli import add_merge_parser
+    from jaxfin.merge.cli import add_merge_parser, add_moe_parser
 
     add_merge_parser(sub)
+    add_moe_parser(sub)
     from jaxfin.eval.cli import add_eval_parser
 
     add_eval_parser(sub)
