@@ -75,7 +75,7 @@ def _check_arch(plan: MergePlan, configs: dict[str, dict], vocab: VocabPlan | No
                 )
 
 
-def _as_hf(ref: str, path: Path, tmp: Path) -> Path:
+def as_hf_folder(ref: str, path: Path, tmp: Path) -> Path:
     """An HF folder for `path`: itself, or a jaxfin checkpoint converted into `tmp` (this loads it whole)."""
     from jaxfin.hf import is_hf_dir
 
@@ -212,7 +212,7 @@ def run_merge(
     with tempfile.TemporaryDirectory(prefix="jaxfin-merge-") as tmp:
         tmp = Path(tmp)
         for ref in plan.referenced_models():
-            plan.paths[ref] = _as_hf(ref, plan.paths[ref], tmp)
+            plan.paths[ref] = as_hf_folder(ref, plan.paths[ref], tmp)
         configs = {m: _hf_config(plan.paths[m]) for m in plan.referenced_models()}
         vocab = build_vocab(plan)
         _check_arch(plan, configs, vocab)

@@ -515,7 +515,7 @@ def assemble_moe(
     `hidden_dtype`: the dtype of the base's forward for the hidden gate modes. Returns a JSON-able summary."""
     from jaxfin.hf.convert import config_from_hf, stored_dtype
     from jaxfin.hf.safetensors_io import FLOAT_DTYPES, SafetensorsReader, SafetensorsWriter, TensorSpec
-    from jaxfin.merge.engine import _as_hf
+    from jaxfin.merge.engine import as_hf_folder
 
     if layout not in ("per_expert", "fused"):
         raise ValueError(f"layout must be 'per_expert' or 'fused', got '{layout}'")
@@ -526,7 +526,7 @@ def assemble_moe(
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="jaxfin-moe-") as tmp:
         for ref in plan.models():
-            plan.paths[ref] = _as_hf(ref, plan.paths[ref], Path(tmp))
+            plan.paths[ref] = as_hf_folder(ref, plan.paths[ref], Path(tmp))
         configs = {m: _hf_config(plan.paths[m]) for m in plan.models()}
         check_architectures(plan, configs)
         base_cfg = configs[plan.base_model]
