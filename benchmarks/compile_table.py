@@ -1,6 +1,6 @@
 """The README's `jaxfin compile` table: Llama-3.2-1B, Llama-3-8B and Llama-3-70B (configs/) x {v5p-64, v6e-256,
-v5litepod-16} x {FSDP, FSDP x TP} at seq 8192, compiled deviceless on this CPU host, and the largest batch that fits
-for 8B on v5p-64.
+v5litepod-16} x {FSDP, FSDP x TP} at seq 8192, Mixtral-8x7B on v5p-64 with 8-way expert parallelism x FSDP,
+compiled deviceless on this CPU host, and the largest batch that fits for 8B on v5p-64.
 
 Needs the TPU build of the project's jax in the running interpreter (`make compile-venv` builds one;
 /tmp/jaxfin-tpu/bin/python benchmarks/compile_table.py). Each cell is one `jaxfin compile` report, written to
@@ -27,6 +27,10 @@ TOPOLOGIES = ("v5p-64", "v6e-256", "v5litepod-16")
 LAYOUTS = {"fsdp": ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1"],
            "fsdp_tp4": ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=4"]}  # fmt: skip
 COMMON = ["data.seq_len=8192", "model.remat=full", "model.attention_backend=pallas", "train.micro_batches=1"]
+# Mixture-of-experts cells (model, topology, layout): expert parallelism over 8 chips, FSDP over the rest
+MOE_MODELS = {"mixtral-8x7b": "configs/mixtral-8x7b.yaml"}
+MOE_LAYOUTS = {"ep8_fsdp": ["mesh.data=1", "mesh.fsdp=-1", "mesh.tensor=1", "mesh.expert=8"]}
+MOE_CELLS = [("mixtral-8x7b", "v5p-64", "ep8_fsdp")]
 
 
 def cell(model: str, topology: str, layout: str, force: bool) -> dict:
@@ -42,10 +46,11 @@ def cell(model: str, topology: str, layout: str, force: bool) -> dict:
         return r
     target = parse_target(topology)
     chips = _chips(target)
-    overrides = [*COMMON, *LAYOUTS[layout], f"train.batch_size={chips}", "model.max_position_embeddings=8192"]
+    layouts, models = {**LAYOUTS, **MOE_LAYOUTS}, {**MODELS, **MOE_MODELS}
+    overrides = [*COMMON, *layouts[layout], f"train.batch_size={chips}", "model.max_position_embeddings=8192"]
     t0 = time.time()
     try:
-        r = compile_report(load_config(REPO / MODELS[model], overrides), target)
+        r = compile_report(load_config(REPO / models[model], overrides), target)
     except Exception as e:  # noqa: BLE001 - a cell that cannot compile is a result too
         r = {"target": topology, "compiled": False, "error": f"{type(e).__name__}: {e}"}
     r.update(model=model, layout=layout, overrides=overrides, wall_s=time.time() - t0, host=_host())
@@ -150,9 +155,11 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=list(MODELS))
     ap.add_argument("--topologies", nargs="*", default=list(TOPOLOGIES))
     ap.add_argument("--no-max-batch", action="store_true")
+    ap.add_argument("--no-moe", action="store_true", help="leave out the Mixtral-8x7B cell")
     args = ap.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     rows = [cell(m, t, lay, args.force) for m in args.models for t in args.topologies for lay in LAYOUTS]
+    rows += [cell(m, t, lay, args.force) for m, t, lay in MOE_CELLS if not args.no_moe]
     print(table(rows))
     if not args.no_max_batch:
         mb = max_batch_cell(args.force)

@@ -49,7 +49,10 @@ def run_train(args) -> int:
     if is_recipe(args.config):  # several stages, each from the previous one's result
         if args.print_config:
             for st in load_recipe(args.config, args.overrides)[1]:
-                body = st["config"] and to_dict(st["config"]) or {"vocab_expand": st["vocab_expand"]}
+                if st["kind"] == "train":
+                    body = to_dict(st["config"])
+                else:
+                    body = {st["kind"]: to_dict(st["eval"]) if st["kind"] == "eval" else st[st["kind"]]}
                 print(yaml.safe_dump({st["name"]: body}, sort_keys=False), end="")
             return 0
         init_distributed(args)

@@ -86,6 +86,22 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def wide_table(report: dict, task_metric: str = "acc") -> list[str]:
+    """One row per model: its loss on each text set, then `task_metric` on each task (markdown lines)."""
+    sets = [s["name"] for s in report["text_sets"]]
+    tasks = list(dict.fromkeys(t for per in (report.get("tasks") or {}).values() for t in per))
+    head = ["model"] + sets + [f"{t} {task_metric}" for t in tasks]
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    for m in report["models"]:
+        name = m["name"]
+        cells = [_f(report["text"][name][s]["loss"]) if s in report["text"][name] else "" for s in sets]
+        for t in tasks:
+            v = ((report.get("tasks") or {}).get(name, {}).get(t, {}).get("metrics") or {}).get(task_metric)
+            cells.append("" if v is None else _f(float(v), 3))
+        lines.append("| " + " | ".join([name] + cells) + " |")
+    return lines
+
+
 def plot_forgetting(report: dict, path: str | Path) -> str | None:
     """Grouped bars: Δ bits per byte against the base, one group per text set (domain sets first), one bar per
     model. Returns the path, or None when there is nothing to compare (one model)."""

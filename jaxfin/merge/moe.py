@@ -151,9 +151,15 @@ def _find(ref: str, yaml_dir: Path) -> Path:
 
 
 def parse_moe_config(
-    data: Any, where: str = "moe config", base_dir: str | Path = ".", *, allow_all_same: bool = False
+    data: Any,
+    where: str = "moe config",
+    base_dir: str | Path = ".",
+    *,
+    allow_all_same: bool = False,
+    find_models: bool = True,
 ) -> MoEPlan:
-    """A mergekit-moe YAML (already loaded) -> MoEPlan, with mergekit's checks (is_bad_config) and jaxfin's."""
+    """A mergekit-moe YAML (already loaded) -> MoEPlan, with mergekit's checks (is_bad_config) and jaxfin's.
+    `find_models=False` checks the YAML alone (a recipe's models do not exist until their stages run)."""
     if not isinstance(data, dict):
         raise MoEConfigError(f"{where}: expected a mapping with base_model and experts")
     unknown = set(data) - TOP_KEYS
@@ -219,7 +225,7 @@ def parse_moe_config(
                 f"same outputs; pass --i-understand-this-is-not-useful-without-training to build it anyway"
             )
     plan = MoEPlan(base, experts, gate_mode, _dtype(data.get("dtype"), where), k, non_expert, {}, where)
-    for ref in plan.models():
+    for ref in plan.models() if find_models else ():
         plan.paths[ref] = _find(ref, Path(base_dir))
     return plan
 
