@@ -111,67 +111,6 @@ def test_vocab_expand_stage_reads_its_token_file(tmp_path, monkeypatch):
     assert stages[0]["vocab_expand"] == {"tokens": ["EBITDA", "net interest margin"], "seed": 3}
 
 
-def _flat(params) -> dict:
-    return {"/".join(p): np.asarray(v) for p, v in _leaves(params)}
-
-
-@pytest.mark.slow
-def test_fin_team_experts_recipe_stages(in_repo, tmp_path):
-    """Branching (three experts from one base), MLP-only expert CPT, the moe stage naming stages, router-only
-    training, the report; a few steps a stage (the full run's numbers: test_fin_team_experts_recipe_claims)."""
-    overrides = _overrides(tmp_path) + ["eval_stages.max_docs=4", "eval_stages.task_limit=6",
-                                      "eval_stages.tasks=[fomc]"]  # fmt: skip
-    summaries = {s["stage"]: s for s in run_recipe("configs/recipes/fin_team_experts.yaml", overrides)}
-    assert list(summaries) == ["base", "chat_tokens", "macro", "micro", "quant", "moe", "moe_router", "moe_sft", "eval"]
-    out = tmp_path / "out"
-    base = _flat(load_model(out / "chat_tokens").params)  # the base with the ChatML tokens
-    experts = {e: _flat(load_model(out / e / "hf").params) for e in ("macro", "micro", "quant")}
-    for e, p in experts.items():  # each expert: the base with new MLPs (trainable layers/mlp)
-        assert p.keys() == base.keys()
-        for k in base:
-            same = np.array_equal(p[k], base[k])
-            assert same != k.startswith("layers/mlp/"), (e, k)
-    moe = _flat(load_model(out / "moe").params)
-    for i, e in enumerate(("macro", "micro", "quant")):  # expert i of every layer = that stage's MLP
-        for proj in ("gate_proj", "up_proj", "down_proj"):
-            np.testing.assert_array_equal(moe[f"layers/mlp/experts/{proj}/kernel"][:, i],
-                                          experts[e][f"layers/mlp/{proj}/kernel"])  # fmt: skip
-    assert moe["layers/mlp/router/kernel"].shape[-1] == 3
-    routed = _flat(load_model(out / "moe_router" / "hf").params)
-    for k in moe:  # the router stage trained the routers and nothing else
-        assert np.array_equal(routed[k], moe[k]) != (k == "layers/mlp/router/kernel"), k
-    sft = _flat(load_model(out / "moe_sft" / "hf").params)
-    assert not np.array_equal(sft["layers/self_attn/q_proj/kernel"], routed["layers/self_attn/q_proj/kernel"])
-    report = json.loads((out / "eval" / "eval.json").read_text())
-    assert [m["name"] for m in report["models"]] == ["base", "macro", "micro", "quant", "moe", "moe_router", "moe_sft"]
-    assert [report["models"][i]["path"] for i in (0, 1)] == [str(out / "chat_tokens"), str(out / "macro" / "hf")]
-    checks = summaries["eval"]["checks"]
-    assert len(checks) == 3 + 3 * 3  # each expert on its set; each of the three MoE models on each expert's set
-    for c in checks:
-        assert c["loss"] == report["text"][c["model"]][c["set"]]["loss"]
-        assert c["ok"] == (c["loss"] <= report["text"][c["against"]][c["set"]]["loss"])
-    md = (out / "report.md").read_text()
-    for name in ("moe_router", "macro_dev", "quant_dev", "fomc acc", "expert best on its own set"):
-        assert name in md, name
-    built = {f: f.stat().st_mtime_ns for f in (out / "moe").iterdir()}
-    again = run_recipe("configs/recipes/fin_team_experts.yaml", overrides)  # resumes: nothing is redone
-    assert [s.get("steps") for s in again] == [3, None, 3, 3, 3, None, 3, 3, None]
-    assert {f: f.stat().st_mtime_ns for f in (out / "moe").iterdir()} == built
-    assert json.loads((out / "eval" / "eval.json").read_text()) == report
-
-
-@pytest.mark.slow
-def test_fin_team_experts_recipe_claims(in_repo, tmp_path):
-    """The whole recipe as shipped (the README quotes its report.md): each expert has the lowest loss on its own
-    domain among the dense models, and the final MoE (after instruction tuning) is at least as good as the best
-    expert on each domain."""
-    summaries = run_recipe("configs/recipes/fin_team_experts.yaml",
-                           [f"output_dir={tmp_path / 'out'}", f"data.cache_dir={tmp_path / 'cache'}"])  # fmt: skip
-    checks = summaries[-1]["checks"]
-    failed = [c for c in checks if not c["ok"] and c["model"] in ("macro", "micro", "quant", "moe_sft")]
-    assert not failed, failed
-
-
 _TRAIN = "    - name: base\n      set: {train.steps: 1}\n"
 
 
