@@ -44,7 +44,6 @@ import dataclasses
 import functools
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -112,10 +111,15 @@ def _moe_spec(spec, where: str, stages: set[str]) -> dict:
     except MoEConfigError as e:
         raise ConfigError(str(e)) from None
     for ref in [spec["base_model"]] + [e["source_model"] for e in spec["experts"]]:
-        if ref not in stages and not Path(ref).is_dir():
-            raise ConfigError(f"{where}: model '{ref}' is neither an earlier stage ({', '.join(sorted(stages))}) "
-                              f"nor a folder")  # fmt: skip
+        _check_model(ref, stages, where)
     return spec
+
+
+def _check_model(ref: str, stages: set[str], where: str) -> None:
+    """A model a moe or eval stage names: an earlier stage, or a folder that exists."""
+    if ref not in stages and not Path(ref).is_dir():
+        raise ConfigError(f"{where}: model '{ref}' is neither an earlier stage ({', '.join(sorted(stages))}) "
+                          f"nor a folder")  # fmt: skip
 
 
 def _eval_models(models, where: str) -> list[dict]:
@@ -144,8 +148,7 @@ def _eval_spec(spec, cli: dict, where: str, stages: set[str], out: Path, name: s
         read_source(SourceConfig(name=ts.name, path=ts.path, format=ts.format, fields=dict(ts.fields)),
                     SourceReport(ts.name))  # fmt: skip
     for m in cfg.models:
-        if m.path not in stages and not Path(m.path).is_dir():
-            raise ConfigError(f"{where}.models: '{m.path}' is neither an earlier stage nor a folder")
+        _check_model(m.path, stages, f"{where}.models")
     return cfg
 
 
@@ -186,6 +189,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
     """(output dir, stages), each stage {name, kind: train | vocab_expand | moe | eval, from: STAGE | None, and
     per kind: config (a Config, with init_from_set), vocab_expand (options), moe (the mapping), eval (an
     EvalConfig) and report}."""
+    from jaxfin.eval.config import EvalConfig
+
     path = Path(path)
     spec = read_yaml_mapping(path).get("recipe")
     where = str(path)
@@ -195,8 +200,6 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
     base: dict = {}
     if spec.get("config"):
         base = read_yaml_mapping(path.parent / spec["config"])
-    from jaxfin.eval.config import EvalConfig
-
     ours = [o for o in overrides if o.startswith(EVAL_STAGES)]
     cli = parse_overrides([o for o in overrides if not o.startswith(EVAL_STAGES)])
     try:
@@ -252,14 +255,14 @@ def _build_once(stage_out: Path, build) -> None:
 
 
 def _assemble(spec: dict, models: dict[str, str], out_dir: Path) -> None:
-    from jaxfin.merge.moe import assemble_moe
+    """The moe stage: its mapping with stage names replaced by those stages' models -> jaxfin moe."""
+    from jaxfin.merge.moe import assemble_moe, parse_moe_config
 
     spec = dict(spec, base_model=models.get(spec["base_model"], spec["base_model"]))
     spec["experts"] = [dict(e, source_model=models.get(e["source_model"], e["source_model"])) for e in spec["experts"]]
-    with tempfile.NamedTemporaryFile("w", suffix=".yml", prefix="jaxfin-recipe-moe-") as f:
-        yaml.safe_dump(spec, f, sort_keys=False)
-        f.flush()
-        assemble_moe(f.name, out_dir)
+    plan = parse_moe_config(spec, f"moe stage ({out_dir})")
+    plan.source = yaml.safe_dump(spec, sort_keys=False)
+    assemble_moe(plan, out_dir)
 
 
 def _evaluate(st: dict, models: dict[str, str]) -> dict:
@@ -290,7 +293,7 @@ def run_recipe(path: str | Path, overrides: list[str] = ()) -> list[dict]:
         t0 = time.time()
         start = models[st["from"]] if st["from"] else previous
         summary: dict = {"stage": name, "output_dir": str(stage_out)}
-        if st["kind"] in ("vocab_expand", "moe", "eval"):
+        if st["kind"] in KINDS:
             if st["kind"] == "vocab_expand" and start is None:
                 raise ConfigError(f"{path}: stage '{name}' expands the previous stage's model; it has none")
             if is_main():
@@ -299,8 +302,9 @@ def run_recipe(path: str | Path, overrides: list[str] = ()) -> list[dict]:
                 elif st["kind"] == "moe":
                     _build_once(stage_out, functools.partial(_assemble, st["moe"], models))
                 else:
-                    evals.append((st, _evaluate(st, models)))
-                    summary["checks"] = checks(evals[-1][1], st["report"])
+                    report = _evaluate(st, models)
+                    summary["checks"] = checks(report, st["report"])
+                    evals.append((st, report, summary["checks"]))
             barrier(f"jaxfin-recipe-{name}")
             model = None if st["kind"] == "eval" else str(stage_out)
         else:
@@ -342,15 +346,15 @@ def checks(report: dict, spec: dict) -> list[dict]:
     return out
 
 
-def report_markdown(recipe: str, summaries: list[dict], evals: list[tuple[dict, dict]]) -> str:
+def report_markdown(recipe: str, summaries: list[dict], evals: list[tuple[dict, dict, list[dict]]]) -> str:
+    """report.md: the stages' times, then per eval stage (stage, its eval report, its checks) the table and checks."""
     from jaxfin.eval.report import wide_table
 
     lines = [f"# Recipe {recipe}", "", "| stage | seconds | output |", "| --- | ---: | --- |"]
     lines += [f"| {s['stage']} | {s['seconds']} | `{s['output_dir']}` |" for s in summaries]
-    for st, report in evals:
+    for st, report, ch in evals:
         lines += ["", f"## {st['name']}: loss on each text set (nats per token; lower is better) and task accuracy", ""]
         lines += wide_table(report)
-        ch = checks(report, st["report"])
         if ch:
             lines += ["", "| check | model | set | loss | against | its loss | holds |",
                       "| --- | --- | --- | ---: | --- | ---: | --- |"]  # fmt: skip

@@ -128,7 +128,10 @@ _TRAIN = "    - name: base\n      set: {train.steps: 1}\n"
             "    - name: x\n      moe: {base_model: base, gate_mode: hiden, experts: [{source_model: base}]}\n",
             r"\(x\)\.moe\.gate_mode: unknown gate_mode 'hiden'",
         ),
-        ("    - name: x\n      eval: {models: [base, nope], tasks: [fpb]}\n", r"\(x\)\.eval\.models: 'nope'"),
+        (
+            "    - name: x\n      eval: {models: [base, nope], tasks: [fpb]}\n",
+            r"\(x\)\.eval\.models: model 'nope' is neither an earlier stage",
+        ),
         ("    - name: x\n      eval: {models: [base], tasks: [fpb], max_doc: 3}\n", r"max_doc"),
         (
             "    - name: x\n      eval: {models: [base], text: [{name: t, path: demo_data/finance_dev.jsonl}]}\n"

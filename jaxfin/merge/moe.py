@@ -507,7 +507,7 @@ def _noise(x: np.ndarray, scale: float, seed: int, name: str, expert: int) -> np
 
 
 def assemble_moe(
-    config_path: str | Path,
+    config: str | Path | MoEPlan,
     out_dir: str | Path,
     *,
     seed: int = 0,
@@ -516,7 +516,8 @@ def assemble_moe(
     hidden_dtype: str = "float32",
     allow_all_same: bool = False,
 ) -> dict:
-    """Build the Mixtral folder a mergekit-moe YAML describes (module doc) in `out_dir`. `seed`: random gates and
+    """Build the Mixtral folder a mergekit-moe YAML (a path, or a MoEPlan already parsed) describes (module doc) in
+    `out_dir`. `seed`: random gates and
     expert noise. `layout`: 'per_expert' (block_sparse_moe.experts.{e}.w1/w2/w3) or 'fused' (mergekit 0.1.5's).
     `hidden_dtype`: the dtype of the base's forward for the hidden gate modes. Returns a JSON-able summary."""
     from jaxfin.hf.convert import config_from_hf, stored_dtype
@@ -528,7 +529,7 @@ def assemble_moe(
     if hidden_dtype not in ("float32", "bfloat16"):
         raise ValueError(f"hidden_dtype must be 'float32' or 'bfloat16', got '{hidden_dtype}'")
     t0 = time.perf_counter()
-    plan = load_moe_config(config_path, allow_all_same=allow_all_same)
+    plan = config if isinstance(config, MoEPlan) else load_moe_config(config, allow_all_same=allow_all_same)
     out_dir = Path(out_dir)
     with tempfile.TemporaryDirectory(prefix="jaxfin-moe-") as tmp:
         for ref in plan.models():
