@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+from functools import partial
 from pathlib import Path
 
 import jax
@@ -26,7 +27,15 @@ from jaxfin.config.schema import LoraConfig
 from jaxfin.hf import load_hf, params_to_hf
 from jaxfin.model import forward, init_params
 from jaxfin.model.lora import add_adapters, merge_adapters
-from jaxfin.model.moe import active_params, blocked_experts, dense_experts, dispatch, ragged_experts, route
+from jaxfin.model.moe import (
+    active_params,
+    capacities,
+    dense_experts,
+    dispatch,
+    padded_experts,
+    ragged_experts,
+    route,
+)
 from jaxfin.store.convert import convert_main
 
 SHAPE = dict(
@@ -76,7 +85,7 @@ def hf_mixtral(tmp_path_factory):
 
 # ------------------------------------------------------------------------------------------- import / export
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
-@pytest.mark.parametrize("dispatch", ["ragged", "blocked", "dense"])
+@pytest.mark.parametrize("dispatch", ["ragged", "padded", "dense"])
 def test_logits_match_transformers_in_both_layouts(hf_mixtral, layout, dispatch):
     names = _tensors(hf_mixtral[layout])
     marker = "block_sparse_moe.experts.0.w1.weight" if layout == "per_expert" else "mlp.experts.gate_up_proj"
@@ -183,13 +192,13 @@ def test_grouped_dispatch_equals_every_expert_on_every_token():
     _, top_i, _ = route(CFG, params["layers"]["mlp"]["router"]["kernel"][0], x)
     keys = (None, None, None)
     dense, _ = dense_experts(experts, CFG, x, top_i, keys)
-    for grouped in (ragged_experts, blocked_experts):
+    for grouped in (ragged_experts, padded_experts):
         out, n = grouped(experts, CFG, x, top_i, keys)
         assert int(n) == top_i.size  # dropless: every assignment computed
         assert_close_to_scale(out, dense, rounding_tol(np.float32, CFG.intermediate_size, depth=2))
     # padding ids (>= the group count, as expert parallelism sends) come out 0 and are not counted
     pad = top_i.at[:5].set(CFG.num_experts)
-    for grouped in (ragged_experts, blocked_experts):
+    for grouped in (ragged_experts, padded_experts):
         out, n = grouped(experts, CFG, x, pad, keys)
         assert int(n) == top_i.size - 10 and not np.any(np.asarray(out[:5]))
         assert_close_to_scale(out[5:], dense[5:], rounding_tol(np.float32, CFG.intermediate_size, depth=2))
@@ -200,7 +209,7 @@ def test_grouped_dispatch_equals_every_expert_on_every_token():
         return jnp.mean(jax.nn.logsumexp(forward(p, cfg, tokens), axis=-1))
 
     g_d = jax.grad(loss)(params, dataclasses.replace(CFG, moe_dispatch="dense"))
-    for kind in ("ragged", "blocked"):
+    for kind in ("ragged", "padded"):
         g = jax.grad(loss)(params, dataclasses.replace(CFG, moe_dispatch=kind))
         for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(g), jax.tree.leaves(g_d)):
             assert_close_to_scale(
@@ -208,10 +217,59 @@ def test_grouped_dispatch_equals_every_expert_on_every_token():
             )
 
 
-def test_auto_dispatch_is_blocked_on_cpu_and_ragged_on_accelerators():
+def test_padded_dispatch_is_dropless_under_any_routing():
+    """The window is the largest group's size rounded up to a capacity: with every assignment on one expert the
+    largest capacity (all of them) is picked; outputs and gradients equal the dense einsum's either way."""
+    assert capacities(80, 20) == (24, 32, 40, 56, 64, 80) and capacities(7, 8) == (7,)
+    params = init_params(CFG, jax.random.key(4))
+    experts = jax.tree.map(lambda w: w[0], params["layers"]["mlp"]["experts"])
+    x = jax.random.normal(jax.random.key(5), (40, CFG.hidden_size))
+    _, balanced, _ = route(CFG, params["layers"]["mlp"]["router"]["kernel"][0], x)
+    skewed = jnp.stack([jnp.full((40,), 2), jnp.arange(40) % 2 * 2 + 1], axis=1)  # 40 on expert 2, 20 on 1 and 3
+    tol = rounding_tol(np.float32, CFG.intermediate_size, depth=2)
+    for top_i in (balanced, skewed):
+
+        def total(ex, x, grouped, top_i=top_i):
+            out, n = grouped(ex, CFG, x, top_i, (None, None, None))
+            return jnp.sum(out * out), n
+
+        (loss, n), grads = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(experts, x, padded_experts)
+        (loss_d, _), grads_d = jax.value_and_grad(total, argnums=(0, 1), has_aux=True)(experts, x, dense_experts)
+        assert int(n) == top_i.size
+        assert_close_to_scale(loss, loss_d, tol)
+        for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_d)):
+            assert_close_to_scale(a, b, rounding_tol(np.float32, 64, depth=4))
+
+
+def test_remat_keeps_the_padded_experts_output_and_the_same_gradients():
+    """Every remat policy saves the padded experts' output (their custom VJP recomputes their forward itself):
+    gradients equal those without remat, and the rematerialised backward holds one forward of the experts, not
+    two."""
+    params = init_params(CFG, jax.random.key(6))
+    tokens = jax.random.randint(jax.random.key(7), (2, 16), 0, CFG.vocab_size)
+
+    def loss(p, cfg):
+        return jnp.mean(jax.nn.logsumexp(forward(p, cfg, tokens), axis=-1))
+
+    cfg = dataclasses.replace(CFG, moe_dispatch="padded")
+    g_none = jax.grad(loss)(params, cfg)
+    for remat in ("full", "save_matmuls", "save_projections"):
+        g = jax.grad(loss)(params, dataclasses.replace(cfg, remat=remat))
+        for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_none)):
+            assert_close_to_scale(a, b, rounding_tol(np.float32, 64, depth=8), err_msg=remat)
+
+    def expert_dots(remat):  # HLO lines of the batched expert matmuls ("ecd,edf->ecf") in the compiled gradient
+        c = dataclasses.replace(cfg, remat=remat)
+        text = jax.jit(jax.grad(partial(loss, cfg=c))).lower(params).compile().as_text()
+        return text.count("ecd,edf->ecf/dot_general")
+
+    assert expert_dots("full") == expert_dots("none")
+
+
+def test_auto_dispatch_is_padded_on_cpu_and_ragged_on_accelerators():
     from unittest import mock
 
-    assert CFG.moe_dispatch == "auto" and dispatch(CFG) == "blocked"  # these tests run on CPU
+    assert CFG.moe_dispatch == "auto" and dispatch(CFG) == "padded"  # these tests run on CPU
     for platform in ("gpu", "tpu"):
         with mock.patch("jaxfin.parallel.mesh.target_platform", return_value=platform):
             assert dispatch(CFG) == "ragged"

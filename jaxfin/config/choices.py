@@ -4,7 +4,7 @@ the code that implements each choice import these tuples instead of copying them
 # model
 FAMILIES = ("llama", "mistral", "qwen2", "mixtral")
 MOE_FAMILIES = ("mixtral",)  # their MLP is a mixture of experts
-MOE_DISPATCH = ("auto", "ragged", "blocked", "dense")
+MOE_DISPATCH = ("auto", "ragged", "padded", "dense")
 ROPE_TYPES = ("default", "llama3")
 # float64 is for numerical checks (tests of program structure without float32 rounding); it needs JAX's x64 mode
 DTYPES = ("float32", "bfloat16", "float16", "float64")

@@ -68,8 +68,9 @@ class ModelConfig:
     scan_layers: bool = True  # lax.scan over the stacked layer weights, or a Python loop over them
     remat: str = "none"  # none | full | save_matmuls | save_projections (what backward keeps; jaxfin/model/llama.py)
     attention_backend: str = "xla"  # see jaxfin.kernels.attention
-    # a mixture of experts' grouped matmul (all dropless; jaxfin/model/moe.py): auto (ragged on GPU/TPU, blocked on
-    # CPU) | ragged (jax.lax.ragged_dot) | blocked (expert groups padded to row blocks, one batched matmul) | dense
+    # a mixture of experts' grouped matmul (all dropless; jaxfin/model/moe.py): auto (ragged on GPU/TPU, padded on
+    # CPU) | ragged (jax.lax.ragged_dot) | padded (each expert's rows in a window the size of the largest group,
+    # one batched matmul) | dense
     moe_dispatch: str = "auto"
 
     RUNTIME_KEYS = ("param_dtype", "compute_dtype", "scan_layers", "remat", "attention_backend", "moe_dispatch")

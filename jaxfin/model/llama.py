@@ -35,7 +35,7 @@ from jax.ad_checkpoint import checkpoint_name
 from jaxfin.config.schema import ModelConfig
 from jaxfin.kernels import attention
 from jaxfin.model.config import compute_dtype
-from jaxfin.model.moe import moe_mlp
+from jaxfin.model.moe import MOE_SAVED, moe_mlp
 from jaxfin.parallel.rules import constrain
 
 # Activation layouts (logical names; jaxfin/parallel/rules.py maps them to mesh axes).
@@ -47,10 +47,13 @@ LOGITS = ("batch", "seq", "vocab")
 
 # Names of the projection outputs that `remat: save_projections` keeps for the backward pass.
 PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Every policy also keeps the padded experts' outputs (moe.py: their backward recomputes their forward anyway, so
+# remat's recomputation of them would be a third forward); absent from dense models and other dispatches.
+_SAVED = jax.checkpoint_policies.save_only_these_names(MOE_SAVED)
 REMAT_POLICIES = {
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_matmuls": jax.checkpoint_policies.checkpoint_dots,
-    "save_projections": jax.checkpoint_policies.save_only_these_names(*PROJECTIONS),
+    "full": _SAVED,
+    "save_matmuls": jax.checkpoint_policies.save_from_both_policies(jax.checkpoint_policies.checkpoint_dots, _SAVED),
+    "save_projections": jax.checkpoint_policies.save_only_these_names(*PROJECTIONS, MOE_SAVED),
 }
 
 

@@ -13,10 +13,15 @@ the k (`norm_topk_prob`; else p's own values). Dispatch is dropless, every (toke
   (`jax.lax.ragged_dot`, group sizes = tokens per expert), unsort, weight and sum the k outputs (Levanter's and
   MaxText's `sparse_matmul` scheme). FLOPs = those of the k active experts on GPU/TPU, whose compilers have a
   grouped GEMM; XLA:CPU expands ragged_dot into a masked dot over every group (E times the FLOPs).
-- `blocked`: the same sorted rows, each expert's group padded to a multiple of a row block (MegaBlocks' layout), so
-  every block belongs to one expert: one batched matmul over the blocks with each block's expert weights. FLOPs =
-  the active experts' plus the padding (< one block per expert); the fast path on CPU.
-- `auto` (default): ragged on GPU/TPU, blocked on CPU (the platform compiled for, parallel/mesh.py).
+- `padded`: each expert's assignments gathered into a window of C rows, C the largest group's size rounded up to
+  one of a few capacities (`capacities`: three per doubling from the balanced share T*k/E up to T*k, so it never
+  drops), then one batched matmul per projection over the [E, C, D] windows with the experts' own [E, D, F]
+  weights. FLOPs = E*C/(T*k) times the active experts' (1 to 1.26 when balanced; up to E when one expert takes
+  everything). A lax.switch picks the window size at run time; its custom VJP recomputes the chosen branch's
+  forward, so every remat policy keeps the output (MOE_SAVED). The fast path on CPU, where XLA runs a batched
+  matmul over E windows about as fast as one GEMM of the same FLOPs (while per-block expert weights, MegaBlocks'
+  layout, ran at half that).
+- `auto` (default): ragged on GPU/TPU, padded on CPU (the platform compiled for, parallel/mesh.py).
 - `dense`: every expert on every token, combined by the (mostly zero) routing weights: E/k times the FLOPs; the
   simple oracle the tests compare the grouped paths against.
 - expert parallelism (a mesh with `expert` > 1, parallel/rules.py): the experts are split over the `expert` axis
@@ -37,12 +42,14 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec as P
 
 from jaxfin.config.schema import ModelConfig
 from jaxfin.parallel.rules import RULES
 
 EXPERT_AXIS = "expert"
+MOE_SAVED = "moe_padded_experts"  # the checkpoint_name every remat policy saves (model/llama.py)
 
 
 def route(cfg: ModelConfig, router_kernel, x):
@@ -68,8 +75,8 @@ def _lora(p, cfg: ModelConfig, x, key, matmul):
 
 def _swiglu(experts: dict, cfg: ModelConfig, x, matmul, keys, fuse_gate_up: bool = False):
     """down(silu(gate(x)) * up(x)) with `matmul(x, w)` applying each expert's weights to its rows. fuse_gate_up:
-    one matmul with the gate and up kernels side by side (fewer, wider GEMMs: faster for small ones on CPU; a
-    copy of both kernels per call, which big models on accelerators should not pay)."""
+    one matmul with the gate and up kernels side by side (one wider GEMM: faster for small ones on CPU, for a copy
+    of both kernels per call)."""
 
     def proj(name, x, key, y=None):
         p = experts[name]
@@ -93,24 +100,24 @@ def dispatch(cfg: ModelConfig) -> str:
         return cfg.moe_dispatch
     from jaxfin.parallel.mesh import target_platform
 
-    return "blocked" if target_platform() == "cpu" else "ragged"
+    return "padded" if target_platform() == "cpu" else "ragged"
 
 
 def grouped_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None,
-                    kernel: str = "ragged"):  # fmt: skip
-    """Sorted-by-expert grouped matmuls over the assignments (`kernel` ragged or blocked). x [T, D], top_i [T, k]
-    (ids >= num_groups are padding: skipped). Returns (per-assignment outputs [T, k, D] in assignment order,
-    assignments computed)."""
+                    kernel: str = "ragged", balanced: int | None = None):  # fmt: skip
+    """Dropless grouped matmuls over the assignments (`kernel` ragged or padded). x [T, D], top_i [T, k] (ids >=
+    num_groups are padding: skipped). balanced: assignments per group under perfect balance (padded's smallest
+    capacity; default T*k / groups). Returns (per-assignment outputs [T, k, D] in assignment order, assignments
+    computed)."""
+    if kernel == "padded":
+        return padded_experts(experts, cfg, x, top_i, keys, num_groups, balanced)
     t, k = top_i.shape
     e = num_groups or cfg.num_experts
     ids = top_i.reshape(-1)
     order = jnp.argsort(ids, stable=True)  # assignment rows grouped by expert, padding last
     rows = x[order // k]
     sizes = jnp.bincount(ids, length=e).astype(jnp.int32)  # ids >= e are not counted: their rows come out 0
-    if kernel == "blocked":
-        out = _blocked(experts, cfg, rows, ids[order], sizes, keys)
-    else:
-        out = _swiglu(experts, cfg, rows, lambda x, w: jax.lax.ragged_dot(x, w, sizes), keys)
+    out = _swiglu(experts, cfg, rows, lambda x, w: jax.lax.ragged_dot(x, w, sizes), keys)
     back = jnp.zeros_like(out).at[order].set(out)  # unsort
     return back.reshape(t, k, -1), jnp.sum(sizes)
 
@@ -119,38 +126,74 @@ def ragged_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: 
     return grouped_experts(experts, cfg, x, top_i, keys, num_groups, "ragged")
 
 
-def blocked_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None):
-    return grouped_experts(experts, cfg, x, top_i, keys, num_groups, "blocked")
+def capacities(assignments: int, balanced: int) -> tuple[int, ...]:
+    """The window sizes `padded` may pick: from the balanced share up to every assignment (so never dropping),
+    three per doubling (a window at most 26% above the largest group), multiples of 8."""
+    out, c = [], max(balanced, 1)
+    while c < assignments:
+        out.append(-(-int(c) // 8) * 8)
+        c *= 2 ** (1 / 3)
+    return tuple(sorted({min(w, assignments) for w in out} | {assignments}))
 
 
-def _block_rows(assignments: int, groups: int) -> int:
-    """Rows per block: about half an expert's even share, a power of two in [8, 128]. Fewer, bigger blocks run
-    faster on XLA:CPU (one small GEMM per block), though the static bound adds up to one block per expert of
-    padding (128 rows of 2048 per expert on configs/tiny-mixtral.yaml: measured fastest there among 32/64/128)."""
-    share = max(assignments // (2 * groups), 1)
-    return int(min(128, max(8, 1 << (share - 1).bit_length())))
+def padded_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None,
+                   balanced: int | None = None):  # fmt: skip
+    """Each expert's assignments in one window of C rows, C the smallest of `capacities` >= the largest group, and
+    one batched matmul per projection over the [E, C, D] windows (see the module docstring)."""
+    t, k = top_i.shape
+    e = num_groups or cfg.num_experts
+    a = t * k
+    ids = top_i.reshape(-1)
+    order = jnp.argsort(ids, stable=True)  # by expert, padding ids last
+    sizes = jnp.bincount(ids, length=e).astype(jnp.int32)  # ids >= e are not counted: their outputs are 0
+    starts = jnp.cumsum(sizes) - sizes
+    ranked = jnp.arange(a, dtype=jnp.int32) - starts[jnp.minimum(ids[order], e - 1)]
+    rank = jnp.zeros((a,), jnp.int32).at[order].set(ranked)  # each assignment's row in its expert's window
+    caps = capacities(a, balanced or a // e)
+    level = jnp.minimum(jnp.searchsorted(jnp.asarray(caps), jnp.max(sizes)), len(caps) - 1)
+    routing = (ids, rank, order, sizes)
+    out = checkpoint_name(_padded_switch(cfg, caps)(experts, x, routing, level, keys), MOE_SAVED)
+    return out.reshape(t, k, -1), jnp.sum(sizes)
 
 
-def _blocked(experts: dict, cfg: ModelConfig, rows, sorted_ids, sizes, keys):
-    """rows [A, D] sorted by expert (ids `sorted_ids`, >= E last), group `sizes` [E] -> outputs [A, D] (0 for
-    padding ids): each group is padded to whole blocks of b rows, block i runs expert block_expert[i]."""
-    a, e = rows.shape[0], sizes.shape[0]
-    b = _block_rows(a, e)
-    nb = -(-a // b) + e  # sum_g ceil(size_g / b) <= ceil(A / b) + E: a static bound
-    padded = (sizes + b - 1) // b * b
-    ends = jnp.cumsum(padded)
-    g = jnp.minimum(sorted_ids, e - 1)
-    rank = jnp.arange(a) - (jnp.cumsum(sizes) - sizes)[g]  # position within its group
-    dest = jnp.where(sorted_ids < e, (ends - padded)[g] + rank, nb * b)  # padding ids: out of range, dropped
-    xb = jnp.zeros((nb * b, rows.shape[1]), rows.dtype).at[dest].set(rows, mode="drop")
-    block_expert = jnp.minimum(jnp.searchsorted(ends, jnp.arange(nb) * b, side="right"), e - 1)
+def _windowed(cfg: ModelConfig, c: int, experts: dict, x, routing, keys):
+    """The padded experts with windows of c rows (>= every group): x [T, D] -> outputs [T*k, D], assignment
+    order."""
+    ids, rank, order, sizes = routing
+    t, a, e = x.shape[0], ids.shape[0], sizes.shape[0]
+    j = jnp.arange(c)
+    sorted_pos = jnp.clip((jnp.cumsum(sizes) - sizes)[:, None] + j, 0, a - 1)
+    token = jnp.where(j < sizes[:, None], order[sorted_pos] // (a // t), t)  # [E, c]; t: an empty row
+    xw = x.at[token].get(mode="fill", fill_value=0)  # [E, c, D]
+    y = _swiglu(experts, cfg, xw, lambda x, w: jnp.einsum("ecd,edf->ecf", x, w), keys, fuse_gate_up=True)
+    row = jnp.where(ids < e, ids * c + rank, e * c)  # padding ids: out of range, 0
+    return y.reshape(e * c, -1).at[row].get(mode="fill", fill_value=0)
 
-    def per_block(x, w):  # x [nb*b, in], w [E, in, out]: each block times its expert's weights
-        y = jnp.einsum("nbi,nio->nbo", x.reshape(nb, b, -1), w[block_expert])
-        return y.reshape(nb * b, -1)
 
-    out = _swiglu(experts, cfg, xb, per_block, keys, fuse_gate_up=True)
-    return out.at[dest].get(mode="fill", fill_value=0)
+def _padded_switch(cfg: ModelConfig, caps: tuple[int, ...]):
+    """lax.switch over the capacities, with a custom VJP: the backward recomputes the chosen branch's forward
+    rather than letting switch's own autodiff hand every branch's residuals out of the switch (each branch zeros
+    for the others': many times the activations)."""
+    branches = [partial(_windowed, cfg, c) for c in caps]
+
+    @jax.custom_vjp
+    def run(experts, x, routing, level, keys):
+        return jax.lax.switch(level, branches, experts, x, routing, keys)
+
+    def fwd(experts, x, routing, level, keys):
+        return run(experts, x, routing, level, keys), (experts, x, routing, level, keys)
+
+    def bwd(res, g):
+        experts, x, routing, level, keys = res
+
+        def grad(branch):
+            return lambda ex, x: jax.vjp(lambda ex, x: branch(ex, x, routing, keys), ex, x)[1](g)
+
+        d_experts, d_x = jax.lax.switch(level, [grad(b) for b in branches], experts, x)
+        return d_experts, d_x, None, None, None
+
+    run.defvjp(fwd, bwd)
+    return run
 
 
 def dense_experts(experts: dict, cfg: ModelConfig, x, top_i, keys):
@@ -189,7 +232,7 @@ def _exchange(experts: dict, x, top_i, *, cfg: ModelConfig, keys, ep: int):
     recv_x = jax.lax.all_to_all(send_x, EXPERT_AXIS, 0, 0, tiled=True)
     recv_id = jax.lax.all_to_all(send_id, EXPERT_AXIS, 0, 0, tiled=True)
     out, done = grouped_experts(experts, cfg, recv_x.reshape(ep * a, -1), recv_id.reshape(-1, 1), keys, local,
-                                dispatch(cfg) if cfg.moe_dispatch != "dense" else "ragged")  # fmt: skip
+                                dispatch(cfg) if cfg.moe_dispatch != "dense" else "ragged", a // local)  # fmt: skip
     if "tensor" in jax.sharding.get_abstract_mesh().axis_names:
         out = jax.lax.psum(out, "tensor")  # each tensor shard computed a partial sum over its slice of F
     back = jax.lax.all_to_all(out.reshape(ep, a, -1), EXPERT_AXIS, 0, 0, tiled=True)  # [ep, a, D], as sent
