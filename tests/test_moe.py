@@ -218,16 +218,23 @@ def test_grouped_dispatch_equals_every_expert_on_every_token():
 
 
 def test_padded_dispatch_is_dropless_under_any_routing():
-    """The window is the largest group's size rounded up to a capacity: with every assignment on one expert the
-    largest capacity (all of them) is picked; outputs and gradients equal the dense einsum's either way."""
+    """The window is the largest group's size rounded up to a capacity: the router's own routing, 40 of 80
+    assignments on one expert, and all 80 on one (only the largest capacity, every assignment, holds them);
+    outputs and gradients equal the dense einsum's each time."""
     assert capacities(80, 20) == (24, 32, 40, 56, 64, 80) and capacities(7, 8) == (7,)
+    caps = capacities(2048, 256)
+    assert caps[0] == 256 and caps[-1] == 2048 and all(c % 8 == 0 for c in caps)
+    for largest in range(256, 2049):  # the window picked for each largest group: >= it, <= 1.26x it + rounding
+        window = min(c for c in caps if c >= largest)
+        assert window <= -(-int(largest * 2 ** (1 / 3)) // 8) * 8 + 8, largest
     params = init_params(CFG, jax.random.key(4))
     experts = jax.tree.map(lambda w: w[0], params["layers"]["mlp"]["experts"])
     x = jax.random.normal(jax.random.key(5), (40, CFG.hidden_size))
     _, balanced, _ = route(CFG, params["layers"]["mlp"]["router"]["kernel"][0], x)
     skewed = jnp.stack([jnp.full((40,), 2), jnp.arange(40) % 2 * 2 + 1], axis=1)  # 40 on expert 2, 20 on 1 and 3
+    one = jnp.full((40, 2), 2)  # every assignment on expert 2
     tol = rounding_tol(np.float32, CFG.intermediate_size, depth=2)
-    for top_i in (balanced, skewed):
+    for top_i in (balanced, skewed, one):
 
         def total(ex, x, grouped, top_i=top_i):
             out, n = grouped(ex, CFG, x, top_i, (None, None, None))

@@ -128,7 +128,8 @@ def ragged_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: 
 
 def capacities(assignments: int, balanced: int) -> tuple[int, ...]:
     """The window sizes `padded` may pick: from the balanced share up to every assignment (so never dropping),
-    three per doubling (a window at most 26% above the largest group), multiples of 8."""
+    three per doubling, rounded up to multiples of 8 (so a window is at most 2^(1/3) = 1.26x the largest group,
+    plus that rounding)."""
     out, c = [], max(balanced, 1)
     while c < assignments:
         out.append(-(-int(c) // 8) * 8)
@@ -151,7 +152,7 @@ def padded_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: 
     rank = jnp.zeros((a,), jnp.int32).at[order].set(ranked)  # each assignment's row in its expert's window
     caps = capacities(a, balanced or a // e)
     level = jnp.minimum(jnp.searchsorted(jnp.asarray(caps), jnp.max(sizes)), len(caps) - 1)
-    routing = (ids, rank, order, sizes)
+    routing = (ids, rank, order, starts, sizes)
     out = checkpoint_name(_padded_switch(cfg, caps)(experts, x, routing, level, keys), MOE_SAVED)
     return out.reshape(t, k, -1), jnp.sum(sizes)
 
@@ -159,10 +160,10 @@ def padded_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: 
 def _windowed(cfg: ModelConfig, c: int, experts: dict, x, routing, keys):
     """The padded experts with windows of c rows (>= every group): x [T, D] -> outputs [T*k, D], assignment
     order."""
-    ids, rank, order, sizes = routing
+    ids, rank, order, starts, sizes = routing
     t, a, e = x.shape[0], ids.shape[0], sizes.shape[0]
     j = jnp.arange(c)
-    sorted_pos = jnp.clip((jnp.cumsum(sizes) - sizes)[:, None] + j, 0, a - 1)
+    sorted_pos = jnp.clip(starts[:, None] + j, 0, a - 1)
     token = jnp.where(j < sizes[:, None], order[sorted_pos] // (a // t), t)  # [E, c]; t: an empty row
     xw = x.at[token].get(mode="fill", fill_value=0)  # [E, c, D]
     y = _swiglu(experts, cfg, xw, lambda x, w: jnp.einsum("ecd,edf->ecf", x, w), keys, fuse_gate_up=True)
