@@ -292,7 +292,8 @@ def test_matches_mergekit_moe(models, tmp_path, mode):
     from the base run in bfloat16 (its get_gate_params loads it so): jaxfin's float32 gates are within bfloat16
     rounding of them, nearer the float32 transformers oracle than mergekit's; with hidden_dtype bfloat16 (the
     forward in bfloat16 and mergekit's bfloat16 mean / difference / norm) layer 0 (the embeddings: no forward) is
-    equal and the deeper layers within two bfloat16 steps (2^-8 each below 1)."""
+    equal and the deeper layers within two bfloat16 steps (2^-8 each below 1); and mergekit's own code with the base
+    loaded in float32 (its one bfloat16) gives jaxfin's hidden gates to 1e-4."""
     mk_moe = Path(MERGEKIT).with_name("mergekit-moe")
     f = _write(tmp_path, _cfg(models, mode))
     r = subprocess.run([str(mk_moe), str(f), str(tmp_path / "mk")], capture_output=True, text=True)
@@ -320,6 +321,28 @@ def test_matches_mergekit_moe(models, tmp_path, mode):
     diff16 = np.abs(_gates(tmp_path / "jx_bf16") - g_mk).max(axis=(1, 2))
     print(f"hidden_dtype bfloat16: max |jaxfin - mergekit| per layer {diff16}")
     assert diff16[0] == 0 and diff16.max() <= 2**-7
+    # mergekit's own code with the base loaded in float32 (its only bfloat16): the gates to 1e-4
+    r = subprocess.run([str(mk_moe.with_name("python")), "-c", MERGEKIT_MOE_FLOAT32, str(f), str(tmp_path / "mk32")],
+                       capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    g_mk32 = np.stack([_sd(tmp_path / "mk32")[f"model.layers.{i}.mlp.gate.weight"] for i in range(LAYERS)])
+    diff32 = np.abs(g_jx - g_mk32.astype(np.float64)).max(axis=(1, 2))
+    print(f"mergekit with a float32 base: max |jaxfin - mergekit| per layer {diff32}")
+    assert diff32.max() < 1e-4
+
+
+# mergekit-moe's main with the one change: get_gate_params loads the base model in float32, not bfloat16
+MERGEKIT_MOE_FLOAT32 = """
+import sys, torch, transformers, mergekit.moe.router as router
+class Float32:
+    @staticmethod
+    def from_pretrained(*args, **kwargs):
+        return transformers.AutoModelForCausalLM.from_pretrained(*args, **{**kwargs, "torch_dtype": torch.float32})
+router.AutoModelForCausalLM = Float32
+from mergekit.scripts.moe import main
+sys.argv[0] = "mergekit-moe"
+sys.exit(main())
+"""
 
 
 # ------------------------------------------------------------------------------------------- (d) mistakes
