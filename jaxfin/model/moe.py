@@ -14,10 +14,10 @@ the k (`norm_topk_prob`; else p's own values). Dispatch is dropless, every (toke
   MaxText's `sparse_matmul` scheme). FLOPs = those of the k active experts on GPU/TPU, whose compilers have a
   grouped GEMM; XLA:CPU expands ragged_dot into a masked dot over every group (E times the FLOPs).
 - `padded`: each expert's assignments gathered into a window of C rows, C the largest group's size rounded up to
-  one of a few capacities (`capacities`: three per doubling from the balanced share T*k/E up to T*k, so it never
-  drops), then one batched matmul per projection over the [E, C, D] windows with the experts' own [E, D, F]
-  weights. FLOPs = E*C/(T*k) times the active experts' (1 to 1.26 when balanced; up to E when one expert takes
-  everything). A lax.switch picks the window size at run time; its custom VJP recomputes the chosen branch's
+  one of a few capacities (`capacities`: steps of 1/8 of the balanced share T*k/E up to twice it, then three per
+  doubling up to T*k, so it never drops), then one batched matmul per projection over the [E, C, D] windows with
+  the experts' own [E, D, F] weights. FLOPs = E*C/(T*k) times the active experts' (the largest group's share
+  over the balanced one, plus at most 1/8; up to E when one expert takes everything). A lax.switch picks the window size at run time; its custom VJP recomputes the chosen branch's
   forward, so every remat policy keeps the output (MOE_SAVED). The fast path on CPU, where XLA runs a batched
   matmul over E windows about as fast as one GEMM of the same FLOPs (while per-block expert weights, MegaBlocks'
   layout, ran at half that).
@@ -127,14 +127,16 @@ def ragged_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: 
 
 
 def capacities(assignments: int, balanced: int) -> tuple[int, ...]:
-    """The window sizes `padded` may pick: from the balanced share up to every assignment (so never dropping),
-    three per doubling, rounded up to multiples of 8 (so a window is at most 2^(1/3) = 1.26x the largest group,
-    plus that rounding)."""
-    out, c = [], max(balanced, 1)
+    """The window sizes `padded` may pick, from the balanced share up to every assignment (so never dropping):
+    steps of balanced/8 up to twice the balanced share (where the largest group is in practice: a window at most
+    balanced/8 above it), then three per doubling (at most 2^(1/3) = 1.26x it), all rounded up to multiples of 8."""
+    b = max(balanced, 1)
+    out = [b * (1 + i / 8) for i in range(9)]
+    c = 2 * b * 2 ** (1 / 3)
     while c < assignments:
-        out.append(-(-int(c) // 8) * 8)
+        out.append(c)
         c *= 2 ** (1 / 3)
-    return tuple(sorted({min(w, assignments) for w in out} | {assignments}))
+    return tuple(sorted({min(-(-int(w) // 8) * 8, assignments) for w in out} | {assignments}))
 
 
 def padded_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: int | None = None,
@@ -145,14 +147,12 @@ def padded_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: 
     e = num_groups or cfg.num_experts
     a = t * k
     ids = top_i.reshape(-1)
-    order = jnp.argsort(ids, stable=True)  # by expert, padding ids last
-    sizes = jnp.bincount(ids, length=e).astype(jnp.int32)  # ids >= e are not counted: their outputs are 0
-    starts = jnp.cumsum(sizes) - sizes
-    ranked = jnp.arange(a, dtype=jnp.int32) - starts[jnp.minimum(ids[order], e - 1)]
-    rank = jnp.zeros((a,), jnp.int32).at[order].set(ranked)  # each assignment's row in its expert's window
+    hot = jax.nn.one_hot(ids, e, dtype=jnp.int32)  # [a, E]; padding ids (>= e): a zero row, not counted
+    sizes = jnp.sum(hot, axis=0)
+    rank = jnp.sum(jnp.cumsum(hot, axis=0) * hot, axis=-1) - 1  # each assignment's row in its expert's window
     caps = capacities(a, balanced or a // e)
     level = jnp.minimum(jnp.searchsorted(jnp.asarray(caps), jnp.max(sizes)), len(caps) - 1)
-    routing = (ids, rank, order, starts, sizes)
+    routing = (ids, rank, sizes)  # ranks by a cumulative count: 4x faster than argsort on CPU
     out = checkpoint_name(_padded_switch(cfg, caps)(experts, x, routing, level, keys), MOE_SAVED)
     return out.reshape(t, k, -1), jnp.sum(sizes)
 
@@ -160,11 +160,10 @@ def padded_experts(experts: dict, cfg: ModelConfig, x, top_i, keys, num_groups: 
 def _windowed(cfg: ModelConfig, c: int, experts: dict, x, routing, keys):
     """The padded experts with windows of c rows (>= every group): x [T, D] -> outputs [T*k, D], assignment
     order."""
-    ids, rank, order, starts, sizes = routing
+    ids, rank, sizes = routing
     t, a, e = x.shape[0], ids.shape[0], sizes.shape[0]
-    j = jnp.arange(c)
-    sorted_pos = jnp.clip(starts[:, None] + j, 0, a - 1)
-    token = jnp.where(j < sizes[:, None], order[sorted_pos] // (a // t), t)  # [E, c]; t: an empty row
+    expert = jnp.where(ids < e, ids, e)  # padding ids: out of range, dropped
+    token = jnp.full((e, c), t, jnp.int32).at[expert, rank].set(jnp.arange(a) // (a // t), mode="drop")  # t: empty
     xw = x.at[token].get(mode="fill", fill_value=0)  # [E, c, D]
     y = _swiglu(experts, cfg, xw, lambda x, w: jnp.einsum("ecd,edf->ecf", x, w), keys, fuse_gate_up=True)
     row = jnp.where(ids < e, ids * c + rank, e * c)  # padding ids: out of range, 0
