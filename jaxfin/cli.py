@@ -186,6 +186,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.eval.agents import add_agents_parser
 
     add_agents_parser(sub)
+    from jaxfin.recipe.cli import add_recipe_parser
+
+    add_recipe_parser(sub)
     return parser
 
 

@@ -96,7 +96,7 @@ def test_vocab_expand_stage_is_a_mapping_of_expand_options(tmp_path, spec, messa
 
     (tmp_path / "t.txt").write_text("EBITDA\n")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"recipe:\n  stages:\n    - name: expand\n      vocab_expand: {spec}\n")
+    recipe.write_text(f"recipe:\n  base: {tmp_path}\n  stages:\n    - name: expand\n      vocab_expand: {spec}\n")
     with pytest.raises(ConfigError, match=message) as e:
         load_recipe(recipe)
     assert "recipe.stages[0] (expand).vocab_expand" in str(e.value)
@@ -106,7 +106,9 @@ def test_vocab_expand_stage_reads_its_token_file(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "t.txt").write_text("EBITDA\nnet interest margin\n")
     recipe = tmp_path / "r.yaml"
-    recipe.write_text("recipe:\n  stages:\n    - name: expand\n      vocab_expand: {tokens: t.txt, seed: 3}\n")
+    recipe.write_text(
+        f"recipe:\n  base: {tmp_path}\n  stages:\n    - name: expand\n      vocab_expand: {{tokens: t.txt, seed: 3}}\n"
+    )
     _, stages = load_recipe(recipe)
     assert stages[0]["vocab_expand"] == {"tokens": ["EBITDA", "net interest margin"], "seed": 3}
 

@@ -196,9 +196,11 @@ def _find(ref: str, yaml_dir: Path) -> Path:
     )
 
 
-def parse_merge_config(data: Any, where: str = "merge config", base_dir: str | Path = ".") -> MergePlan:
+def parse_merge_config(data: Any, where: str = "merge config", base_dir: str | Path = ".",
+                       find_models: bool = True) -> MergePlan:  # fmt: skip
     """A mergekit YAML (already loaded) -> MergePlan. Models are looked up as local folders (relative paths
-    against the current directory, then against `base_dir`)."""
+    against the current directory, then against `base_dir`); find_models=False checks the YAML alone (a recipe's
+    merge stage, whose models do not exist yet)."""
     if not isinstance(data, dict):
         raise MergeConfigError(f"{where}: expected a mapping with merge_method and models or slices")
     unknown = set(data) - TOP_KEYS
@@ -280,6 +282,8 @@ def parse_merge_config(data: Any, where: str = "merge config", base_dir: str | P
         from_models=bool(data.get("models")),
         where=where,
     )
+    if not find_models:
+        return plan
     base_dir = Path(base_dir)
     if plan.tokenizer_source not in (None, "base", "union"):
         plan.paths[plan.tokenizer_source] = _find(plan.tokenizer_source, base_dir)

@@ -17,10 +17,10 @@ the k (`norm_topk_prob`; else p's own values). Dispatch is dropless, every (toke
   one of a few capacities (`capacities`: steps of 1/8 of the balanced share T*k/E up to twice it, then three per
   doubling up to T*k, so it never drops), then one batched matmul per projection over the [E, C, D] windows with
   the experts' own [E, D, F] weights. FLOPs = E*C/(T*k) times the active experts' (the largest group's share
-  over the balanced one, plus at most 1/8; up to E when one expert takes everything). A lax.switch picks the window size at run time; its custom VJP recomputes the chosen branch's
-  forward, so every remat policy keeps the output (MOE_SAVED). The fast path on CPU, where XLA runs a batched
-  matmul over E windows about as fast as one GEMM of the same FLOPs (while per-block expert weights, MegaBlocks'
-  layout, ran at half that).
+  over the balanced one, plus at most 1/8; up to E when one expert takes everything). A lax.switch picks the
+  window size at run time; its custom VJP recomputes the chosen branch's forward, so every remat policy keeps
+  the output (MOE_SAVED). The fast path on CPU, where XLA runs a batched matmul over E windows about as fast as
+  one GEMM of the same FLOPs (while per-block expert weights, MegaBlocks' layout, ran at half that).
 - `auto` (default): ragged on GPU/TPU, padded on CPU (the platform compiled for, parallel/mesh.py).
 - `dense`: every expert on every token, combined by the (mostly zero) routing weights: E/k times the FLOPs; the
   simple oracle the tests compare the grouped paths against.

@@ -1,0 +1,40 @@
+"""`jaxfin recipe status DIR_OR_RECIPE [key=value ...]`: each stage of a recipe, its state and headline metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def run_status(args) -> int:
+    from jaxfin.recipe.plan import is_recipe, load_recipe
+    from jaxfin.recipe.report import status_rows, status_table
+    from jaxfin.recipe.run import STATE, read_state
+
+    target = Path(args.target)
+    planned = None
+    if target.is_file() and is_recipe(target):
+        out, planned = load_recipe(target, args.overrides)
+    elif (target / STATE).is_file():
+        out = target
+    else:
+        raise FileNotFoundError(f"{target}: neither a recipe file nor a recipe output dir (no {STATE} in it)")
+    rows = status_rows(out, read_state(out), planned)
+    print(json.dumps(rows, indent=2) if args.json else status_table(rows))
+    return 0
+
+
+def add_recipe_parser(sub) -> None:
+    p = sub.add_parser("recipe", help="a recipe's stages: state and headline metrics",
+                       description="Run a recipe with `jaxfin train RECIPE.yaml` (or python -m jaxfin.launch); this "
+                       "command reports on one.")  # fmt: skip
+    actions = p.add_subparsers(dest="action", required=True)
+    s = actions.add_parser("status", help="each stage: done, running, stopped, partial, pending or changed",
+                           description="List a recipe's stages with their state (done, running, stopped, partial, "
+                           "pending; given the recipe file also `changed`: done under other inputs, so the next run "
+                           "reruns it) and headline metrics (training: steps and dev loss; eval: checks and "
+                           "bits/byte per model and text set).")  # fmt: skip
+    s.add_argument("target", help="the recipe's output dir, or the recipe YAML (its output_dir)")
+    s.add_argument("overrides", nargs="*", help="with a recipe file: the key=value overrides of the run")
+    s.add_argument("--json", action="store_true", help="print the rows as JSON")
+    s.set_defaults(func=run_status)

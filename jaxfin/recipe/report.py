@@ -1,0 +1,109 @@
+"""What a recipe writes for people: OUTPUT_DIR/report.md (each eval stage's table and checks) and `jaxfin recipe
+status` (each stage, its state and headline metrics)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def checks(report: dict, spec: dict) -> list[dict]:
+    """The report's checks (module docstring) on an eval report: [{check, model, set, loss, against, ok}]."""
+    loss = {m: {s: r["loss"] for s, r in sets.items()} for m, sets in report["text"].items()}
+    experts, combined = spec.get("experts", {}), spec.get("combined", [])
+    dense = [m for m in loss if m not in combined]
+    out = []
+    for e, s in experts.items():
+        rival = min((m for m in dense if m != e), key=lambda m: loss[m][s], default=None)
+        if rival is not None:
+            out.append({"check": "expert best on its own set among the dense models", "model": e, "set": s,
+                        "loss": loss[e][s], "against": rival, "against_loss": loss[rival][s],
+                        "ok": loss[e][s] <= loss[rival][s]})  # fmt: skip
+    for c in combined:
+        for e, s in experts.items():
+            out.append({"check": "combined model at least as good as the expert on its set", "model": c, "set": s,
+                        "loss": loss[c][s], "against": e, "against_loss": loss[e][s],
+                        "ok": loss[c][s] <= loss[e][s]})  # fmt: skip
+    return out
+
+
+def report_markdown(recipe: str, summaries: list[dict], evals: list[tuple[dict, dict, list[dict]]]) -> str:
+    """report.md: the stages' times, then per eval stage (stage, its eval report, its checks) the table and checks."""
+    from jaxfin.eval.report import wide_table
+
+    lines = [f"# Recipe {recipe}", "", "| stage | seconds | output |", "| --- | ---: | --- |"]
+    lines += [f"| {s['stage']} | {s['seconds']} | `{s['output_dir']}` |" for s in summaries]
+    for st, report, ch in evals:
+        lines += ["", f"## {st['name']}: loss on each text set (nats per token; lower is better) and task accuracy", ""]
+        lines += wide_table(report)
+        if ch:
+            lines += ["", "| check | model | set | loss | against | its loss | holds |",
+                      "| --- | --- | --- | ---: | --- | ---: | --- |"]  # fmt: skip
+            lines += [f"| {c['check']} | {c['model']} | {c['set']} | {c['loss']:.4f} | {c['against']} | "
+                      f"{c['against_loss']:.4f} | {'yes' if c['ok'] else '**no**'} |" for c in ch]  # fmt: skip
+        lines += ["", f"Every metric: `{Path(st['eval'].output_dir) / 'eval.md'}`."]
+    return "\n".join(lines) + "\n"
+
+
+def scores(report: dict) -> dict:
+    """An eval report's headline numbers: bits_per_byte {model: {text set: value}} and tasks {model: {task: its
+    first metric (acc, or the task's own)}}."""
+    bpb = {m: {s: r["bits_per_byte"] for s, r in sets.items()} for m, sets in report["text"].items()}
+    tasks = {}
+    for m, per in (report.get("tasks") or {}).items():
+        tasks[m] = {}
+        for t, r in per.items():
+            metrics = {k: v for k, v in (r.get("metrics") or {}).items() if isinstance(v, (int, float))}
+            key = "acc" if "acc" in metrics else next(iter(metrics), None)
+            if key is not None:
+                tasks[m][f"{t} {key}"] = float(metrics[key])
+    return {"bits_per_byte": bpb, "tasks": tasks}
+
+
+# ------------------------------------------------------------------------------------------------ status
+
+
+def _fmt(v) -> str:
+    return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+
+def headline(kind: str, summary: dict) -> str:
+    """A stage's headline metrics in one line."""
+    if kind == "train":
+        parts = [f"{summary.get('steps')} steps ({summary.get('stop_reason')})"]
+        parts += [f"{k} {_fmt(summary[k])}" for k in ("dev_loss_first", "dev_loss_best") if summary.get(k) is not None]
+        return ", ".join(parts)
+    if kind == "eval":
+        ch = summary.get("checks") or []
+        parts = [f"checks {sum(c['ok'] for c in ch)}/{len(ch)} hold"] if ch else []
+        for m, sets in (summary.get("bits_per_byte") or {}).items():
+            parts.append(f"{m} bits/byte " + " ".join(f"{s} {v:.3f}" for s, v in sets.items()))
+        return "; ".join(parts)
+    return ", ".join(f"{k} {_fmt(v)}" for k, v in summary.items() if k not in ("output_dir", "checks")) or "built"
+
+
+def status_rows(out: Path, state: dict, planned: list[dict] | None = None) -> list[dict]:
+    """[{stage, kind, state, seconds, headline}] in the recipe's order: the planned stages (a recipe file, loaded),
+    else those of the last run. A stage done under other inputs than planned is `changed` (the next run reruns
+    it), one never started `pending`."""
+    plans = {s["name"]: s for s in planned or state.get("plan", [])}
+    rows = []
+    for name, plan in plans.items():
+        rec, kind = state["stages"].get(name), plan["kind"]
+        if rec is None:
+            st = "partial" if (out / name).exists() or (out / f"{name}.partial").exists() else "pending"
+        elif rec["hash"] != plan["hash"]:
+            st = "changed"
+        else:
+            st = rec["state"]
+        summary = (rec or {}).get("summary") or {}
+        rows.append({"stage": name, "kind": kind, "state": st, "seconds": (rec or {}).get("seconds"),
+                     "headline": headline(kind, summary) if rec and rec["state"] == "done" else ""})  # fmt: skip
+    return rows
+
+
+def status_table(rows: list[dict]) -> str:
+    head = ("stage", "kind", "state", "seconds", "headline")
+    cells = [[str(r[h] if r[h] is not None else "") for h in head] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:{w}}}" for w in widths[:-1]) + "  {}"
+    return "\n".join([fmt.format(*head), *(fmt.format(*c) for c in cells)])

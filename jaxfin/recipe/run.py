@@ -1,0 +1,196 @@
+"""Running a recipe's stages in order, with OUTPUT_DIR/recipe_state.json saying which are done under which input
+hash (so a rerun resumes, and a changed stage reruns with the stages that read it)."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import shutil
+import time
+from pathlib import Path
+
+from jaxfin.config import ConfigError
+from jaxfin.recipe.plan import load_recipe, substitute
+from jaxfin.recipe.report import checks, report_markdown, scores
+
+STATE = "recipe_state.json"
+
+
+def read_state(out: Path) -> dict:
+    """{"recipe", "plan": [{name, kind, hash}] (the last run's stages, in order), "stages": {name: {kind, hash,
+    state, summary, model, seconds, finished}}}."""
+    f = out / STATE
+    return json.loads(f.read_text()) if f.is_file() else {"plan": [], "stages": {}}
+
+
+def _write_state(out: Path, state: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (STATE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2, default=str) + "\n")
+    tmp.replace(out / STATE)  # atomic: a kill never leaves half a state file
+
+
+def _build_once(stage_out: Path, build):
+    """build(DIR) into NAME.partial, renamed to stage_out when it finished: a killed build is redone, not kept."""
+    partial = stage_out.with_name(stage_out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    result = build(partial)
+    partial.rename(stage_out)
+    return result
+
+
+def _set_aside(stage_out: Path, log) -> None:
+    """A stage's output made under other inputs -> NAME.stale (replacing an older one): rerun, nothing deleted
+    that was current."""
+    if not stage_out.exists():
+        return
+    stale = stage_out.with_name(stage_out.name + ".stale")
+    shutil.rmtree(stale, ignore_errors=True)
+    stage_out.rename(stale)
+    log(f"stage '{stage_out.name}': its inputs changed; the old output moved to {stale}")
+
+
+def _model_of(st: dict, stage_out: Path) -> dict:
+    """The model a finished stage leaves: {"latest": path, "best": path or None}; an eval stage leaves none."""
+    if st["kind"] == "eval":
+        return {}
+    if st["kind"] != "train":
+        return {"latest": str(stage_out), "best": None}
+    cfg = st["config"]
+    best = Path(cfg.output_dir) / "best"
+    return {"latest": cfg.export_hf or cfg.output_dir, "best": str(best) if (best / "config.json").is_file() else None}
+
+
+def _path(ref: dict, models: dict[str, dict]) -> str:
+    """A resolved model reference -> its folder (a stage's best/ when asked for and it has one)."""
+    if "path" in ref:
+        return ref["path"]
+    m = models[ref["stage"]]
+    if not m:
+        raise ConfigError(f"stage '{ref['stage']}' leaves no model (an eval stage)")
+    return m["best"] if ref["checkpoint"] == "best" and m.get("best") else m["latest"]
+
+
+def _merge(st: dict, models: dict, out_dir: Path) -> dict:
+    from jaxfin.merge.config import parse_merge_config
+    from jaxfin.merge.engine import run_merge
+
+    data = substitute(st["merge"], dict(enumerate(st["refs"])), lambda r: _path(r, models))
+    return run_merge(parse_merge_config(data, f"merge stage '{st['name']}'"), out_dir)
+
+
+def _assemble(st: dict, models: dict, out_dir: Path) -> dict:
+    """The moe stage: its mapping with stage names replaced by those stages' models -> jaxfin moe."""
+    import yaml
+
+    from jaxfin.merge.moe import assemble_moe, parse_moe_config
+
+    spec, refs = st["moe"], st["model_refs"]
+    spec = dict(spec, base_model=_path(refs[str(spec["base_model"])], models))
+    spec["experts"] = [dict(e, source_model=_path(refs[str(e["source_model"])], models)) for e in spec["experts"]]
+    plan = parse_moe_config(spec, f"moe stage ({out_dir})")
+    plan.source = yaml.safe_dump(spec, sort_keys=False)
+    assemble_moe(plan, out_dir)
+    return {"experts": len(spec["experts"])}
+
+
+def _evaluate(st: dict, models: dict) -> dict:
+    from jaxfin.eval.run import evaluate
+
+    cfg = st["eval"]
+    named = [dataclasses.replace(m, path=_path(st["model_refs"][m.path], models)) for m in cfg.models]
+    return evaluate(dataclasses.replace(cfg, models=named))
+
+
+def _train(st: dict, models: dict) -> dict:
+    from jaxfin.train import train
+
+    cfg = st["config"]
+    if st["start"] is not None:
+        cfg = dataclasses.replace(cfg, init_from=_path(st["start"], models))
+    return train(cfg)
+
+
+def _run_stage(st: dict, models: dict, stage_out: Path) -> dict:
+    """Run one stage (training on every process; the others on the main one) -> its summary."""
+    from jaxfin.parallel.distributed import barrier, is_main
+    from jaxfin.vocab import expand_vocab
+
+    if st["kind"] == "train":
+        return _train(st, models)
+    summary: dict = {}
+    if is_main():
+        if st["kind"] == "vocab_expand":
+            summary = _build_once(stage_out, functools.partial(expand_vocab, _path(st["start"], models),
+                                                               **st["vocab_expand"]))  # fmt: skip
+        elif st["kind"] == "merge":
+            summary = _build_once(stage_out, functools.partial(_merge, st, models))
+        elif st["kind"] == "moe":
+            summary = _build_once(stage_out, functools.partial(_assemble, st, models))
+        else:
+            report = _evaluate(st, models)
+            summary = {"checks": checks(report, st["report"]), **scores(report)}
+    barrier(f"jaxfin-recipe-{st['name']}")
+    return summary
+
+
+def _headline(summary) -> dict:
+    """What of a stage's summary goes into the state file (JSON scalars, short lists)."""
+    keep = ("steps", "stop_reason", "dev_loss_first", "dev_loss_last", "dev_loss_best", "tensors", "experts",
+            "added", "vocab_size", "checks", "bits_per_byte", "tasks")  # fmt: skip
+    return {k: v for k, v in (summary or {}).items() if k in keep}
+
+
+def run_recipe(path: str | Path, overrides: list[str] = ()) -> list[dict]:
+    """Run every stage not yet done under its current inputs, in order; write OUTPUT_DIR/report.md; returns the
+    stages' summaries (a stage done before: its recorded one). A training stage stopped by SIGTERM ends the run
+    (rerun the command to resume it)."""
+    from jaxfin.parallel.distributed import barrier, is_main
+    from jaxfin.train.hooks import SIGTERM
+
+    log = (lambda m: print(m, flush=True)) if is_main() else (lambda m: None)
+    out, stages = load_recipe(path, overrides)
+    state = read_state(out)
+    state.update(recipe=str(path), plan=[{"name": s["name"], "kind": s["kind"], "hash": s["hash"]} for s in stages])
+    models: dict[str, dict] = {}
+    summaries, evals = [], []
+    for i, st in enumerate(stages):
+        name, stage_out = st["name"], out / st["name"]
+        rec = state["stages"].get(name)
+        head = f"=== recipe {Path(path).stem}: stage {i + 1}/{len(stages)} '{name}' ({st['kind']})"
+        if rec and rec["hash"] == st["hash"] and rec["state"] == "done":
+            log(f"{head}: done before (inputs {st['hash']}), skipped")
+            models[name], summary = rec["model"], {"stage": name, **rec["summary"], "seconds": rec["seconds"]}
+        else:
+            log(f"{head} -> {stage_out}")
+            if rec and rec["hash"] != st["hash"] and is_main():
+                _set_aside(stage_out, log)
+            barrier(f"jaxfin-recipe-{name}-start")
+            if is_main():
+                state["stages"][name] = {"kind": st["kind"], "hash": st["hash"], "state": "running"}
+                _write_state(out, state)
+            t0 = time.time()
+            result = _run_stage(st, models, stage_out)
+            models[name] = _model_of(st, stage_out)
+            summary = {"stage": name, "output_dir": str(stage_out), **_headline(result),
+                       "seconds": round(time.time() - t0, 1)}  # fmt: skip
+            stopped = result.get("stop_reason") == SIGTERM
+            if is_main():
+                state["stages"][name] = {
+                    "kind": st["kind"], "hash": st["hash"], "state": "stopped" if stopped else "done",
+                    "summary": {k: v for k, v in summary.items() if k not in ("stage", "seconds")},
+                    "model": models[name], "seconds": summary["seconds"],
+                    "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }  # fmt: skip
+                _write_state(out, state)
+            if stopped:
+                log(f"stage '{name}' stopped by SIGTERM; rerun the same command to resume it")
+                return summaries + [summary]
+        summaries.append(summary)
+        if st["kind"] == "eval" and is_main():
+            evals.append((st, json.loads((stage_out / "eval.json").read_text()), summary.get("checks", [])))
+    if evals and is_main():
+        (out / "report.md").write_text(report_markdown(Path(path).stem, summaries, evals))
+        log(f"report: {out / 'report.md'}")
+    return summaries
