@@ -186,3 +186,50 @@ def test_merge_and_eval_stages_read_best_and_latest_models(small_config, tmp_pat
         rows[0]["headline"].startswith("4 steps (steps), dev_loss_first")
         and "half bits/byte dev" in rows[4]["headline"]
     )
+
+
+def test_recipe_variables_fill_the_stages_and_the_merge_file(tmp_path):
+    """llama3_sec_70b.yaml: `${var}`s in the stages, recipe.base and the merge YAML file; `vars.X=V` on the
+    command line changes them (and the hashes of the stages they reach, nothing else); unknown names refused."""
+    from tests.conftest import REPO
+
+    instruct, pretrained = tmp_path / "instruct", tmp_path / "pretrained"
+    instruct.mkdir(), pretrained.mkdir()
+    recipe = REPO / "configs/recipes/llama3_sec_70b.yaml"
+    where = [f"vars.instruct={instruct}", f"vars.pretrained={pretrained}"]
+    _, stages = load_recipe(recipe, where)
+    cpt, merged = stages
+    assert cpt["start"] == {"path": str(instruct)}
+    assert [(s.name, s.weight, s.domain) for s in cpt["config"].data.sources] == [
+        ("sec", 0.95, True), ("replay", 0.05, False)]  # fmt: skip
+    c = cpt["config"]
+    tokens = c.train.steps * c.train.batch_size * c.data.seq_len
+    assert 19.9e9 < tokens < 20.1e9  # the 20B tokens the comment promises
+    assert merged["refs"] == [
+        {"path": str(pretrained)},
+        {"stage": "cpt", "checkpoint": "best"},
+        {"path": str(instruct)},
+    ]
+    _, again = load_recipe(recipe, [*where, "vars.replay=0"])
+    assert again[0]["config"].data.sources[1].weight == 0
+    assert [s["hash"] != t["hash"] for s, t in zip(stages, again)] == [True, True]
+    with pytest.raises(ConfigError, match=r"no variable 'replay_share' \(recipe.vars: instruct, pretrained"):
+        load_recipe(recipe, [*where, "vars.replay_share=0"])
+    with pytest.raises(ConfigError, match=r"recipe.base '/models/Meta-Llama-3-70B-Instruct' is not a model folder"):
+        load_recipe(recipe)
+    bad = _write(tmp_path, {"vars": {"a": 1}, "stages": [{"name": "x", "set": {"train.steps": "${b}"}}]})
+    with pytest.raises(ConfigError, match=r"'\$\{b\}' is not a variable of recipe.vars \(a\)"):
+        load_recipe(bad)
+
+
+def test_llama3_sec_miniature_merges_its_own_stages(monkeypatch):
+    from tests.conftest import REPO, shared_data
+
+    shared_data()
+    monkeypatch.chdir(REPO)  # the recipe names ../shared/data and configs/ relative to the repo
+    _, stages = load_recipe(REPO / "configs/recipes/llama3_sec.yaml", ["vars.replay=0"])
+    st = {s["name"]: s for s in stages}
+    assert [s["stage"] for s in st["merged"]["refs"]] == ["pretrained", "cpt", "instruct"]
+    assert st["cpt"]["start"] == {"stage": "instruct", "checkpoint": "best"}
+    assert {s.name: s.weight for s in st["cpt"]["config"].data.sources}["replay"] == 0
+    assert st["merged"]["merge"]["merge_method"] == "ties"

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 
 from jaxfin import load_model
 from jaxfin.recipe import load_recipe, run_recipe
@@ -48,22 +49,55 @@ def test_vocab_expanded_recipe(in_repo, tmp_path):
     assert summaries["stage2"]["steps"] == 3
 
 
+def _shares(sources) -> dict[str, float]:
+    """Shares of the weights: CPT vs IT (by kind), and domain vs general within each."""
+    w = {k: sum(s.weight for s in sources if (s.kind == "chat") == (k == "it")) for k in ("cpt", "it")}
+    out = {"cpt": w["cpt"] / (w["cpt"] + w["it"])}
+    for k in ("cpt", "it"):
+        out[f"{k}_domain"] = sum(s.weight for s in sources if (s.kind == "chat") == (k == "it") and s.domain) / w[k]
+    return out
+
+
+def test_llama_fin_follows_findaps_data_design(in_repo):
+    """CPT 50/50 domain/general, IT 20/80, joint 50/50 by examples in both groups; group 2 = group 1's sources +
+    the domain books and exercises; warm-up 10% then 50%; DPO's dev pairs disjoint from its training pairs, its
+    best model and early stop on held-out preference accuracy."""
+    _, stages = load_recipe("configs/recipes/llama_fin.yaml")
+    st = {s["name"]: s for s in stages}
+    g1, g2, dpo = (st[n]["config"] for n in ("group1", "group2", "dpo"))
+    for g in (g1, g2):
+        assert g.data.mix_by == "examples"
+        assert _shares(g.data.sources) == pytest.approx({"cpt": 0.5, "cpt_domain": 0.5, "it_domain": 0.2})
+    first = {s.path for s in g1.data.sources}
+    added = [s for s in g2.data.sources if s.path not in first]
+    assert first < {s.path for s in g2.data.sources} and len(added) == 2 and all(s.domain for s in added)
+    assert {s.kind for s in added} == {"text", "chat"}  # books and exercises
+    assert (g1.optimizer.warmup_ratio, g2.optimizer.warmup_ratio) == (0.1, 0.5)
+    assert st["group2"]["start"] == {"stage": "group1", "checkpoint": "best"}
+    assert st["dpo"]["start"] == {"stage": "group2", "checkpoint": "best"}
+    assert (dpo.objective.type, dpo.objective.beta, dpo.objective.nll_weight) == ("dpo", 0.1, 1.0)
+    (train,), (dev,) = dpo.data.sources, dpo.data.dev
+    assert train.path == dev.path and train.records == [0, 2000] and dev.records == [2000, None]
+    assert (dpo.checkpoint.best_metric, dpo.checkpoint.best_mode) == ("dev_rewards/accuracy", "max")
+    assert dpo.train.patience > 0 and dpo.train.dev_every > 0
+
+
 @pytest.mark.slow
 def test_llama_fin_recipe(in_repo, tmp_path):
     import transformers
 
-    _, stages = load_recipe("configs/recipes/llama_fin.yaml")
-    joint = next(s["config"] for s in stages if s["name"] == "joint")
-    assert joint.data.mix_by == "examples" and len(joint.data.stages) == 2  # 50/50 by examples, two groups
-    dpo = next(s["config"] for s in stages if s["name"] == "dpo")
-    assert (dpo.objective.type, dpo.objective.beta, dpo.objective.nll_weight) == ("dpo", 0.1, 1.0)
-
-    summaries = {s["stage"]: s for s in run_recipe("configs/recipes/llama_fin.yaml", _overrides(tmp_path))}
-    assert list(summaries) == ["base", "chat_tokens", "joint", "dpo"]
+    overrides = [*_overrides(tmp_path), "train.dev_every=3"]  # one dev evaluation: each stage keeps a best/
+    summaries = {s["stage"]: s for s in run_recipe("configs/recipes/llama_fin.yaml", overrides)}
+    assert list(summaries) == ["base", "chat_tokens", "group1", "group2", "dpo"]
     out = tmp_path / "out"
+    init = {n: yaml.safe_load((out / n / "config.yaml").read_text())["init_from"] for n in ("group2", "dpo")}
+    assert init == {"group2": str(out / "group1" / "best"), "dpo": str(out / "group2" / "best")}  # dev-best models
     assert (out / "dpo" / "reference_logps.npz").is_file()
     recs = [json.loads(x) for x in (out / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert recs[-1]["step"] == 3 and recs[-1]["pairs"] > 0 and "rewards/accuracy" in recs[-1]
+    assert "dev_rewards/accuracy" in recs[-1]  # held-out preference accuracy
+    best = json.loads((out / "dpo" / "best" / "best.json").read_text())
+    assert best["metric"] == "dev_rewards/accuracy" and best["value"] == recs[-1]["dev_rewards/accuracy"]
     tok = transformers.AutoTokenizer.from_pretrained(out / "dpo" / "hf")
     assert len(tok.encode("<|im_start|>", add_special_tokens=False)) == 1
     transformers.AutoModelForCausalLM.from_pretrained(out / "dpo" / "hf")

@@ -152,6 +152,20 @@ def test_preferences_as_pairs(data):
         assert doc.data["rejected"].strip() == rec["rejected_response"]
 
 
+def test_records_take_a_slice_of_the_documents_for_disjoint_splits(data):
+    """records [start, end]: the good documents start..end-1 in file order (bad records do not count), so a train
+    split [0, 2000] and a dev split [2000, null] of one file are disjoint and together the whole."""
+    path = data / "preferences/hh_rlhf_harmless_base_test.jsonl"
+    whole, _ = read(path, kind="pairs")
+    train, _ = read(path, kind="pairs", records=[0, 2000])
+    dev, _ = read(path, kind="pairs", records=[2000, None])
+    assert [d.loc for d in train + dev] == [d.loc for d in whole] and len(train) == 2000
+    assert [d.loc for d in read(path, kind="pairs", records=[5, 8])[0]] == [d.loc for d in whole[5:8]]
+    for bad in ([3], [5, 5], [-1, 4], [2, "x"]):
+        with pytest.raises(DataError, match=r"source 'src': records must be \[start, end\]"):
+            read(path, kind="pairs", records=bad)
+
+
 @pytest.fixture(scope="module")
 def beige_dataset(data):
     import datasets

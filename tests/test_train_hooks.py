@@ -118,15 +118,41 @@ def test_dev_eval_tracks_first_best_bad_evaluations_and_stops_on_patience():
     loop = run(_loop(last=10), _step, [dev, rec])
     # dev at 2 (3.0), 4 (2.0, best), 6 (2.5, 1 bad), 8 (2.2, 2 bad: stop)
     assert loop.step == 8 and "has not improved for 2 evaluations" in loop.stop_reason
-    assert loop.meta == {"dev_first": 3.0, "dev_best": 2.0, "dev_bad_evals": 2}
+    assert loop.meta == {"dev_first": 3.0, "dev_best": 2.0, "dev_bad_evals": 2, "patience_best": 2.0}
     assert dev.last == 2.2
     assert rec.records[1] == {"step": 2, "loss": 0.5, "lr": 0.1, "dev_loss": 3.0, "dev_loss/a": 0.0}
     assert rec.records[0] is None  # no dev at step 1: no record made
 
     resumed = _loop(last=10, start=8)
-    resumed.meta = {"dev_first": 3.0, "dev_best": 2.0, "dev_bad_evals": 1}  # restored from a checkpoint
+    resumed.meta = {
+        "dev_first": 3.0,
+        "dev_best": 2.0,
+        "dev_bad_evals": 1,
+        "patience_best": 2.0,
+    }  # restored from a checkpoint
     run(resumed, _step, [DevEval(lambda state: {"dev_loss": 1.5}, every=2, patience=2)])
-    assert resumed.meta == {"dev_first": 3.0, "dev_best": 1.5, "dev_bad_evals": 0} and resumed.stop_reason == STEPS
+    assert (
+        resumed.meta == {"dev_first": 3.0, "dev_best": 1.5, "dev_bad_evals": 0, "patience_best": 1.5}
+        and resumed.stop_reason == STEPS
+    )
+
+
+def test_patience_watches_the_best_metric_when_the_dev_evaluation_reports_it():
+    """Preference accuracy (higher is better) stops the run while the dev loss still falls; a metric the dev
+    evaluation does not report falls back to the dev loss."""
+    evals = iter([(3.0, 0.5), (2.9, 0.6), (2.8, 0.6), (2.7, 0.55), (2.6, 0.7)])
+
+    def dev(state):
+        loss, acc = next(evals)
+        return {"dev_loss": loss, "dev_rewards/accuracy": acc}
+
+    loop = run(_loop(last=10), _step, [DevEval(dev, every=2, patience=2, metric="dev_rewards/accuracy", mode="max")])
+    assert loop.step == 8 and loop.stop_reason.startswith("early stop: dev_rewards/accuracy has not improved for 2")
+    assert loop.meta["dev_best"] == 2.7 and loop.meta["patience_best"] == 0.6
+    losses = iter([3.0, 2.0, 2.5, 2.2, 1.0])
+    other = DevEval(lambda state: {"dev_loss": next(losses)}, every=2, patience=2, metric="eval/fpb/acc", mode="max")
+    loop = run(_loop(last=10), _step, [other])
+    assert loop.step == 8 and "dev loss has not improved" in loop.stop_reason
 
 
 def test_task_eval_adds_its_metrics_on_its_steps_and_at_the_last():

@@ -92,6 +92,9 @@ class SourceConfig:
     weight: float = 1.0  # share of the mixture (by tokens or examples: data.mix_by)
     domain: bool = True  # counts as domain data for the data intensity; false for general replay
     chat_template: str = "tokenizer"  # chat kind: tokenizer (its own chat_template) | llama3 | chatml
+    # [start, end]: only documents start..end-1 (0-based, in file order; end null = to the end), e.g. disjoint
+    # train and dev splits of one file; [] = all
+    records: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -164,7 +167,7 @@ class TrainConfig:
     log_every: int = 10
     dev_every: int = 100  # 0 = never
     dev_batches: int = 4  # batches of batch_size rows per dev evaluation
-    patience: int = 0  # early stop after this many dev evaluations without improvement; 0 = off
+    patience: int = 0  # early stop after this many dev evaluations without a new best checkpoint.best_metric; 0 = off
     # Parameter path patterns to train (jaxfin/train/trainable.py); [] = all (or only the LoRA adapters when
     # model.lora.rank > 0). Frozen parameters get no optimizer state.
     trainable: list[str] = field(default_factory=list)

@@ -39,6 +39,7 @@ def prepare_source(
         "render": RENDER_VERSION,
         "max_chars": max_chars,
         "filters": dataclasses.asdict(filters),
+        **({"records": list(src.records)} if src.records else {}),  # (absent when unset: older caches stay valid)
     }
     key, inputs = cache_key(source_files(src), tok.fingerprint, policy)
     folder = out / f"{src.name}-{key}"

@@ -37,6 +37,7 @@ import codecs
 import csv
 import glob
 import gzip
+import itertools
 import json
 import os
 import re
@@ -246,7 +247,20 @@ def read_source(
         raise DataError(f"source '{name}': .txt files hold one plain document each; kind '{src.kind}' needs records")
     early = None if max_bad_fraction is None else max(EARLY_STOP_FRACTION, max_bad_fraction)
     ctx = _Ctx(name, src.kind, dict(src.fields), max_chars, report, early)
-    return _read_files(files, ctx)
+    if not src.records:
+        return _read_files(files, ctx)
+    start, end = _records(src.records, name)
+    return itertools.islice(_read_files(files, ctx), start, end)
+
+
+def _records(records: list, name: str) -> tuple[int, int | None]:
+    """A source's `records: [start, end]` checked: 0 <= start < end (end None: to the end)."""
+    ok = len(records) == 2 and isinstance(records[0], int) and records[0] >= 0
+    ok = ok and (records[1] is None or (isinstance(records[1], int) and records[1] > records[0]))
+    if not ok:
+        raise DataError(f"source '{name}': records must be [start, end] with 0 <= start < end (end null: to the "
+                        f"end of the source), got {records!r}")  # fmt: skip
+    return records[0], records[1]
 
 
 def source_files(src: SourceConfig) -> list[Path]:

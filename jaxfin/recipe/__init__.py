@@ -6,6 +6,7 @@ A recipe is a YAML file with one top-level key, `recipe`:
       output_dir: runs/recipes/NAME        # stage S writes to OUTPUT_DIR/S
       config: ../tiny.yaml                 # the base config of every training stage (relative to this file)
       base: PATH                           # optional: the model the first stage starts from; {base: true}
+      vars: {replay: 0.05}                 # optional: `${replay}` in the stages; `vars.replay=0` on the command line
       stages:
         - name: cpt                        # a training stage: base config + `set` (nested keys or dotted ones),
           set: {train.steps: 200, data.sources: [...], optimizer.warmup_ratio: 0.1}  # its own schedule
@@ -36,8 +37,9 @@ relative `export_hf` / `export_peft` paths are inside the stage's output dir, an
 every training stage (e.g. `train.steps=20` for a smoke run), except `eval_stages.KEY=V`, which sets KEY of every
 eval stage (e.g. `eval_stages.max_docs=20`).
 
-Resuming: OUTPUT_DIR/recipe_state.json records each stage's input hash (its resolved config or spec, the
-command-line overrides that reach it, and the hashes of the stages whose models it reads; data files by path) and
+Resuming: OUTPUT_DIR/recipe_state.json records each stage's input hash (the values its resolved config or spec
+sets away from the schema's defaults, so a jaxfin upgrade that adds a setting reruns nothing; the command-line
+overrides that reach it; the hashes of the stages whose models it reads; data files by path) and
 whether it finished. A rerun skips the stages done under the same inputs, resumes the first one not finished (a
 training stage from its last checkpoint; an expansion, merge or moe stage is built in NAME.partial and renamed
 when done), and reruns a stage whose inputs changed (its old output moved to NAME.stale) together with every

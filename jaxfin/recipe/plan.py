@@ -3,22 +3,26 @@ stage runs, and each stage's input hash."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import yaml
 
 from jaxfin.config import ConfigError, build_section, merge_trees, parse_overrides, read_yaml_mapping, validate
-from jaxfin.config.schema import Config, to_dict
+from jaxfin.config.schema import Config
 from jaxfin.vocab import read_token_file
 
 STAGE_KEYS = ("name", "from", "from_checkpoint", "set", "vocab_expand", "merge", "moe", "eval", "report")
 KINDS = ("vocab_expand", "merge", "moe", "eval")  # a stage with none of these is a training stage
-RECIPE_KEYS = ("output_dir", "config", "base", "stages")
+RECIPE_KEYS = ("output_dir", "config", "base", "vars", "stages")
 CHECKPOINTS = ("best", "latest")
 REPORT_KEYS = ("experts", "combined")
 EVAL_STAGES = "eval_stages."  # command-line prefix of the eval stages' keys (`eval.` is the training config's)
+VARS = "vars."  # command-line prefix of the recipe's variables
+VAR = re.compile(r"\$\{(\w+)\}")
 
 
 def is_recipe(path: str | Path) -> bool:
@@ -34,6 +38,25 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def settings(obj):
+    """A config dataclass as the values it sets away from their defaults (nested, lists of sections item by item):
+    what a stage's hash reads, so a field added to the schema with a default leaves the hashes of older recipes
+    unchanged."""
+    if dataclasses.is_dataclass(obj):
+        default = type(obj)()
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if value != getattr(default, f.name):
+                out[f.name] = settings(value)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [settings(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: settings(v) for k, v in obj.items()}
+    return obj
+
+
 def _dotted(tree: dict) -> dict:
     """{'a.b': 1, 'c': {'d': 2}} -> {'a': {'b': 1}, 'c': {'d': 2}}."""
     out: dict = {}
@@ -45,6 +68,39 @@ def _dotted(tree: dict) -> dict:
             node = node.setdefault(p, {})
         node[last] = merge_trees(node[last], v) if isinstance(v, dict) and isinstance(node.get(last), dict) else v
     return out
+
+
+def _variables(spec: dict, overrides: list[str], where: str) -> dict:
+    """recipe.vars with the command line's `vars.NAME=VALUE` (YAML-typed) applied."""
+    values = spec.get("vars") or {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: recipe.vars must be a mapping of NAME: VALUE")
+    values = dict(values)
+    for o in overrides:
+        key, _, text = o[len(VARS) :].partition("=")
+        if key not in values:
+            raise ConfigError(f"override '{o}': the recipe has no variable '{key}' (recipe.vars: "
+                              f"{', '.join(values) or 'none'})")  # fmt: skip
+        values[key] = yaml.safe_load(text)
+    return values
+
+
+def _fill(node, values: dict, where: str):
+    """Every `${NAME}` in the stages replaced by recipe.vars' value: a whole string `${NAME}` by the value itself
+    (a number stays a number), else inside the string as text."""
+    if isinstance(node, dict):
+        return {k: _fill(v, values, where) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_fill(v, values, where) for v in node]
+    if not isinstance(node, str) or "${" not in node:
+        return node
+    for name in VAR.findall(node):
+        if name not in values:
+            raise ConfigError(
+                f"{where}: '${{{name}}}' is not a variable of recipe.vars ({', '.join(values) or 'none'})"
+            )
+    whole = VAR.fullmatch(node)
+    return values[whole.group(1)] if whole else VAR.sub(lambda m: str(values[m.group(1)]), node)
 
 
 # ------------------------------------------------------------------------------------------- model references
@@ -134,16 +190,17 @@ def _vocab_expand_options(spec, where: str) -> dict:
     return opts
 
 
-def _merge_spec(spec, where: str, recipe_dir: Path, refs: Refs) -> tuple[dict, list[dict]]:
-    """A merge stage's mergekit YAML (a file, relative to the recipe, or inline) -> (mapping, resolved model
-    references in slot order); the YAML is checked now with its models unresolved."""
+def _merge_spec(spec, where: str, recipe_dir: Path, refs: Refs, values: dict) -> tuple[dict, list[dict]]:
+    """A merge stage's mergekit YAML (a file, relative to the recipe, with the recipe's ${vars} filled in, or
+    inline) -> (mapping, resolved model references in slot order); the YAML is checked now with its models
+    unresolved."""
     from jaxfin.merge.config import MergeConfigError, parse_merge_config
 
     if isinstance(spec, str):
         path = recipe_dir / spec
         if not path.is_file():
             raise ConfigError(f"{where}: no merge YAML at {path} (a path relative to the recipe file)")
-        where, spec = str(path), yaml.safe_load(path.read_text())
+        where, spec = str(path), _fill(yaml.safe_load(path.read_text()), values, str(path))
     if not isinstance(spec, dict):
         raise ConfigError(f"{where}: must be a mergekit YAML mapping (merge_method, models or slices, base_model)")
     resolved = [refs.resolve(node[key], f"{where}: {key}") for node, key in merge_model_slots(spec)]
@@ -262,7 +319,7 @@ def _stage(st, i: int, where: str, ctx: dict) -> dict:
         if stage["start"] is None:
             raise ConfigError(f"{w}: expands the previous stage's model; it has none (and the recipe no `base`)")
     elif kind == "merge":
-        stage["merge"], stage["refs"] = _merge_spec(st["merge"], f"{w}.merge", ctx["dir"], refs)
+        stage["merge"], stage["refs"] = _merge_spec(st["merge"], f"{w}.merge", ctx["dir"], refs, ctx["vars"])
         spec = stage["merge"]
     elif kind == "moe":
         stage["moe"], stage["model_refs"] = _moe_spec(st["moe"], f"{w}.moe", refs)
@@ -272,13 +329,13 @@ def _stage(st, i: int, where: str, ctx: dict) -> dict:
             st["eval"], ctx["cli_eval"], f"{w}.eval", refs, ctx["out"], name
         )
         stage["report"] = _report_spec(st.get("report"), f"{w}.report", stage["eval"])
-        stage["refs"], spec = list(stage["model_refs"].values()), [to_dict(stage["eval"]), stage["report"]]
+        stage["refs"], spec = list(stage["model_refs"].values()), [settings(stage["eval"]), stage["report"]]
     else:
         stage["config"], stage["init_from_set"] = _train_config(st, ctx["config"], ctx["cli"], ctx["out"],
                                                                 f"{where} stage '{name}'")  # fmt: skip
         if stage["init_from_set"]:
             stage["start"], stage["refs"] = None, []
-        spec = to_dict(stage["config"])
+        spec = settings(stage["config"])
     upstream = [[r, ctx["hashes"][r["stage"]]] if "stage" in r else [r] for r in stage["refs"]]
     stage["hash"] = digest({"kind": kind, "spec": spec, "upstream": upstream})
     return stage
@@ -299,10 +356,12 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
     unknown = sorted(set(spec) - set(RECIPE_KEYS))
     if unknown:
         raise ConfigError(f"{where}: recipe has unknown keys {unknown} (known: {', '.join(RECIPE_KEYS)})")
-    if spec.get("base") and not Path(spec["base"]).is_dir():
-        raise ConfigError(f"{where}: recipe.base '{spec['base']}' is not a model folder")
     ours = [o for o in overrides if o.startswith(EVAL_STAGES)]
-    cli = parse_overrides([o for o in overrides if not o.startswith(EVAL_STAGES)])
+    values = _variables(spec, [o for o in overrides if o.startswith(VARS)], where)
+    spec = dict(spec, base=_fill(spec.get("base"), values, f"{where}: recipe.base"))
+    if spec["base"] and not Path(spec["base"]).is_dir():
+        raise ConfigError(f"{where}: recipe.base '{spec['base']}' is not a model folder")
+    cli = parse_overrides([o for o in overrides if not o.startswith((EVAL_STAGES, VARS))])
     try:
         cli_eval = parse_overrides([o[len(EVAL_STAGES) :] for o in ours], EvalConfig, "max_docs=20")
     except ConfigError as e:
@@ -311,10 +370,10 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
     ctx = {
         "out": out, "dir": path.parent, "base": spec.get("base"), "cli": cli, "cli_eval": cli_eval,
         "config": read_yaml_mapping(path.parent / spec["config"]) if spec.get("config") else {},
-        "names": set(), "previous": None, "hashes": {},
+        "names": set(), "previous": None, "hashes": {}, "vars": values,
     }  # fmt: skip
     stages = []
-    for i, st in enumerate(spec["stages"]):
+    for i, st in enumerate(_fill(spec["stages"], values, f"{where}: recipe.stages")):
         stage = _stage(st, i, where, ctx)
         stages.append(stage)
         ctx["names"].add(stage["name"])

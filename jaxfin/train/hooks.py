@@ -111,11 +111,14 @@ class Timed(Hook):
 
 class DevEval(Timed):
     """Every `every` steps: `evaluate(state)` -> {dev_loss, ...} into the record; tracks the first, best and last
-    dev loss and the evaluations since the best (in loop.meta, so they survive a resume). With `patience` > 0 the
-    run stops after that many evaluations without a new best."""
+    dev loss and the evaluations since the best value of `metric` (in loop.meta, so they survive a resume). With
+    `patience` > 0 the run stops after that many evaluations without a new best of `metric` (lower for mode min,
+    higher for max; dev_loss when the evaluation does not report `metric`)."""
 
-    def __init__(self, evaluate: Callable[[dict], dict], every: int, patience: int = 0):
+    def __init__(self, evaluate: Callable[[dict], dict], every: int, patience: int = 0, metric: str = "dev_loss",
+                 mode: str = "min"):  # fmt: skip
         self.dev, self.every, self.patience = evaluate, every, patience
+        self.metric, self.mode = metric, mode
         self.last: float | None = None
 
     def evaluate(self, loop: Loop) -> None:
@@ -128,11 +131,16 @@ class DevEval(Timed):
         if meta["dev_first"] is None:
             meta["dev_first"] = value
         if meta["dev_best"] is None or value < meta["dev_best"]:
-            meta["dev_best"], meta["dev_bad_evals"] = value, 0
+            meta["dev_best"] = value
+        metric, mode = (self.metric, self.mode) if self.metric in devs else ("dev_loss", "min")
+        watched, best = float(devs[metric]), meta.get("patience_best")
+        if best is None or (watched < best if mode == "min" else watched > best):
+            meta["patience_best"], meta["dev_bad_evals"] = watched, 0
         else:
             meta["dev_bad_evals"] += 1
         if self.patience and meta["dev_bad_evals"] >= self.patience:
-            loop.stop_reason = f"early stop: dev loss has not improved for {self.patience} evaluations"
+            what = "dev loss" if metric == "dev_loss" else metric
+            loop.stop_reason = f"early stop: {what} has not improved for {self.patience} evaluations"
 
 
 class TaskEval(Timed):

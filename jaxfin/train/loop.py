@@ -259,7 +259,8 @@ def _hooks(cfg: Config, run: _Run, data: DataStream, tok: Tokenizer, mesh, out: 
         def dev(state):
             return _dev_metrics(run.eval_step, state, data, mesh, chunk, t.dev_batches * t.batch_size, run.dev_refs)
 
-        out_hooks.append(hooks.DevEval(dev, t.dev_every, t.patience))
+        metric = cfg.checkpoint.best_metric or "dev_loss"  # patience watches what best/ keeps
+        out_hooks.append(hooks.DevEval(dev, t.dev_every, t.patience, metric, cfg.checkpoint.best_mode))
     if cfg.eval.every and cfg.eval.tasks:
         tasks = lambda state: _eval_tasks(cfg.model, cfg.eval, state["params"], tok, out)  # noqa: E731
         out_hooks.append(hooks.TaskEval(tasks, cfg.eval.every))
