@@ -7,6 +7,9 @@ models:                      # the first one is the base the forgetting report c
 text:                        # raw-text sets (a file, folder or glob; formats as for data.sources)
   - {name: fed, path: data/fed.jsonl, domain: true}
   - {name: wiki, path: data/wiki.txt, domain: false}
+pairs:                       # preference pairs: how often chosen is more likely than rejected (eval/pairs.py)
+  - {name: hh_dev, path: data/hh.jsonl, fields: {chosen: chosen_response, rejected: rejected_response},
+     records: [2000, null]}
 tasks: []                    # task YAML paths or built-in names (jaxfin.eval.tasks)
 seq_len: 1024
 batch_size: 8
@@ -51,9 +54,22 @@ class TextSet:
 
 
 @dataclass
+class PairSet:
+    """Preference pairs (a source of kind pairs, see SourceConfig) for held-out preference accuracy
+    (jaxfin/eval/pairs.py)."""
+
+    name: str = ""
+    path: str = ""
+    format: str = "auto"
+    fields: dict[str, str] = field(default_factory=dict)  # e.g. {chosen: chosen_response, rejected: ...}
+    records: list[int | None] = field(default_factory=list)  # [start, end]: only these pairs (a held-out split)
+
+
+@dataclass
 class EvalConfig:
     models: list[ModelEntry] = field(default_factory=list)
     text: list[TextSet] = field(default_factory=list)
+    pairs: list[PairSet] = field(default_factory=list)  # preference accuracy (chosen more likely than rejected)
     tasks: list[str] = field(default_factory=list)
     seq_len: int = 1024  # tokens per packed row (longer documents are scored in overlapping windows)
     batch_size: int = 8  # rows per forward pass
@@ -83,7 +99,15 @@ def _derive_names(cfg: EvalConfig) -> None:
             from jaxfin.data.sources import default_source_name
 
             t.name = default_source_name(t.path)
-    for what, names in (("models", [m.name for m in cfg.models]), ("text", [t.name for t in cfg.text])):
+    for i, t in enumerate(cfg.pairs):
+        if not t.path:
+            raise ConfigError(f"'pairs[{i}]' needs a path")
+        if not t.name:
+            from jaxfin.data.sources import default_source_name
+
+            t.name = default_source_name(t.path)
+    for what, names in (("models", [m.name for m in cfg.models]), ("text", [t.name for t in cfg.text]),
+                        ("pairs", [t.name for t in cfg.pairs])):  # fmt: skip
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ConfigError(f"'{what}' names must be unique; repeated: {', '.join(dup)} (set `name`)")
@@ -92,8 +116,8 @@ def _derive_names(cfg: EvalConfig) -> None:
 def validate_eval(cfg: EvalConfig) -> None:
     if not cfg.models:
         raise ConfigError("'models' is empty: give at least one model path (the first is the base)")
-    if not cfg.text and not cfg.tasks:
-        raise ConfigError("nothing to evaluate: set 'text' (raw-text sets) and/or 'tasks'")
+    if not cfg.text and not cfg.tasks and not cfg.pairs:
+        raise ConfigError("nothing to evaluate: set 'text' (raw-text sets), 'pairs' and/or 'tasks'")
     if cfg.seq_len < 2:
         raise ConfigError("'seq_len' must be at least 2")
     if cfg.batch_size < 1:

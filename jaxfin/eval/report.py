@@ -73,6 +73,16 @@ def markdown(report: dict) -> str:
                 lines.append(f"| {m} | **mean** | {group} | {_f(g['mean_d_loss'], signed=True)} | "
                              f"{_f(g['mean_d_bits_per_byte'], signed=True)} |")  # fmt: skip
         lines += ["", "Δ loss compares only models with the same tokenizer; Δ bits/byte compares any two.", ""]
+    prefs = report.get("pairs") or {}
+    if prefs:
+        lines += ["## Preference pairs (chosen more likely than rejected; higher is better)", "",
+                  "| model | set | accuracy | per-token accuracy | mean margin (nats) | pairs |",
+                  "| --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+        for m, sets in prefs.items():
+            for name, r in sets.items():
+                lines.append(f"| {m} | {name} | {_f(r['accuracy'])} | {_f(r['accuracy_norm'])} | "
+                             f"{_f(r['margin'], signed=True)} | {r['pairs']} |")  # fmt: skip
+        lines.append("")
     tasks = report.get("tasks") or {}
     rows = [(m, t) for m in tasks for t in tasks[m]]
     if rows:

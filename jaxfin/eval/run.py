@@ -12,6 +12,7 @@ from pathlib import Path
 
 from jaxfin.eval.config import EvalConfig
 from jaxfin.eval.report import forgetting, markdown, plot_forgetting
+from jaxfin.eval.pairs import pair_metrics
 from jaxfin.eval.text import read_texts, text_metrics
 
 
@@ -22,6 +23,25 @@ def _tokenizer(cfg: EvalConfig, model, name: str):
     if not path:
         raise FileNotFoundError(f"model '{name}' has no tokenizer files; set `tokenizer` in the eval config")
     return load_tokenizer(path)
+
+
+def read_pairs(ps, max_docs: int = 0) -> list[dict]:
+    """A pair set's (prompt, chosen, rejected) documents, its first max_docs (0 = all)."""
+    from jaxfin.config.schema import SourceConfig
+    from jaxfin.data.sources import SourceReport, check_bad_fraction, read_source
+
+    src = SourceConfig(name=ps.name, path=ps.path, format=ps.format, kind="pairs", fields=dict(ps.fields),
+                       records=list(ps.records))  # fmt: skip
+    report = SourceReport(ps.name)
+    pairs = []
+    for doc in read_source(src, report):
+        pairs.append(doc.data)
+        if max_docs and len(pairs) >= max_docs:
+            break
+    check_bad_fraction(report, 0.01)
+    if not pairs:
+        raise ValueError(f"pairs {ps.name}: no preference pairs in {ps.path}")
+    return pairs
 
 
 def _jsonable(x):
@@ -41,9 +61,13 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     for ts in cfg.text:  # read (and check) the data before loading any model
         texts[ts.name] = read_texts(ts, cfg.max_docs)
         log(f"text set {ts.name}: {len(texts[ts.name])} documents ({'domain' if ts.domain else 'general'})")
+    pair_sets = {ps.name: read_pairs(ps, cfg.max_docs) for ps in cfg.pairs}
+    for name, pairs in pair_sets.items():
+        log(f"pairs {name}: {len(pairs)} preference pairs")
     runtime = {} if cfg.compute_dtype == "auto" else {"compute_dtype": cfg.compute_dtype}
     results: dict = {}
     tasks: dict = {}
+    prefs: dict = {}
     for m in cfg.models:
         t0 = time.time()
         log(f"model {m.name}: loading {m.path}")
@@ -56,6 +80,12 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
             results[m.name][ts.name] = r
             log(f"  {m.name} / {ts.name}: loss {r['loss']:.4f}  ppl {r['ppl']:.2f}  "
                 f"bits/byte {r['bits_per_byte']:.4f}  ({r['tokens']} tokens, {r['bytes']} bytes)")  # fmt: skip
+        prefs[m.name] = {}
+        for name, pairs in pair_sets.items():
+            r = pair_metrics(model, tok, pairs, seq_len=cfg.seq_len, batch_size=cfg.batch_size)
+            prefs[m.name][name] = r
+            log(f"  {m.name} / {name}: preference accuracy {r['accuracy']:.4f} (per token {r['accuracy_norm']:.4f}) "
+                f"over {r['pairs']} pairs")  # fmt: skip
         if cfg.tasks:
             from jaxfin.eval.tasks import run_task  # the task runner lives in its own module
 
@@ -76,6 +106,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
         "text": results,
         "forgetting": forgetting(results, [m.name for m in cfg.models], sets) if len(cfg.models) > 1 else None,
         "tasks": tasks,
+        "pairs": prefs if cfg.pairs else {},
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     md = markdown(report)

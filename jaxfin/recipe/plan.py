@@ -247,6 +247,9 @@ def _eval_spec(spec, cli: dict, where: str, refs: Refs, out: Path, name: str):
     for ts in cfg.text:  # the path, format and fields (nothing is read yet)
         read_source(SourceConfig(name=ts.name, path=ts.path, format=ts.format, fields=dict(ts.fields)),
                     SourceReport(ts.name))  # fmt: skip
+    for ps in cfg.pairs:
+        read_source(SourceConfig(name=ps.name, path=ps.path, format=ps.format, kind="pairs", fields=dict(ps.fields)),
+                    SourceReport(ps.name))  # fmt: skip
     return cfg, {m.path: refs.resolve(m.path, f"{where}.models") for m in cfg.models}
 
 

@@ -45,8 +45,8 @@ def report_markdown(recipe: str, summaries: list[dict], evals: list[tuple[dict, 
 
 
 def scores(report: dict) -> dict:
-    """An eval report's headline numbers: bits_per_byte {model: {text set: value}} and tasks {model: {task: its
-    first metric (acc, or the task's own)}}."""
+    """An eval report's headline numbers: bits_per_byte {model: {text set: value}}, tasks {model: {task: its
+    first metric (acc, or the task's own)}} and, with pair sets, preference_accuracy {model: {pair set: value}}."""
     bpb = {m: {s: r["bits_per_byte"] for s, r in sets.items()} for m, sets in report["text"].items()}
     tasks = {}
     for m, per in (report.get("tasks") or {}).items():
@@ -56,7 +56,8 @@ def scores(report: dict) -> dict:
             key = "acc" if "acc" in metrics else next(iter(metrics), None)
             if key is not None:
                 tasks[m][f"{t} {key}"] = float(metrics[key])
-    return {"bits_per_byte": bpb, "tasks": tasks}
+    pairs = {m: {name: r["accuracy"] for name, r in sets.items()} for m, sets in (report.get("pairs") or {}).items()}
+    return {"bits_per_byte": bpb, "tasks": tasks, **({"preference_accuracy": pairs} if pairs else {})}
 
 
 # ------------------------------------------------------------------------------------------------ status

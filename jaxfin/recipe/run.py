@@ -138,7 +138,7 @@ def _run_stage(st: dict, models: dict, stage_out: Path) -> dict:
 def _headline(summary) -> dict:
     """What of a stage's summary goes into the state file (JSON scalars, short lists)."""
     keep = ("steps", "stop_reason", "dev_loss_first", "dev_loss_last", "dev_loss_best", "tensors", "experts",
-            "added", "vocab_size", "checks", "bits_per_byte", "tasks")  # fmt: skip
+            "added", "vocab_size", "checks", "bits_per_byte", "tasks", "preference_accuracy")  # fmt: skip
     return {k: v for k, v in (summary or {}).items() if k in keep}
 
 
