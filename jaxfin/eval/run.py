@@ -11,8 +11,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from jaxfin.eval.config import EvalConfig
-from jaxfin.eval.report import forgetting, markdown, plot_forgetting
 from jaxfin.eval.pairs import pair_metrics
+from jaxfin.eval.report import forgetting, markdown, plot_forgetting
 from jaxfin.eval.text import read_texts, text_metrics
 
 
