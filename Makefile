@@ -3,7 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-isa test-repeat lint format install clean mergekit-venv mergekit-path compile-venv compile-check
+.PHONY: demo findings test test-isa test-repeat lint format install clean mergekit-venv mergekit-path compile-venv compile-check
 
 $(BIN)/jaxfin: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,6 +15,11 @@ install: $(BIN)/jaxfin
 
 demo: install
 	$(BIN)/python -m jaxfin.demo
+
+# The seed systems' findings reproduced in miniature (jaxfin/recipe/findings.py): runs/findings/findings.md and
+# .json, and the README's findings table rewritten from them (about 15-20 min on 2 cores; reruns resume)
+findings: install
+	$(BIN)/jaxfin findings --readme README.md
 
 lint: install
 	$(BIN)/ruff check jaxfin tests benchmarks tools

@@ -186,9 +186,10 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.eval.agents import add_agents_parser
 
     add_agents_parser(sub)
-    from jaxfin.recipe.cli import add_recipe_parser
+    from jaxfin.recipe.cli import add_findings_parser, add_recipe_parser
 
     add_recipe_parser(sub)
+    add_findings_parser(sub)
     return parser
 
 

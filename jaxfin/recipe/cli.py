@@ -1,4 +1,5 @@
-"""`jaxfin recipe status DIR_OR_RECIPE [key=value ...]`: each stage of a recipe, its state and headline metrics."""
+"""`jaxfin recipe status DIR_OR_RECIPE [key=value ...]`: each stage of a recipe, its state and headline metrics;
+`jaxfin findings`: the seed systems' findings reproduced in miniature (jaxfin/recipe/findings.py)."""
 
 from __future__ import annotations
 
@@ -38,3 +39,32 @@ def add_recipe_parser(sub) -> None:
     s.add_argument("overrides", nargs="*", help="with a recipe file: the key=value overrides of the run")
     s.add_argument("--json", action="store_true", help="print the rows as JSON")
     s.set_defaults(func=run_status)
+
+
+def run_findings_cli(args) -> int:
+    from jaxfin.recipe.findings import run_findings, table, update_readme
+
+    report = run_findings(args.out, args.claims, args.seeds, args.overrides)
+    print(table(report))
+    if args.readme:
+        update_readme(args.readme, report)
+        print(f"updated the findings table in {args.readme}")
+    return 0 if all(c["holds"] for c in report["claims"]) or not args.strict else 1
+
+
+def add_findings_parser(sub) -> None:
+    from jaxfin.recipe.findings import CLAIMS
+
+    p = sub.add_parser("findings", help="reproduce the seed systems' findings in miniature (CPU, ../shared/data)",
+                       description="Run the miniature recipes and their ablations (Llama-3-SEC with and without "
+                       "replay and its TIES merge; FinDAP joint vs sequential CPT+IT and DPO; vocabulary expansion "
+                       "with an embeddings-only or full first stage) for each seed, and write OUT/findings.json "
+                       "and findings.md: each claim, its numbers per seed, mean and spread, and whether the "
+                       "direction holds. Claims: " + "; ".join(f"{k}: {v[1]}" for k, v in CLAIMS.items()) + ".")  # fmt: skip
+    p.add_argument("--out", default="runs/findings", help="output dir (default runs/findings); reruns resume")
+    p.add_argument("--claims", default="".join(CLAIMS), help=f"which claims (default {''.join(CLAIMS)})")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
+    p.add_argument("--readme", help="also replace the findings table in this README (between its markers)")
+    p.add_argument("--strict", action="store_true", help="exit 1 when a claim does not hold")
+    p.add_argument("overrides", nargs="*", help="key=value for every training stage, e.g. train.steps=10")
+    p.set_defaults(func=run_findings_cli)

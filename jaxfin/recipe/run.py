@@ -142,15 +142,20 @@ def _headline(summary) -> dict:
     return {k: v for k, v in (summary or {}).items() if k in keep}
 
 
-def run_recipe(path: str | Path, overrides: list[str] = ()) -> list[dict]:
-    """Run every stage not yet done under its current inputs, in order; write OUTPUT_DIR/report.md; returns the
-    stages' summaries (a stage done before: its recorded one). A training stage stopped by SIGTERM ends the run
-    (rerun the command to resume it)."""
+def run_recipe(path: str | Path, overrides: list[str] = (), until: str | None = None) -> list[dict]:
+    """Run every stage not yet done under its current inputs, in order (up to and including `until`, when given);
+    write OUTPUT_DIR/report.md; returns the stages' summaries (a stage done before: its recorded one). A training
+    stage stopped by SIGTERM ends the run (rerun the command to resume it)."""
     from jaxfin.parallel.distributed import barrier, is_main
     from jaxfin.train.hooks import SIGTERM
 
     log = (lambda m: print(m, flush=True)) if is_main() else (lambda m: None)
     out, stages = load_recipe(path, overrides)
+    if until is not None:
+        names = [s["name"] for s in stages]
+        if until not in names:
+            raise ConfigError(f"{path}: no stage '{until}' to run until (stages: {', '.join(names)})")
+        stages = stages[: names.index(until) + 1]
     state = read_state(out)
     state.update(recipe=str(path), plan=[{"name": s["name"], "kind": s["kind"], "hash": s["hash"]} for s in stages])
     models: dict[str, dict] = {}
