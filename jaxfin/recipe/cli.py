@@ -55,12 +55,13 @@ def run_findings_cli(args) -> int:
 def add_findings_parser(sub) -> None:
     from jaxfin.recipe.findings import CLAIMS
 
+    claims = "; ".join(f"{k}: {v[1]}" for k, v in CLAIMS.items())
     p = sub.add_parser("findings", help="reproduce the seed systems' findings in miniature (CPU, ../shared/data)",
                        description="Run the miniature recipes and their ablations (Llama-3-SEC with and without "
                        "replay and its TIES merge; FinDAP joint vs sequential CPT+IT and DPO; vocabulary expansion "
                        "with an embeddings-only or full first stage) for each seed, and write OUT/findings.json "
                        "and findings.md: each claim, its numbers per seed, mean and spread, and whether the "
-                       "direction holds. Claims: " + "; ".join(f"{k}: {v[1]}" for k, v in CLAIMS.items()) + ".")  # fmt: skip
+                       f"direction holds. Claims: {claims}.")  # fmt: skip
     p.add_argument("--out", default="runs/findings", help="output dir (default runs/findings); reruns resume")
     p.add_argument("--claims", default="".join(CLAIMS), help=f"which claims (default {''.join(CLAIMS)})")
     p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default 3)")
