@@ -179,7 +179,8 @@ def test_merge_and_eval_stages_read_best_and_latest_models(small_config, tmp_pat
     assert [m["path"] for m in report["models"]] == [str(out / "cpt" / "best"), str(out / "half")]
     bpb = summaries["eval"]["bits_per_byte"]
     assert bpb == {m: {"dev": report["text"][m]["dev"]["bits_per_byte"]} for m in ("cpt", "half")}
-    assert "eval" in (out / "report.md").read_text()
+    assert "![losses and bits per byte](report.png)" in (out / "report.md").read_text()
+    assert (out / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the per-stage chart
     rows = status_rows(out, read_state(out))
     assert [r["state"] for r in rows] == ["done"] * 5
     assert (
@@ -229,7 +230,7 @@ def test_llama3_sec_miniature_merges_its_own_stages(monkeypatch):
     monkeypatch.chdir(REPO)  # the recipe names ../shared/data and configs/ relative to the repo
     _, stages = load_recipe(REPO / "configs/recipes/llama3_sec.yaml", ["vars.replay=0"])
     st = {s["name"]: s for s in stages}
-    assert [s["stage"] for s in st["merged"]["refs"]] == ["pretrained", "cpt", "instruct"]
+    assert [s["stage"] for s in st["merged"]["refs"]] == ["chat_tokens", "cpt", "instruct"]  # the vocabularies agree
     assert st["cpt"]["start"] == {"stage": "instruct", "checkpoint": "best"}
     assert {s.name: s.weight for s in st["cpt"]["config"].data.sources}["replay"] == 0
     assert st["merged"]["merge"]["merge_method"] == "ties"

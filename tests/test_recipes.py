@@ -194,3 +194,24 @@ def test_recipe_eval_stage_overrides_are_checked_against_the_eval_config(in_repo
     assert eval_stage["eval"].max_docs == 7
     with pytest.raises(ConfigError, match=r"unknown config key 'max_doc'.*after 'eval_stages\.'"):
         load_recipe(recipe, ["eval_stages.max_doc=7"])
+
+
+@pytest.mark.slow
+def test_llama3_sec_recipe(in_repo, tmp_path):
+    """The Llama-3-SEC miniature end to end, a few steps per stage: the CPT starts from the instruct model's
+    dev-best one, the TIES merge loads in transformers, and the eval scores instruct, cpt and merged on the domain
+    and general sets and the four finance tasks (TAT-QA among them); the chart is written."""
+    import transformers
+
+    overrides = [*_overrides(tmp_path), "train.dev_every=3", "eval_stages.max_docs=5", "eval_stages.task_limit=3"]
+    summaries = {s["stage"]: s for s in run_recipe("configs/recipes/llama3_sec.yaml", overrides)}
+    assert list(summaries) == ["pretrained", "chat_tokens", "instruct", "cpt", "merged", "eval"]
+    out = tmp_path / "out"
+    assert yaml.safe_load((out / "cpt" / "config.yaml").read_text())["init_from"] == str(out / "instruct" / "best")
+    transformers.AutoModelForCausalLM.from_pretrained(out / "merged")
+    report = json.loads((out / "eval" / "eval.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["instruct", "cpt", "merged"]
+    assert set(report["tasks"]["merged"]) == {"fpb", "fiqa_sa", "fomc", "tatqa"}
+    assert {s["name"]: s["domain"] for s in report["text_sets"]} == {
+        "xbrl_dev": True, "fpb_news": True, "wikitext": False, "books_dev": False}  # fmt: skip
+    assert (out / "report.png").is_file() and "tatqa" in (out / "report.md").read_text()

@@ -26,12 +26,15 @@ def checks(report: dict, spec: dict) -> list[dict]:
     return out
 
 
-def report_markdown(recipe: str, summaries: list[dict], evals: list[tuple[dict, dict, list[dict]]]) -> str:
+def report_markdown(recipe: str, summaries: list[dict], evals: list[tuple[dict, dict, list[dict]]],
+                    png: str | None = None) -> str:  # fmt: skip
     """report.md: the stages' times, then per eval stage (stage, its eval report, its checks) the table and checks."""
     from jaxfin.eval.report import wide_table
 
     lines = [f"# Recipe {recipe}", "", "| stage | seconds | output |", "| --- | ---: | --- |"]
     lines += [f"| {s['stage']} | {s['seconds']} | `{s['output_dir']}` |" for s in summaries]
+    if png:
+        lines += ["", f"![losses and bits per byte]({Path(png).name})"]
     for st, report, ch in evals:
         lines += ["", f"## {st['name']}: loss on each text set (nats per token; lower is better) and task accuracy", ""]
         lines += wide_table(report)
@@ -108,3 +111,67 @@ def status_table(rows: list[dict]) -> str:
     widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(head)]
     fmt = "  ".join(f"{{:{w}}}" for w in widths[:-1]) + "  {}"
     return "\n".join([fmt.format(*head), *(fmt.format(*c) for c in cells)])
+
+
+# ------------------------------------------------------------------------------------------------ plot
+
+
+def _curves(stage_dir: Path) -> tuple[list, list, list]:
+    """(steps, train losses, [(step, dev loss)]) of a training stage's metrics.jsonl."""
+    import json
+
+    steps, loss, dev = [], [], []
+    f = stage_dir / "metrics.jsonl"
+    for line in f.read_text().splitlines() if f.is_file() else []:
+        r = json.loads(line)
+        if "loss" in r:
+            steps.append(r["step"])
+            loss.append(r["loss"])
+        if "dev_loss" in r:
+            dev.append((r["step"], r["dev_loss"]))
+    return steps, loss, dev
+
+
+def plot_recipe(out: Path, kinds: dict[str, str], evals: list[tuple[dict, dict, list]]) -> str | None:
+    """OUTPUT_DIR/report.png: each training stage's train and dev loss, stage after stage on one step axis (a
+    stage's own tokenizer and data: compare shapes, not levels across stages), and each eval stage's bits per byte
+    per model and text set. None when there is nothing to plot."""
+    curves = {n: _curves(out / n) for n, k in kinds.items() if k == "train"}
+    curves = {n: c for n, c in curves.items() if c[0]}
+    if not curves and not evals:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    panels = (1 if curves else 0) + len(evals)
+    fig, axes = plt.subplots(panels, 1, figsize=(9, 3.6 * panels), squeeze=False)
+    axes = list(axes[:, 0])
+    if curves:
+        ax, offset = axes.pop(0), 0
+        for n, (steps, loss, dev) in curves.items():
+            line = ax.plot([offset + s for s in steps], loss, label=f"{n} train")[0]
+            if dev:
+                ax.plot([offset + s for s, _ in dev], [v for _, v in dev], "o--", color=line.get_color(),
+                        label=f"{n} dev")  # fmt: skip
+            offset += steps[-1]
+            ax.axvline(offset, color="grey", linewidth=0.6)
+        ax.set(xlabel="step (stages one after another)", ylabel="loss (nats per token)", title="Training stages")
+        ax.legend(fontsize=7, ncol=2)
+    for ax, (st, report, _) in zip(axes, evals):
+        sets = sorted(report["text_sets"], key=lambda s: not s["domain"])
+        models = [m["name"] for m in report["models"]]
+        x, width = np.arange(len(sets)), 0.8 / max(len(models), 1)
+        for i, m in enumerate(models):
+            vals = [report["text"][m].get(s["name"], {}).get("bits_per_byte", np.nan) for s in sets]
+            ax.bar(x + (i - (len(models) - 1) / 2) * width, vals, width, label=m)
+        ax.set_xticks(x, [f"{s['name']}\n({'domain' if s['domain'] else 'general'})" for s in sets])
+        ax.set(ylabel="bits per byte (lower is better)", title=f"Eval stage '{st['name']}'")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / "report.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return str(path)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from jaxfin.config import ConfigError
 from jaxfin.recipe.plan import load_recipe, substitute
-from jaxfin.recipe.report import checks, report_markdown, scores
+from jaxfin.recipe.report import checks, plot_recipe, report_markdown, scores
 
 STATE = "recipe_state.json"
 
@@ -195,7 +195,11 @@ def run_recipe(path: str | Path, overrides: list[str] = (), until: str | None = 
         summaries.append(summary)
         if st["kind"] == "eval" and is_main():
             evals.append((st, json.loads((stage_out / "eval.json").read_text()), summary.get("checks", [])))
-    if evals and is_main():
-        (out / "report.md").write_text(report_markdown(Path(path).stem, summaries, evals))
-        log(f"report: {out / 'report.md'}")
+    if is_main():
+        png = plot_recipe(out, {s["name"]: s["kind"] for s in stages}, evals)
+        if evals:
+            (out / "report.md").write_text(report_markdown(Path(path).stem, summaries, evals, png))
+            log(f"report: {out / 'report.md'}")
+        if png:
+            log(f"chart: {png}")
     return summaries
