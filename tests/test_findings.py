@@ -39,11 +39,18 @@ def test_reduced_findings_on_two_claims(tmp_path, monkeypatch):
     lost = {}
     for arm in ("embeddings", "full"):
         e = json.loads((out / "vocab" / f"eval_seed0_{arm}" / "eval.json").read_text())
-        base = json.loads((out / "vocab" / "eval_seed0_embeddings" / "eval.json").read_text())  # base scored once
-        lost[arm] = _bpb(e, "stage1", False) - _bpb(base, "base", False)
+        lost[arm] = _bpb(e, "stage1", False) - _bpb(e, "base", False)
     got = f["measured"]["embeddings_minus_full"]["per_seed"][0]
     assert got == pytest.approx(lost["embeddings"] - lost["full"], abs=1e-12)
     assert f["holds"] == (expand["after"] < expand["before"] and got < 0)
+    assert [c["verdict"] for c in report["claims"]] == ["yes" if c["holds"] else "no" for c in report["claims"]]
+
+    def no_training(*a, **k):
+        raise AssertionError("a finished arm ran again")
+
+    monkeypatch.setattr("jaxfin.recipe.run.run_recipe", no_training)  # a rerun reads every arm back
+    again = run_findings(out, "af", seeds=1, overrides=[*STEPS, f"data.cache_dir={tmp_path / 'cache'}"])
+    assert again["claims"] == report["claims"]
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n\n{README_START}\nold\n{README_END}\n\nafter\n")
     update_readme(readme, report)

@@ -82,17 +82,32 @@ def stage_model(out: Path, stage: str) -> str:
     return m.get("best") or m["latest"]
 
 
-def _evaluate(models: dict[str, str], out_dir: Path, *, text=(), tasks=(), pairs=()) -> dict:
+def run_arm(recipe: str, overrides: list[str], until: str | None, models: dict[str, str], eval_dir: Path, *,
+            text=(), tasks=(), pairs=()) -> dict:  # fmt: skip
+    """One arm: run the recipe (up to `until`), then jaxfin eval of {name: stage} into eval_dir. Skipped, its report
+    read back, when eval_dir holds an eval of the same stage inputs (the plan's hashes) and sets: a rerun of
+    findings redoes only what is missing or changed."""
     from jaxfin.config import build_section
     from jaxfin.eval.config import EvalConfig, validate_eval
     from jaxfin.eval.run import evaluate
+    from jaxfin.recipe.plan import digest, load_recipe
+    from jaxfin.recipe.run import run_recipe
 
-    data = {"models": [{"name": n, "path": p} for n, p in models.items()], "text": list(text), "tasks": list(tasks),
-            "pairs": list(pairs), "seq_len": 128, "batch_size": 16, "max_docs": 200, "task_limit": 200,
-            "output_dir": str(out_dir)}  # fmt: skip
+    out, stages = load_recipe(recipe, overrides)
+    hashes = {st["name"]: st["hash"] for st in stages}
+    spec = {"text": list(text), "tasks": list(tasks), "pairs": list(pairs), "seq_len": 128, "batch_size": 16,
+            "max_docs": 200, "task_limit": 200, "output_dir": str(eval_dir)}  # fmt: skip
+    key = digest({"eval": spec, "models": {n: hashes[st] for n, st in models.items()}})
+    done, report = eval_dir / "inputs.hash", eval_dir / "eval.json"
+    if done.is_file() and done.read_text() == key and report.is_file():
+        return json.loads(report.read_text())
+    run_recipe(recipe, overrides, until=until)
+    data = {**spec, "models": [{"name": n, "path": stage_model(out, st)} for n, st in models.items()]}
     cfg = build_section(EvalConfig, data, "findings eval")
     validate_eval(cfg)
-    return evaluate(cfg, log=lambda m: None)
+    result = evaluate(cfg, log=lambda m: None)
+    done.write_text(key)
+    return result
 
 
 def _mean_bpb(report: dict, model: str, domain: bool) -> float:
@@ -102,22 +117,15 @@ def _mean_bpb(report: dict, model: str, domain: bool) -> float:
 
 def run_sec(out: Path, seeds: list[int], overrides: list[str], replays=(0.05, 0.0), log=print) -> list[dict]:
     """Per (seed, replay): domain and general bits/byte of instruct, cpt and merged."""
-    from jaxfin.recipe.run import run_recipe
-
-    rows, instruct = [], None
+    rows = []
     for seed in seeds:
         for replay in replays:
             log(f"findings sec: seed {seed}, replay {replay}")
-            run_recipe(SEC, [f"output_dir={out}", f"vars.replay={replay}", f"vars.seed={seed}", *overrides],
-                       until="merged")  # fmt: skip
-            models = {"cpt": stage_model(out, "cpt"), "merged": stage_model(out, "merged")}
-            if instruct is None:
-                models["instruct"] = stage_model(out, "instruct")
-            rep = _evaluate(models, out / f"eval_seed{seed}_replay{replay}", text=SEC_TEXT)
-            if instruct is None:
-                instruct = {g: _mean_bpb(rep, "instruct", g == "domain") for g in ("domain", "general")}
-            row = {"seed": seed, "replay": replay, "instruct": instruct}
-            for m in ("cpt", "merged"):
+            ov = [f"output_dir={out}", f"vars.replay={replay}", f"vars.seed={seed}", *overrides]
+            models = {"instruct": "instruct", "cpt": "cpt", "merged": "merged"}
+            rep = run_arm(SEC, ov, "merged", models, out / f"eval_seed{seed}_replay{replay}", text=SEC_TEXT)
+            row = {"seed": seed, "replay": replay}
+            for m in models:
                 row[m] = {g: _mean_bpb(rep, m, g == "domain") for g in ("domain", "general")}
             rows.append(row)
     return rows
@@ -125,15 +133,12 @@ def run_sec(out: Path, seeds: list[int], overrides: list[str], replays=(0.05, 0.
 
 def run_findap(out: Path, seeds: list[int], overrides: list[str], log=print) -> list[dict]:
     """Per seed: mean task accuracy and held-out preference accuracy of joint, sequential (it_second) and dpo."""
-    from jaxfin.recipe.run import run_recipe
-
     rows = []
     for seed in seeds:
         log(f"findings findap: seed {seed}")
-        run_recipe(FINDAP, [f"output_dir={out}", f"vars.seed={seed}", *overrides])
-        models = {"joint": stage_model(out, "joint"), "sequential": stage_model(out, "it_second"),
-                  "dpo": stage_model(out, "dpo")}  # fmt: skip
-        rep = _evaluate(models, out / f"eval_seed{seed}", tasks=TASKS, pairs=[HH_DEV])
+        models = {"joint": "joint", "sequential": "it_second", "dpo": "dpo"}
+        rep = run_arm(FINDAP, [f"output_dir={out}", f"vars.seed={seed}", *overrides], None, models,
+                      out / f"eval_seed{seed}", tasks=TASKS, pairs=[HH_DEV])  # fmt: skip
         row = {"seed": seed}
         for m in models:
             accs = {t: float(rep["tasks"][m][t]["metrics"]["acc"]) for t in TASKS}
@@ -146,26 +151,33 @@ def run_findap(out: Path, seeds: list[int], overrides: list[str], log=print) -> 
 def run_vocab(out: Path, seeds: list[int], overrides: list[str], log=print) -> dict:
     """Tokens per Chinese character before and after the expansion, and per (seed, arm) English bits/byte of
     stage 1 against the base."""
-    from jaxfin.recipe.run import run_recipe
-
-    rows, base = [], None
+    rows = []
     for seed in seeds:
         for arm, trainable in (("embeddings", '["@embeddings"]'), ("full", "[]")):
             log(f"findings vocab: seed {seed}, stage 1 trains {arm}")
-            run_recipe(VOCAB, [f"output_dir={out}", f"vars.stage1_trainable={trainable}", f"vars.seed={seed}",
-                               *overrides], until="stage1")  # fmt: skip
-            models = {"stage1": stage_model(out, "stage1")}
-            if base is None:
-                models["base"] = stage_model(out, "base")
-            rep = _evaluate(models, out / f"eval_seed{seed}_{arm}", text=VOCAB_TEXT)
-            if base is None:
-                base = _mean_bpb(rep, "base", False)
-            rows.append({"seed": seed, "arm": arm, "base_english": base, "english": _mean_bpb(rep, "stage1", False)})
+            ov = [f"output_dir={out}", f"vars.stage1_trainable={trainable}", f"vars.seed={seed}", *overrides]
+            rep = run_arm(VOCAB, ov, "stage1", {"base": "base", "stage1": "stage1"}, out / f"eval_seed{seed}_{arm}",
+                          text=VOCAB_TEXT)  # fmt: skip
+            rows.append({"seed": seed, "arm": arm, "base_english": _mean_bpb(rep, "base", False),
+                         "english": _mean_bpb(rep, "stage1", False)})  # fmt: skip
     tpc = json.loads((out / "expand" / "vocab_expand.json").read_text())["tokens_per_char"]
     return {"tokens_per_char": {"before": tpc["before"], "after": tpc["after"]}, "rows": rows}
 
 
 # ------------------------------------------------------------------------------------------------ claims
+
+
+def _verdict(values: list[float], sign: int) -> str:
+    """yes: every seed moves in the claimed direction (sign +1: up, -1: down); unclear: the mean does but some
+    seed does not (a difference inside the run-to-run spread); no: the mean does not."""
+    agree = [v * sign > 0 for v in values]
+    if all(agree):
+        return "yes"
+    return "unclear" if statistics.fmean(values) * sign > 0 else "no"
+
+
+def _both(*verdicts: str) -> str:
+    return "no" if "no" in verdicts else "unclear" if "unclear" in verdicts else "yes"
 
 
 def _spread(values: list[float]) -> dict:
@@ -179,7 +191,7 @@ def _arm(rows: list[dict], replay: float) -> list[dict]:
 
 def claim_a(sec: list[dict]) -> dict:
     d = _spread([r["cpt"]["domain"] - r["instruct"]["domain"] for r in _arm(sec, 0.05)])
-    return {"measured": {"domain_bpb_change": d}, "holds": d["mean"] < 0 and max(d["per_seed"]) < 0,
+    return {"measured": {"domain_bpb_change": d}, "key": "domain_bpb_change", "verdict": _verdict(d["per_seed"], -1),
             "summary": f"domain bits/byte {d['mean']:+.3f} after CPT"}  # fmt: skip
 
 
@@ -190,11 +202,11 @@ def claim_b(sec: list[dict]) -> dict:
     less = _spread([a - b for a, b in zip(forget["replay"], forget["no_replay"])])
     cost = _spread([a["cpt"]["domain"] - b["cpt"]["domain"] for a, b in zip(rep, none)])
     gain = -statistics.fmean(r["cpt"]["domain"] - r["instruct"]["domain"] for r in none)
-    holds = less["mean"] < 0 and cost["mean"] < 0.25 * gain
-    return {"measured": {"forgetting_replay": _spread(forget["replay"]), "forgetting_no_replay":
-                         _spread(forget["no_replay"]), "forgetting_change": less, "domain_cost": cost,
+    small = _verdict([0.25 * gain - c for c in cost["per_seed"]], 1)  # each seed's cost under a quarter of the gain
+    return {"measured": {"forgetting_change": less, "forgetting_replay": _spread(forget["replay"]),
+                         "forgetting_no_replay": _spread(forget["no_replay"]), "domain_cost": cost,
                          "domain_gain_no_replay": gain},
-            "holds": holds,
+            "key": "forgetting_change", "verdict": _both(_verdict(less["per_seed"], -1), small),
             "summary": f"general forgetting {statistics.fmean(forget['replay']):+.3f} with replay vs "
                        f"{statistics.fmean(forget['no_replay']):+.3f} without; domain cost {cost['mean']:+.3f} "
                        f"(gain {gain:.3f})"}  # fmt: skip
@@ -206,28 +218,29 @@ def claim_c(sec: list[dict]) -> dict:
                          r["instruct"]["general"]) for r in rows])  # fmt: skip
     kept = _spread([(r["instruct"]["domain"] - r["merged"]["domain"]) / (r["instruct"]["domain"] -
                     r["cpt"]["domain"]) for r in rows])  # fmt: skip
-    return {"measured": {"general_loss_recovered": recovered, "domain_gain_kept": kept},
-            "holds": recovered["mean"] > 0.5 and kept["mean"] > 0.5,
-            "summary": f"{recovered['mean']:.0%} of the general loss recovered, {kept['mean']:.0%} of the domain "
-                       f"gain kept"}  # fmt: skip
+    most = [_verdict([v - 0.5 for v in m["per_seed"]], 1) for m in (recovered, kept)]  # "most": over half
+    return {"measured": {"domain_gain_kept": kept, "general_loss_recovered": recovered}, "key": "domain_gain_kept",
+            "verdict": _both(*most),
+            "summary": f"{recovered['mean']:.0%} of the general loss recovered (over 100%: general text better "
+                       f"than the instruct model's), {kept['mean']:.0%} of the domain gain kept"}  # fmt: skip
 
 
 def claim_d(findap: list[dict]) -> dict:
     d = _spread([r["joint"]["task_mean"] - r["sequential"]["task_mean"] for r in findap])
-    return {"measured": {"task_accuracy_joint_minus_sequential": d,
-                         "joint": _spread([r["joint"]["task_mean"] for r in findap]),
-                         "sequential": _spread([r["sequential"]["task_mean"] for r in findap])},
-            "holds": d["mean"] > 0,
-            "summary": f"mean task accuracy joint - sequential {d['mean']:+.3f}"}  # fmt: skip
+    joint, seq = (_spread([r[m]["task_mean"] for r in findap]) for m in ("joint", "sequential"))
+    return {"measured": {"task_accuracy_joint_minus_sequential": d, "joint": joint, "sequential": seq},
+            "key": "task_accuracy_joint_minus_sequential", "verdict": _verdict(d["per_seed"], 1),
+            "summary": f"mean accuracy on FPB, FiQA-SA, FOMC: joint {joint['mean']:.3f}, sequential "
+                       f"{seq['mean']:.3f} ({d['mean']:+.3f})"}  # fmt: skip
 
 
 def claim_e(findap: list[dict]) -> dict:
     d = _spread([r["dpo"]["preference_accuracy"] - r["joint"]["preference_accuracy"] for r in findap])
-    return {"measured": {"preference_accuracy_dpo_minus_sft": d,
-                         "sft": _spread([r["joint"]["preference_accuracy"] for r in findap]),
-                         "dpo": _spread([r["dpo"]["preference_accuracy"] for r in findap])},
-            "holds": d["mean"] > 0,
-            "summary": f"held-out preference accuracy {d['mean']:+.3f} after DPO"}  # fmt: skip
+    sft, dpo = (_spread([r[m]["preference_accuracy"] for r in findap]) for m in ("joint", "dpo"))
+    return {"measured": {"preference_accuracy_dpo_minus_sft": d, "sft": sft, "dpo": dpo},
+            "key": "preference_accuracy_dpo_minus_sft", "verdict": _verdict(d["per_seed"], 1),
+            "summary": f"held-out preference accuracy: SFT {sft['mean']:.3f}, DPO {dpo['mean']:.3f} "
+                       f"({d['mean']:+.3f})"}  # fmt: skip
 
 
 def claim_f(vocab: dict) -> dict:
@@ -235,10 +248,11 @@ def claim_f(vocab: dict) -> dict:
     by = {arm: [r["english"] - r["base_english"] for r in vocab["rows"] if r["arm"] == arm] for arm in
           ("embeddings", "full")}  # fmt: skip
     d = _spread([a - b for a, b in zip(by["embeddings"], by["full"])])
-    holds = tpc["after"] < tpc["before"] and d["mean"] < 0
-    return {"measured": {"tokens_per_char": tpc, "english_loss_embeddings_only": _spread(by["embeddings"]),
-                         "english_loss_full": _spread(by["full"]), "embeddings_minus_full": d},
-            "holds": holds,
+    fewer = "yes" if tpc["after"] < tpc["before"] else "no"
+    return {"measured": {"embeddings_minus_full": d, "tokens_per_char": tpc,
+                         "english_loss_embeddings_only": _spread(by["embeddings"]),
+                         "english_loss_full": _spread(by["full"])},
+            "key": "embeddings_minus_full", "verdict": _both(fewer, _verdict(d["per_seed"], -1)),
             "summary": f"tokens/char {tpc['before']:.3f} -> {tpc['after']:.3f}; English bits/byte lost "
                        f"{statistics.fmean(by['embeddings']):+.3f} (embeddings only) vs "
                        f"{statistics.fmean(by['full']):+.3f} (full)"}  # fmt: skip
@@ -264,7 +278,8 @@ def run_findings(out: str | Path = "runs/findings", claims: str = "abcdef", seed
     results = []
     for c in claims:
         exp, text, source = CLAIMS[c]
-        results.append({"claim": c, "text": text, "source": source, **fns[c](data[exp])})
+        r = fns[c](data[exp])
+        results.append({"claim": c, "text": text, "source": source, **r, "holds": r["verdict"] == "yes"})
     report = {"claims": results, "experiments": data, "seeds": seed_list, "overrides": ov,
               "seconds": round(time.time() - t0, 1), "date": time.strftime("%Y-%m-%d")}  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
@@ -275,14 +290,16 @@ def run_findings(out: str | Path = "runs/findings", claims: str = "abcdef", seed
 
 
 def table(report: dict) -> str:
-    """The findings table (markdown): claim, source, measured, holds."""
-    lines = ["| | claim | source | measured (mean over seeds) | spread | holds |",
+    """The findings table (markdown): claim, source, measured, the key measure per seed, verdict."""
+    lines = ["| | claim | source | measured (mean over seeds) | per seed (± sample std) | holds |",
              "| --- | --- | --- | --- | --- | --- |"]  # fmt: skip
     for c in report["claims"]:
-        main = next(iter(v for v in c["measured"].values() if isinstance(v, dict) and "std" in v), None)
-        spread = "" if main is None or main["std"] is None else f"± {main['std']:.3f} (n={main['n']})"
-        lines.append(f"| {c['claim']} | {c['text']} | {c['source']} | {c['summary']} | {spread} | "
-                     f"{'yes' if c['holds'] else '**no**'} |")  # fmt: skip
+        key = c["measured"][c["key"]]
+        spread = f"{c['key']}: " + ", ".join(f"{v:+.3f}" for v in key["per_seed"])
+        if key["std"] is not None:
+            spread += f" (± {key['std']:.3f})"
+        verdict = c["verdict"] if c["verdict"] == "yes" else f"**{c['verdict']}**"
+        lines.append(f"| {c['claim']} | {c['text']} | {c['source']} | {c['summary']} | {spread} | {verdict} |")
     return "\n".join(lines)
 
 
@@ -291,7 +308,8 @@ def markdown(report: dict) -> str:
     lines = ["# Seed findings, reproduced in miniature", "",
              f"`jaxfin findings` on {report['date']}: seeds {seeds}, {report['seconds']:.0f} s on CPU"
              + (f", overrides {' '.join(report['overrides'])}" if report["overrides"] else "") + ".", "",
-             table(report), "", "Spread: the sample standard deviation over seeds of the claim's first measure.",
+             table(report), "", "Holds: yes when every seed moves in the claimed direction, unclear when the mean "
+             "does but a seed does not (inside the run-to-run spread), no when the mean does not.",
              "Every number per seed: findings.json."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
