@@ -52,10 +52,10 @@ def test_reduced_findings_on_two_claims(tmp_path, monkeypatch):
     again = run_findings(out, "af", seeds=1, overrides=[*STEPS, f"data.cache_dir={tmp_path / 'cache'}"])
     assert again["claims"] == report["claims"]
     readme = tmp_path / "README.md"
-    readme.write_text(f"# x\n\n{README_START}\nold\n{README_END}\n\nafter\n")
+    readme.write_text(f"# x\n\n{README_START}\nTHE-OLD-TABLE\n{README_END}\n\nafter\n")
     update_readme(readme, report)
     text = readme.read_text()
-    assert "old" not in text and text.endswith("\n\nafter\n") and "| f | vocabulary expansion" in text
+    assert "THE-OLD-TABLE" not in text and text.endswith("\n\nafter\n") and "| f | vocabulary expansion" in text
 
 
 def test_findings_refuses_unknown_claims(capsys):
