@@ -234,3 +234,22 @@ def test_llama3_sec_miniature_merges_its_own_stages(monkeypatch):
     assert st["cpt"]["start"] == {"stage": "instruct", "checkpoint": "best"}
     assert {s.name: s.weight for s in st["cpt"]["config"].data.sources}["replay"] == 0
     assert st["merged"]["merge"]["merge_method"] == "ties"
+
+
+def test_a_finished_build_is_kept_and_a_killed_one_redone(tmp_path):
+    """A build stage killed after its rename (before the state file says so) is not built again; one killed
+    before it leaves only NAME.partial, which the next build replaces."""
+    stage_out = tmp_path / "merged"
+    calls = []
+
+    def build(d):
+        calls.append(d)
+        d.mkdir()
+        (d / "model.safetensors").write_text("x")
+        return {"tensors": 1}
+
+    (tmp_path / "merged.partial").mkdir()
+    (tmp_path / "merged.partial" / "half").write_text("killed")
+    assert recipe_run._build_once(stage_out, build) == {"tensors": 1}
+    assert (stage_out / "model.safetensors").is_file() and not (stage_out / "half").exists()
+    assert recipe_run._build_once(stage_out, build) == {} and len(calls) == 1

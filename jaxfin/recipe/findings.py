@@ -225,9 +225,14 @@ def claim_c(sec: list[dict]) -> dict:
                        f"than the instruct model's), {kept['mean']:.0%} of the domain gain kept"}  # fmt: skip
 
 
+def _versus(rows: list[dict], better: str, worse: str, value) -> tuple[dict, dict, dict]:
+    """(better - worse per seed, better, worse) of value(row[model]) over the seeds' rows."""
+    a, b = (_spread([value(r[m]) for r in rows]) for m in (better, worse))
+    return _spread([x - y for x, y in zip(a["per_seed"], b["per_seed"])]), a, b
+
+
 def claim_d(findap: list[dict]) -> dict:
-    d = _spread([r["joint"]["task_mean"] - r["sequential"]["task_mean"] for r in findap])
-    joint, seq = (_spread([r[m]["task_mean"] for r in findap]) for m in ("joint", "sequential"))
+    d, joint, seq = _versus(findap, "joint", "sequential", lambda m: m["task_mean"])
     return {"measured": {"task_accuracy_joint_minus_sequential": d, "joint": joint, "sequential": seq},
             "key": "task_accuracy_joint_minus_sequential", "verdict": _verdict(d["per_seed"], 1),
             "summary": f"mean accuracy on FPB, FiQA-SA, FOMC: joint {joint['mean']:.3f}, sequential "
@@ -235,8 +240,7 @@ def claim_d(findap: list[dict]) -> dict:
 
 
 def claim_e(findap: list[dict]) -> dict:
-    d = _spread([r["dpo"]["preference_accuracy"] - r["joint"]["preference_accuracy"] for r in findap])
-    sft, dpo = (_spread([r[m]["preference_accuracy"] for r in findap]) for m in ("joint", "dpo"))
+    d, dpo, sft = _versus(findap, "dpo", "joint", lambda m: m["preference_accuracy"])
     return {"measured": {"preference_accuracy_dpo_minus_sft": d, "sft": sft, "dpo": dpo},
             "key": "preference_accuracy_dpo_minus_sft", "verdict": _verdict(d["per_seed"], 1),
             "summary": f"held-out preference accuracy: SFT {sft['mean']:.3f}, DPO {dpo['mean']:.3f} "

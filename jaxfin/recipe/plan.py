@@ -3,6 +3,7 @@ stage runs, and each stage's input hash."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -160,7 +161,7 @@ def merge_model_slots(data: dict):
 
 def substitute(data, refs: dict[int, dict], paths) -> dict:
     """A copy of a mergekit mapping with each model slot's reference replaced by paths(its resolved reference)."""
-    data = json.loads(json.dumps(data))  # a deep copy (YAML data is JSON-able)
+    data = copy.deepcopy(data)
     for i, (node, key) in enumerate(merge_model_slots(data)):
         node[key] = paths(refs[i])
     return data
@@ -205,7 +206,9 @@ def _merge_spec(spec, where: str, recipe_dir: Path, refs: Refs, values: dict) ->
         raise ConfigError(f"{where}: must be a mergekit YAML mapping (merge_method, models or slices, base_model)")
     resolved = [refs.resolve(node[key], f"{where}: {key}") for node, key in merge_model_slots(spec)]
     try:
-        parse_merge_config(substitute(spec, dict(enumerate(resolved)), json.dumps), where, find_models=False)
+        placeholder = dict(enumerate(resolved))  # each model as its stage name or path, not yet a folder
+        parse_merge_config(substitute(spec, placeholder, lambda r: r.get("path") or r["stage"]), where,
+                           find_models=False)  # fmt: skip
     except MergeConfigError as e:
         raise ConfigError(str(e)) from None
     return spec, resolved

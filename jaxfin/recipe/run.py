@@ -31,8 +31,12 @@ def _write_state(out: Path, state: dict) -> None:
     tmp.replace(out / STATE)  # atomic: a kill never leaves half a state file
 
 
-def _build_once(stage_out: Path, build):
-    """build(DIR) into NAME.partial, renamed to stage_out when it finished: a killed build is redone, not kept."""
+def _build_once(stage_out: Path, build) -> dict:
+    """build(DIR) into NAME.partial, renamed to stage_out when it finished: a killed build is redone, not kept. An
+    existing stage_out is a finished build (the rename is its last step; a run killed before recording it, or a
+    dir from before recipe_state.json): kept, with an empty summary."""
+    if stage_out.exists():
+        return {}
     partial = stage_out.with_name(stage_out.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
     result = build(partial)
@@ -136,7 +140,8 @@ def _run_stage(st: dict, models: dict, stage_out: Path) -> dict:
 
 
 def _headline(summary) -> dict:
-    """What of a stage's summary goes into the state file (JSON scalars, short lists)."""
+    """What of a stage's summary goes into the state file: its headline numbers (scalars, the checks, the eval
+    scores by model), not its file lists or reports."""
     keep = ("steps", "stop_reason", "dev_loss_first", "dev_loss_last", "dev_loss_best", "tensors", "experts",
             "added", "vocab_size", "checks", "bits_per_byte", "tasks", "preference_accuracy")  # fmt: skip
     return {k: v for k, v in (summary or {}).items() if k in keep}
