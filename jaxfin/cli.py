@@ -101,15 +101,34 @@ def run_data_prepare(args) -> int:
         if "=" not in item:
             raise ValueError(f"--filter '{item}' must look like key=value (e.g. min_keyword_hits=3)")
         k, v = item.split("=", 1)
+        *sections, k = k.split(".")  # quality_model.keep_top=0.32: a nested section
+        node = filters
+        for sec in sections:
+            node = node.setdefault(sec, {})
         try:
-            filters[k] = yaml.safe_load(v)
+            node[k] = yaml.safe_load(v)
         except yaml.YAMLError:  # e.g. [@finance]: '@' cannot start a plain YAML scalar
-            filters[k] = [x.strip() for x in v.strip("[]").split(",")] if v.startswith("[") else v
+            node[k] = [x.strip() for x in v.strip("[]").split(",")] if v.startswith("[") else v
     filter_cfg = build_section(FilterConfig, filters, "--filter")
     sources = [_source(s, args, fields) for s in args.sources]
     tok = load_tokenizer(args.tokenizer, threads=args.threads)
     reports = prepare(sources, tok, args.out, filter_cfg, max_bad_fraction=args.max_bad_fraction)
     print(json.dumps(reports, indent=2) if args.json else format_report(reports))
+    return 0
+
+
+def run_data_train_quality(args) -> int:
+    from jaxfin.data.quality import parse_features, parse_ngrams, read_texts, train_quality
+
+    fields = dict(f.split("=", 1) for f in args.field)
+    ngrams, n_features = parse_ngrams(args.ngrams), parse_features(args.features)
+    pos, neg = (read_texts(p, fields, args.max_bad_fraction) for p in (args.pos, args.neg))
+    meta = train_quality(pos, neg, args.out, n_features=n_features, ngrams=ngrams, dev_fraction=args.dev_fraction,
+                         seed=args.seed)  # fmt: skip
+    dev = meta["dev"]
+    auc = "n/a" if dev["auc"] is None else f"{dev['auc']:.4f}"
+    print(f"{len(pos)} positive, {len(neg)} negative documents; dev ({dev['examples']}): accuracy "
+          f"{dev['accuracy']:.4f}, AUC {auc}; saved to {args.out}")  # fmt: skip
     return 0
 
 
@@ -119,8 +138,9 @@ def _add_data_parser(sub) -> None:
     p = dsub.add_parser(
         "prepare",
         help="filter, dedup and tokenize sources into the token cache, with a report",
-        description="Read each SOURCE ([NAME=]PATH: a JSONL / Parquet / CSV / .txt file, a folder of .txt files or "
-        "a datasets save_to_disk folder, or a glob), drop bad input and filtered documents, dedup, tokenize into "
+        description="Read each SOURCE ([NAME=]PATH: a JSONL / Parquet / CSV / .txt / HTML (main text) / PDF file, a "
+        "folder of such files or a datasets save_to_disk folder, or a glob), drop bad input and filtered documents, "
+        "dedup, optionally keep the best by a quality model (--filter quality_model.KEY=VALUE), tokenize into "
         "OUT/<name>-<key>/ and print what was read, kept and dropped (by reason), per source. A second run with "
         "the same inputs, tokenizer and settings reuses the cache.",
     )
@@ -137,11 +157,29 @@ def _add_data_parser(sub) -> None:
     p.add_argument(
         "--filter", action="append", default=[], metavar="KEY=VALUE",
         help="filter setting (jaxfin/config/schema.py FilterConfig), e.g. min_keyword_hits=3 keywords=[@finance] "
-        "quality=true near_dedup=true",
+        "quality=true near_dedup=true quality_model.path=DIR quality_model.keep_top=0.32",
     )  # fmt: skip
     p.add_argument("--max-bad-fraction", type=float, default=0.01, help="stop if more bad records than this")
     p.add_argument("--threads", type=int, default=None, help="tokenizer threads (default: all cores)")
     p.set_defaults(func=run_data_prepare)
+    p = dsub.add_parser(
+        "train-quality",
+        help="train a document quality classifier (for filters.quality_model)",
+        description="Fit logistic regression on hashed word n-grams (CJK: character n-grams) to tell POS documents "
+        "from NEG documents (each a file, folder or glob in any format `data prepare` reads), print the accuracy "
+        "and AUC on a held-out dev split, and save OUT/model.npz + OUT/meta.json (no pickle). Use it with "
+        "`--filter quality_model.path=OUT --filter quality_model.keep_top=0.32`.",
+    )
+    p.add_argument("pos", metavar="POS", help="documents of the quality to keep")
+    p.add_argument("neg", metavar="NEG", help="documents of the quality to drop")
+    p.add_argument("--out", required=True, help="folder to write the classifier to")
+    p.add_argument("--field", action="append", default=[], metavar="OURS=THEIRS", help="field mapping, e.g. text=body")
+    p.add_argument("--ngrams", default="1,2", help="word n-gram sizes, comma-separated (default: 1,2)")
+    p.add_argument("--features", default="2**20", help="hashed feature count, e.g. 2**20 (default)")
+    p.add_argument("--dev-fraction", type=float, default=0.1, help="share held out for accuracy/AUC (default: 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the dev split")
+    p.add_argument("--max-bad-fraction", type=float, default=0.01, help="stop if more bad records than this")
+    p.set_defaults(func=run_data_train_quality)
 
 
 def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
@@ -190,6 +228,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
 
     add_recipe_parser(sub)
     add_findings_parser(sub)
+    from jaxfin.train.logme import add_select_layers_parser
+
+    add_select_layers_parser(sub)
     return parser
 
 

@@ -26,27 +26,88 @@ def _overrides(tmp_path):
             "train.dev_batches=1", "checkpoint.every=0"]  # fmt: skip
 
 
+VOCAB_STAGES = ["base", "expand", "stage1", "stage2", "chat_tokens", "sft1", "sft2", "reward", "eval"]
+
+
+def _share(sources, keep, of=lambda s: True) -> float:
+    """Weight of the sources `keep` selects among those `of` selects."""
+    return sum(s.weight for s in sources if of(s) and keep(s)) / sum(s.weight for s in sources if of(s))
+
+
+def _general(source) -> bool:
+    return not source.domain
+
+
+def _chat(source) -> bool:
+    return source.kind == "chat"
+
+
+def test_vocab_expanded_follows_the_seed_design(in_repo):
+    """Characters (not pieces) added; stage 1 on the sources' own weights (no curriculum: the natural mix, checked
+    against token counts in the run below), stage 2 zh:en 3:1, both SFT stages general:finance 4:1 by examples
+    (the first with pre-training text, 4:1 in each half), a reward model on pairs disjoint from its dev pairs."""
+    _, stages = load_recipe("configs/recipes/vocab_expanded.yaml")
+    st = {s["name"]: s for s in stages}
+    assert list(st) == VOCAB_STAGES
+    assert st["expand"]["vocab_expand"]["num"] == 7000 and "mine_chars" in st["expand"]["vocab_expand"]
+    s1, s2, sft1, sft2, rm = (st[n]["config"] for n in ("stage1", "stage2", "sft1", "sft2", "reward"))
+    assert s1.train.trainable == ["@embeddings"] and s2.train.trainable == []
+    assert (s1.data.mix_by, s1.data.stages) == ("tokens", [])  # draws rows in proportion to the sources' weights
+    zh = {s.name for s in s2.data.sources if "zh_corpus" in s.path}
+    domain = {s.name for s in s2.data.sources if s.domain}
+    for stage in s2.data.stages:
+        w = stage.weights
+        assert sum(w[n] for n in zh) / sum(w.values()) == pytest.approx(0.75)
+    assert [sum(g.weights[n] for n in domain) / sum(g.weights.values()) for g in s2.data.stages] == [0.5, 0.75]
+    for cfg in (sft1, sft2):
+        assert cfg.data.mix_by == "examples"
+        assert _share(cfg.data.sources, _general) == pytest.approx(0.8)
+    assert _share(sft1.data.sources, _chat) == pytest.approx(0.5)
+    assert _share(sft1.data.sources, _general, _chat) == pytest.approx(0.8)
+    assert _share(sft1.data.sources, _general, lambda s: not _chat(s)) == pytest.approx(0.8)
+    assert {s.kind for s in sft2.data.sources} == {"chat"}
+    gsm = [next(s.records for s in c.data.sources if "gsm8k_train" in s.path) for c in (sft1, sft2)]
+    assert gsm[0][1] == gsm[1][0]  # the two SFT stages see different GSM8K problems
+    assert (rm.objective.type, rm.model.num_labels) == ("reward", 1)
+    (train,), (dev,) = rm.data.sources, rm.data.dev
+    assert train.kind == dev.kind == "pairs" and train.path == dev.path
+    assert train.records[1] <= dev.records[0]  # disjoint splits of one file
+    assert (rm.checkpoint.best_metric, rm.checkpoint.best_mode) == ("dev_rewards/accuracy", "max")
+    assert st["reward"]["start"] == {"stage": "sft2", "checkpoint": "best"}
+
+
 @pytest.mark.slow
 def test_vocab_expanded_recipe(in_repo, tmp_path):
     import transformers
 
-    summaries = {s["stage"]: s for s in run_recipe("configs/recipes/vocab_expanded.yaml", _overrides(tmp_path))}
-    assert list(summaries) == ["base", "expand", "stage1", "stage2"]
+    overrides = [*_overrides(tmp_path), "train.dev_every=3", "eval_stages.max_docs=2"]
+    summaries = {s["stage"]: s for s in run_recipe("configs/recipes/vocab_expanded.yaml", overrides)}
+    assert list(summaries) == VOCAB_STAGES
     out = tmp_path / "out"
     report = json.loads((out / "expand" / "vocab_expand.json").read_text())
-    assert report["added"] == 500
+    assert report["added"] > 5000 and all(len(c) == 1 for c, _ in report["added_tokens"])  # characters
     assert report["tokens_per_char"]["after"] < 0.6 * report["tokens_per_char"]["before"]
     expanded, stage1 = load_model(out / "expand"), load_model(out / "stage1")
-    assert expanded.config.vocab_size >= 1024 + 500
+    assert expanded.config.vocab_size >= 1024 + report["added"]
     before, after = expanded.params, stage1.params
     for name in ("embed_tokens", "lm_head"):  # trained in stage 1 ...
         (a,), (b,) = before[name].values(), after[name].values()
         assert not np.array_equal(np.asarray(a), np.asarray(b)), name
     for path, a in _leaves(before["layers"]):  # ... and nothing else
         assert np.array_equal(np.asarray(a), np.asarray(_get(after["layers"], path))), path
+    plan = json.loads((out / "stage1" / "data_plan.json").read_text())  # stage 1: rows drawn as the tokens lie
+    tokens = {s["name"]: s["tokens"] for s in plan["sources"]}
+    natural = {n: t / sum(tokens.values()) for n, t in tokens.items()}
+    assert plan["stages"][0]["probs"] == pytest.approx(natural, abs=0.01)
     hf = transformers.AutoModelForCausalLM.from_pretrained(out / "stage2" / "hf")
     assert hf.config.vocab_size == expanded.config.vocab_size
-    assert summaries["stage2"]["steps"] == 3
+    assert all(summaries[n]["steps"] == 3 for n in ("stage2", "sft1", "sft2", "reward"))
+    recs = [json.loads(x) for x in (out / "reward" / "metrics.jsonl").read_text().splitlines()]
+    assert 0 <= recs[-1]["dev_rewards/accuracy"] <= 1  # held-out pairwise accuracy
+    rm = transformers.AutoModelForSequenceClassification.from_pretrained(out / "reward" / "hf")
+    assert rm.config.num_labels == 1
+    evals = json.loads((out / "eval" / "eval.json").read_text())
+    assert set(evals["text"]) == {"base", "stage1", "stage2", "sft2"}
 
 
 def _shares(sources) -> dict[str, float]:
@@ -122,6 +183,7 @@ def _get(tree, path):
     [
         ("[--tokens, t.txt]", "must be a mapping of expand options"),  # the command-line form
         ("{tokens: t.txt, mine: c.jsonl}", "exactly one of 'tokens'"),
+        ("{mine_chars: c.jsonl, mine: c.jsonl}", "exactly one of 'tokens'"),
         ("{tokns: t.txt}", "unknown key 'tokns'"),
     ],
 )

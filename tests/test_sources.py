@@ -389,3 +389,94 @@ def test_source_names_must_be_unique_and_non_empty(data, tmp_path):
     it, _ = read_sources([SourceConfig(path=str(tmp_path / "empty.jsonl"))])
     with pytest.raises(DataError, match="source 'empty': no records"):
         list(it)
+
+
+# ---------------------------------------------------------------- HTML and PDF files
+
+NAV = '<nav><a href="/">Home</a> | <a href="/markets">Markets</a> | Subscribe to our newsletter</nav>'
+FOOTER = "<footer>Copyright 2024 Example Media. All rights reserved. Privacy policy | Cookie settings</footer>"
+SCRIPT = '<script>window.trackingPixel = "analytics-tag-7731";</script><style>.ad{color:red}</style>'
+
+
+def html_page(paragraphs: list[str]) -> str:
+    body = "".join(f"<p>{p}</p>" for p in paragraphs)
+    return f"<html><head><title>Report</title>{SCRIPT}</head><body>{NAV}<article>{body}</article>{FOOTER}</body></html>"
+
+
+def minimal_pdf(pages: list[list[str]]) -> bytes:
+    """A valid PDF written by hand (catalog, pages, Helvetica, one text stream per page, exact xref offsets)."""
+    objs = ["<< /Type /Catalog /Pages 2 0 R >>", "", "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>"]
+    kids = []
+    for lines in pages:
+        ops = "BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({line}) '" for line in lines) + " ET"
+        objs.append(f"<< /Length {len(ops)} >>\nstream\n{ops}\nendstream")
+        objs.append(f"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >> "
+                    f"/Contents {len(objs)} 0 R >>")  # fmt: skip
+        kids.append(len(objs))
+    objs[1] = f"<< /Type /Pages /Kids [{' '.join(f'{k} 0 R' for k in kids)}] /Count {len(kids)} >>"
+    out, offsets = bytearray(b"%PDF-1.4\n"), []
+    for i, obj in enumerate(objs, 1):
+        offsets.append(len(out))
+        out += f"{i} 0 obj\n{obj}\nendobj\n".encode()
+    xref = len(out)
+    out += f"xref\n0 {len(objs) + 1}\n0000000000 65535 f \n".encode()
+    out += "".join(f"{o:010d} 00000 n \n" for o in offsets).encode()
+    out += f"trailer\n<< /Size {len(objs) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def test_html_keeps_the_main_text_not_the_boilerplate(data, tmp_path):
+    texts = [json.loads(line)["text"] for line in (data / BEIGE).read_text().splitlines()[:3]]
+    folder = tmp_path / "pages"
+    folder.mkdir()
+    paragraphs = [[p for p in t.split("\n") if p.strip()][:4] for t in texts]
+    for i, ps in enumerate(paragraphs):
+        (folder / f"page{i}.html").write_text(html_page(ps), encoding="utf-8")
+    (folder / "page3.htm").write_text("<html><body></body></html>")  # nothing to extract: one bad record
+    docs, report = read(folder)  # format auto: a folder of .html/.htm files
+    assert [d.loc for d in docs] == [str(folder / f"page{i}.html") for i in range(3)]
+    for doc, ps in zip(docs, paragraphs):
+        for p in ps:
+            assert " ".join(p.split()) in " ".join(doc.data["text"].split())
+        for boiler in ("Subscribe to our newsletter", "All rights reserved", "analytics-tag", "Cookie settings"):
+            assert boiler not in doc.data["text"]
+    assert report.read == 4 and report.dropped == {"empty": 1}
+    assert locs(report, "empty") == [str(folder / "page3.htm")]
+    with pytest.raises(DataError, match=r"1 of 4 records are bad input"):
+        check_bad_fraction(report, 0.2)
+    check_bad_fraction(report, 0.25)
+
+
+def test_pdf_text_of_every_page_and_broken_files_are_counted(tmp_path):
+    pages = [["Net interest income rose 12 percent in 2023.", "Deposits fell as rates rose."], ["Loan losses: 1.2bn"]]
+    good = minimal_pdf(pages)
+    (tmp_path / "a_report.pdf").write_bytes(good)
+    (tmp_path / "b_corrupt.pdf").write_bytes(good[: len(good) // 2])  # cut off: no xref, no trailer
+    (tmp_path / "c_not_a.pdf").write_bytes(b"<html>saved with the wrong extension</html>")
+    (tmp_path / "d_blank.pdf").write_bytes(minimal_pdf([[]]))  # a page without text (as a scanned page)
+    docs, report = read(tmp_path / "*.pdf", name="filings")
+    assert len(docs) == 1 and docs[0].loc == str(tmp_path / "a_report.pdf")
+    page_texts = docs[0].data["text"].split("\n\n")
+    assert [t.splitlines() for t in page_texts] == pages
+    assert report.read == 4 and report.dropped == {"unreadable_file": 2, "empty": 1}
+    assert locs(report, "unreadable_file") == [str(tmp_path / "b_corrupt.pdf"), str(tmp_path / "c_not_a.pdf")]
+    assert locs(report, "empty") == [str(tmp_path / "d_blank.pdf")]
+    with pytest.raises(DataError, match=r"3 of 4 records are bad input"):
+        check_bad_fraction(report, 0.5)
+
+
+def test_encrypted_pdf_is_a_bad_record(tmp_path):
+    import io
+
+    import pypdf
+
+    w = pypdf.PdfWriter(clone_from=pypdf.PdfReader(io.BytesIO(minimal_pdf([["secret figures"]]))))
+    w.encrypt("password")
+    buf = io.BytesIO()
+    w.write(buf)
+    (tmp_path / "locked.pdf").write_bytes(buf.getvalue())
+    docs, report = read(tmp_path / "locked.pdf")
+    assert docs == [] and report.dropped == {"unreadable_file": 1}
+    assert "password" in report.examples["unreadable_file"][0][1]
+    with pytest.raises(DataError, match="one plain document each"):
+        read(tmp_path / "locked.pdf", kind="chat")

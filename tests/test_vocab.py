@@ -4,6 +4,7 @@ per character on real Chinese text, mining adds only new pieces, and the CLI wor
 
 import json
 import re
+import unicodedata
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -229,3 +230,74 @@ def test_cli_user_errors(spm_model, tmp_path, capsys):
     assert main(["vocab", "expand", str(spm_model), str(tmp_path / "o2"), "--mine", str(tmp_path / "tok.txt")]) == 2
     assert "--num" in capsys.readouterr().err
     assert not Path(tmp_path / "o2").exists()
+
+
+# The oracle for "a CJK character" (the project's ranges: kana, CJK ideographs incl. extension A and the
+# compatibility block, hangul syllables), from Unicode names rather than code-point ranges.
+CJK_NAMES = ("CJK UNIFIED IDEOGRAPH", "CJK COMPATIBILITY IDEOGRAPH", "HIRAGANA", "KATAKANA", "HANGUL SYLLABLE")
+
+
+def _is_cjk(c: str) -> bool:
+    return unicodedata.name(c, "").startswith(CJK_NAMES)
+
+
+def test_mine_chars_ranks_by_count_then_code_point(spm_model):
+    from jaxfin.vocab import mine_chars
+
+    tok = transformers.AutoTokenizer.from_pretrained(spm_model)
+    assert "a" in tok.get_vocab()  # an old single token, but not CJK: never counted
+    texts = ["甲乙甲乙丙 abc，。", "カナかな한국 a"]  # 甲 U+7532 and 乙 U+4E59 tie at 2; ，。 are not CJK characters
+    got, already = mine_chars(texts, tok, 100, log=lambda s: None)
+    assert got == [("乙", 2), ("甲", 2), ("か", 1), ("な", 1), ("カ", 1), ("ナ", 1), ("丙", 1), ("국", 1), ("한", 1)]
+    assert [c for c, _ in got] == sorted((c for c, _ in got), key=lambda c: (-dict(got)[c], ord(c)))
+    assert already == 0
+    assert mine_chars(texts, tok, 3, log=lambda s: None)[0] == got[:3]
+
+
+def test_mine_chars_cli_adds_the_top_new_cjk_characters(spm_model, zh_text, tmp_path):
+    texts = [*zh_text[:6], "カタカナのテスト、한국어 문장 and English 123."]
+    corpus = tmp_path / "zh.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    counts = Counter(c for t in texts for c in t if _is_cjk(c))
+    ranked = sorted(counts, key=lambda c: (-counts[c], ord(c)))
+    old = tmp_path / "old"  # a tokenizer that already has two of the frequent characters as single tokens
+    expand_vocab(spm_model, old, tokens=[ranked[0], ranked[4]], log=lambda s: None)
+    old_model, old_tok = _load(old)
+    vocab = old_tok.get_vocab()
+    want = [c for c in ranked if c not in vocab][:40]  # the independent count, filtered by the old vocabulary
+
+    out = tmp_path / "out"
+    assert main(["vocab", "expand", str(old), str(out), "--mine-chars", str(corpus), "--num", "40"]) == 0
+    report = json.loads((out / "vocab_expand.json").read_text())
+    assert report["added_tokens"] == [[c, counts[c]] for c in want]
+    assert report["added"] == 40 and report["chars_already_tokens"] == 2 == sum(c in vocab for c in counts)
+    assert report["source"] == {"chars_mined_from": [str(corpus)], "num": 40}
+    model, tok = _load(out)
+    assert len(tok) == len(old_tok) + 40 == model.config.vocab_size
+    for c in want:  # each new character is one token, alone and inside running text
+        assert len(old_tok.encode(c, add_special_tokens=False)) > 1
+        assert tok.encode(c, add_special_tokens=False) == [tok.convert_tokens_to_ids(c)]
+    line = next(t for t in zh_text if want[0] in t and want[1] in t).splitlines()[-1]
+    assert all(len(tok.encode(c, add_special_tokens=False)) == 1 for c in want if c in line)
+
+    def per_char(t):  # tokens per character, computed here with transformers
+        return sum(len(t.encode(x, add_special_tokens=False)) for x in texts) / sum(len(x) for x in texts)
+
+    before, after = per_char(old_tok), per_char(tok)
+    assert report["tokens_per_char"] == pytest.approx({"before": before, "after": after}, abs=1e-6)
+    assert after < before and report["tokens_per_char_reduction"] == pytest.approx(1 - after / before, abs=1e-5)
+
+
+def test_mine_chars_cli_user_errors(spm_model, tmp_path, capsys):
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("银行法\n")
+    out = str(tmp_path / "o")
+    with pytest.raises(SystemExit) as e:  # one token source only
+        main(["vocab", "expand", str(spm_model), out, "--mine", str(corpus), "--mine-chars", str(corpus)])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert main(["vocab", "expand", str(spm_model), out, "--mine-chars", str(corpus)]) == 2
+    assert "--num" in capsys.readouterr().err
+    missing = tmp_path / "none.jsonl"
+    assert main(["vocab", "expand", str(spm_model), out, "--mine-chars", str(corpus), str(missing), "--num", "2"]) == 2
+    assert str(missing) in capsys.readouterr().err
+    assert not Path(out).exists()

@@ -17,7 +17,7 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 
 # data
 SOURCE_KINDS = ("text", "chat", "pairs")
-SOURCE_FORMATS = ("auto", "jsonl", "parquet", "csv", "text", "hf_disk")
+SOURCE_FORMATS = ("auto", "jsonl", "parquet", "csv", "text", "html", "pdf", "hf_disk")
 CHAT_TEMPLATES = ("tokenizer", "llama3", "chatml")
 PACKINGS = ("best_fit", "first_fit")
 MIX_BY = ("tokens", "examples")

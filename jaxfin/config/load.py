@@ -67,7 +67,12 @@ def _coerce(value: Any, tp, key: str, where: str):
         return build_section(tp, value, where, key + ".")
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return None if value is None else _coerce(value, args[0], key, where)
+        if value is None:
+            return None
+        for a in args[:-1]:  # e.g. `int | bool`: the first type that takes the value
+            with contextlib.suppress(ConfigError):
+                return _coerce(value, a, key, where)
+        return _coerce(value, args[-1], key, where)
     if tp is bool:
         if isinstance(value, bool):
             return value

@@ -86,15 +86,41 @@ class SourceConfig:
 
     name: str = ""
     path: str = ""  # a file, a folder, or a glob
-    format: str = "auto"  # auto | jsonl | parquet | csv | text | hf_disk (a datasets save_to_disk folder)
+    # auto (by extension) | jsonl | parquet | csv | text (.txt) | html (main text, trafilatura) | pdf (pypdf) |
+    # hf_disk (a datasets save_to_disk folder)
+    format: str = "auto"
     kind: str = "text"  # text (CPT) | chat (SFT) | pairs (preference)
     fields: dict[str, str] = field(default_factory=dict)  # our field -> the source's column, e.g. {text: body}
     weight: float = 1.0  # share of the mixture (by tokens or examples: data.mix_by)
-    domain: bool = True  # counts as domain data for the data intensity; false for general replay
+    # domain level for the data intensity: 0 (or false) general replay, 1 (or true) domain (finance), 2, 3, ...
+    # more specialised (e.g. a bank's private documents); intensity = the share of tokens at level >= 1
+    domain: int | bool = 1
     chat_template: str = "tokenizer"  # chat kind: tokenizer (its own chat_template) | llama3 | chatml
     # [start, end]: only documents start..end-1 (0-based, in file order; end null = to the end), e.g. disjoint
     # train and dev splits of one file; [] = all
     records: list[int | None] = field(default_factory=list)
+
+
+@dataclass
+class JudgeConfig:
+    """How an LLM judge (`quality_model.kind: judge`) is run: batched KV-cache greedy generation."""
+
+    batch_size: int = 8  # prompts per generation batch
+    max_new_tokens: int = 96  # room for {"score": N, "justification": "..."}
+    max_chars: int = 2000  # characters of each document shown to the judge (its start)
+    tokenizer: str = ""  # "" = the model's own tokenizer files
+    chat_template: str = ""  # "" = a plain prompt (BOS + text) | tokenizer | llama3 | chatml (one user turn)
+
+
+@dataclass
+class QualityModelConfig:
+    """Keep the documents a model scores best: the top fraction (`keep_top`) or those at or above `threshold`."""
+
+    path: str = ""  # "" = off; kind classifier: a `jaxfin data train-quality` folder; kind judge: a model folder
+    kind: str = "classifier"  # classifier (P(positive), 0..1) | judge (an LLM's 1-5 score; 0 = unparsable answer)
+    keep_top: float = 0.0  # 0 < f <= 1: keep round-half-up(f * n) of a source's n scored documents; 0 = off
+    threshold: float | None = None  # keep score >= threshold (set this or keep_top, not both)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
@@ -115,6 +141,9 @@ class FilterConfig:
     near_dedup: bool = False  # MinHash + LSH
     near_dedup_threshold: float = 0.8  # estimated Jaccard similarity of word 5-gram shingles
     minhash_perms: int = 128
+    # Model-scored quality, after every filter above (jaxfin/data/quality.py); scores in the cache folder's
+    # quality_scores.jsonl
+    quality_model: QualityModelConfig = field(default_factory=QualityModelConfig)
 
 
 @dataclass
@@ -140,6 +169,9 @@ class DataConfig:
     mix_by: str = "tokens"  # tokens | examples (documents; FinDAP style)
     stages: list[StageConfig] = field(default_factory=list)  # curriculum; [] = one stage, the sources' weights
     loader_threads: int = 2  # Grain threads gathering batches ahead of the train step
+    # tokens trained on before this run by domain level ({"0": N, "1": M}): the cumulative data intensity counts
+    # them; a recipe sets it for each stage from the stages its model descends from
+    prior_tokens: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,6 +239,16 @@ class CheckpointConfig:
 
 
 @dataclass
+class LogmeConfig:
+    """The task `train.trainable: ["@logme:K"]` ranks layers on (LogME of each layer's mean-pooled hidden states
+    against its labels; jaxfin/train/logme.py)."""
+
+    task: str = ""  # a multiple-choice task YAML or built-in name (fpb, fiqa_sa, fomc); its gold indices are labels
+    limit: int = 500  # its first N examples (0 = all)
+    batch_size: int = 8  # packed rows per forward
+
+
+@dataclass
 class MeshConfig:
     """Device mesh axis sizes; -1 = all remaining devices."""
 
@@ -229,6 +271,7 @@ class Config:
     eval: EvalDuringTrainingConfig = field(default_factory=EvalDuringTrainingConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
+    logme: LogmeConfig = field(default_factory=LogmeConfig)  # layer ranking for train.trainable `@logme:K`
     export_hf: str = ""  # if set, export the final model as a Hugging Face dir here (LoRA adapters merged)
     export_peft: str = ""  # with LoRA: also write the adapters as a PEFT adapter folder here (base = init_from)
 

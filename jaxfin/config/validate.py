@@ -38,6 +38,14 @@ def validate(cfg: Config) -> None:
             check_choice(src.chat_template, C.CHAT_TEMPLATES, f"{key}[{i}].chat_template")
             if not src.path:
                 raise ConfigError(f"'{key}[{i}].path' is required")
+            if not isinstance(src.domain, int) or src.domain < 0:
+                raise ConfigError(f"'{key}[{i}].domain' must be a level 0, 1, 2, ... (or false/true); got "
+                                  f"{src.domain!r}")  # fmt: skip
+            src.domain = int(src.domain)  # false/true -> 0/1
+    for level, n in d.prior_tokens.items():
+        if not str(level).isdigit() or not isinstance(n, int) or n < 0:
+            raise ConfigError(f"'data.prior_tokens' maps domain levels to token counts, e.g. {{'0': 1000}}; got "
+                              f"{level!r}: {n!r}")  # fmt: skip
     if cfg.export_peft and not cfg.model.lora.rank:
         raise ConfigError("'export_peft' writes LoRA adapters: set model.lora.rank > 0 (or drop export_peft)")
     if cfg.export_peft and cfg.model.num_experts:

@@ -174,6 +174,28 @@ class Mixture:
         return out
 
 
+def merge_levels(*counts: dict) -> dict[int, int]:
+    """Token counts by domain level ({level: tokens}, keys int or str) added up."""
+    out: dict[int, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            out[int(k)] = out.get(int(k), 0) + int(v)
+    return dict(sorted(out.items()))
+
+
+def level_intensity(tokens_by_level: dict) -> dict[str, float]:
+    """Cumulative data intensity of token counts by domain level (0 = general, 1 = domain, 2, 3, ... = more
+    specialised, e.g. a bank's private documents): `cumulative_intensity` = share at level >= 1 (x2/(x1+x2) after
+    general x1 then finance x2; (x2+x3)/(x1+x2+x3) after private x3), and `cumulative_intensity/levelL` = share at
+    level >= L for each level L >= 2 present."""
+    counts = merge_levels(tokens_by_level)
+    total = max(sum(counts.values()), 1)
+    out = {"cumulative_intensity": sum(v for k, v in counts.items() if k >= 1) / total}
+    for lv in (k for k in counts if k >= 2):
+        out[f"cumulative_intensity/level{lv}"] = sum(v for k, v in counts.items() if k >= lv) / total
+    return out
+
+
 class Loader:
     """Local batches for step t (this process's slice of the global batch), prefetched by Grain from `start`."""
 

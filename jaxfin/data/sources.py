@@ -17,13 +17,18 @@ Which reader reads each format, and why:
   builder (pandas) fail the whole file on one bad record and lose the line of multi-line CSV fields. Speed is not
   the reason: both read finance_corpus_en at 120-230 MB/s per core (json.loads dominates), far above the ~1 MB/s
   per core that tokenization consumes; reading bytes ourselves also skips `load_dataset`'s ~2 s first-call setup.
+- HTML (.html .htm) and PDF (.pdf): one document per file, like .txt. HTML keeps only the main text, as
+  `trafilatura.extract` finds it (navigation, footers, scripts and ads dropped); PDF is the text of every page
+  (pypdf's `extract_text`, pages joined by a blank line). A file that cannot be read (corrupt, encrypted, an
+  extractor error) counts as one `unreadable_file` record and one with no text as `empty`, at location "path",
+  so a folder of crawled pages or filings goes on past its broken files under `max_bad_fraction`.
 - Parquet: `datasets.load_dataset("parquet", streaming=True, columns=...)`, one file at a time so every row knows
   its file. Arrow has validated UTF-8 and column types when the file was written, so the only per-row faults left
   are nulls and values of the wrong kind; missing columns and non-text columns are refused up front from the schema.
 - `save_to_disk` folders (with dataset_info.json / state.json): `datasets.load_from_disk`, memory-mapped Arrow,
   iterated in batches.
-Locations are "path:LINE" (1-based, blank lines counted, a CSV record at its first line) for line formats and
-"path:row N" (0-based, as in `dataset[N]`) for Parquet and save_to_disk rows.
+Locations are "path:LINE" (1-based, blank lines counted, a CSV record at its first line) for line formats,
+"path:row N" (0-based, as in `dataset[N]`) for Parquet and save_to_disk rows, and "path" for HTML and PDF files.
 
 Bad input (`BAD_REASONS`) is dropped and counted in a `SourceReport`; `check_bad_fraction` stops the run with a
 message listing reasons and locations when more than the allowed fraction of a source is bad. Only problems that
@@ -54,7 +59,16 @@ KINDS = ("text", "chat", "pairs")
 FORMATS = SOURCE_FORMATS
 # Drop reasons that mean broken input; filters and dedup drop for other reasons, which are choices, not faults.
 BAD_REASONS = frozenset(
-    {"malformed_json", "malformed_csv", "missing_field", "wrong_type", "invalid_utf8", "too_long", "empty"}
+    {
+        "malformed_json",
+        "malformed_csv",
+        "missing_field",
+        "wrong_type",
+        "invalid_utf8",
+        "too_long",
+        "empty",
+        "unreadable_file",
+    }
 )
 MAX_EXAMPLES = 5  # locations kept per drop reason
 # Early stop: a source whose first records are mostly bad is misconfigured (wrong mapping, wrong format);
@@ -70,7 +84,11 @@ _EXTENSIONS = {
     ".csv": "csv",
     ".tsv": "csv",
     ".txt": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".pdf": "pdf",
 }
+_WHOLE_FILE = ("text", "html", "pdf")  # formats whose every file is one plain text document
 _DISK_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -243,8 +261,9 @@ def read_source(
             f"(expected some of {list(_FIELDS[src.kind])}); `fields` maps our field -> your column, e.g. {{text: body}}"
         )
     files = _resolve(src, name)
-    if src.kind != "text" and any(fmt == "text" for _, fmt in files):
-        raise DataError(f"source '{name}': .txt files hold one plain document each; kind '{src.kind}' needs records")
+    if src.kind != "text" and any(fmt in _WHOLE_FILE for _, fmt in files):
+        raise DataError(f"source '{name}': .txt, HTML and PDF files hold one plain document each; kind '{src.kind}' "
+                        "needs records")  # fmt: skip
     early = None if max_bad_fraction is None else max(EARLY_STOP_FRACTION, max_bad_fraction)
     ctx = _Ctx(name, src.kind, dict(src.fields), max_chars, report, early)
     if not src.records:
@@ -707,10 +726,56 @@ def _read_rows(batches, path: str, ctx: _Ctx) -> Iterator[Document]:
                 yield doc
 
 
+def _read_html(path: str, ctx: _Ctx) -> Iterator[Document]:
+    """One document per file: the main text as trafilatura extracts it (it detects the encoding from the bytes)."""
+    import trafilatura  # imported on use: only HTML sources need it
+
+    with _open_binary(path) as f:
+        raw = f.read()
+    return _whole_file(path, ctx, len(raw), lambda: trafilatura.extract(raw), "trafilatura found no main text")
+
+
+def _read_pdf(path: str, ctx: _Ctx) -> Iterator[Document]:
+    """One document per file: the text of every page, pages joined by a blank line; scanned pages have none."""
+    import io
+
+    import pypdf
+
+    with _open_binary(path) as f:
+        raw = f.read()
+
+    def extract() -> str:
+        reader = pypdf.PdfReader(io.BytesIO(raw))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise ValueError("encrypted: it needs a password")
+        return "\n\n".join(page.extract_text() or "" for page in reader.pages)
+
+    return _whole_file(path, ctx, len(raw), extract, "no text layer (a scanned PDF?)")
+
+
+def _whole_file(path: str, ctx: _Ctx, size: int, extract: Callable[[], str | None], why_empty: str):
+    """Count one record; an extractor that raises makes it `unreadable_file`, an empty result `empty`."""
+    ctx.report.read += 1
+    ctx.report.bytes_read += size
+    try:
+        text = extract()
+    except Exception as e:  # corrupt files raise many types (parser, decompression, crypto): all one bad record
+        ctx.bad("unreadable_file", path, f"{type(e).__name__}: {e}"[:300])
+        return
+    if not text or text.isspace():
+        ctx.bad("empty", path, why_empty)
+        return
+    doc = ctx.checked({"text": text}, path)
+    if doc is not None:
+        yield doc
+
+
 _READERS: dict[str, Callable[[str, _Ctx], Iterator[Document]]] = {
     "jsonl": _read_jsonl,
     "csv": _read_csv,
     "text": _read_text,
+    "html": _read_html,
+    "pdf": _read_pdf,
     "parquet": _read_parquet,
     "hf_disk": _read_hf_disk,
 }

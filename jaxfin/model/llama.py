@@ -162,6 +162,21 @@ def decoder(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=
     """(final normed hidden states [B, S, D] in the compute dtype, router statistics stacked over layers [L, ...]
     ({} for a dense model)). `dropout_rng`: a key for LoRA dropout (training); None = no dropout (evaluation), as
     does a model without LoRA or with lora.dropout 0."""
+    h, stats, _ = _layers(params, cfg, tokens, segment_ids, positions, dropout_rng, None)
+    return rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps), stats
+
+
+def layer_outputs(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, reduce=None):
+    """Each decoder layer's output, stacked [L, ...]: reduce(h) of the hidden states h [B, S, D] (compute dtype)
+    after layers 0..L-1, emitted by the same layer scan as `decoder` (no dropout). The embedding output is not
+    included, and no final norm is applied: entry L-1 is what `decoder` normalises. `reduce` (default: h itself)
+    runs inside the scan, so e.g. pooling keeps [L, B, D] instead of [L, B, S, D] in memory."""
+    return _layers(params, cfg, tokens, segment_ids, positions, None, reduce or (lambda h: h))[2]
+
+
+def _layers(params: dict, cfg: ModelConfig, tokens, segment_ids, positions, dropout_rng, emit):
+    """Embedding, then the layers: (last layer's output [B, S, D], router statistics [L, ...], emit(h) of every
+    layer's output stacked [L, ...] or None without `emit`)."""
     b, s = tokens.shape
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(s), (b, s))
@@ -175,20 +190,21 @@ def decoder(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=
 
     def layer(h, xs):
         lp, key = xs
-        return decoder_layer(cfg, lp, h, segment_ids, rope, key)
+        h, stats = decoder_layer(cfg, lp, h, segment_ids, rope, key)
+        return h, (stats, None if emit is None else emit(h))
 
     if cfg.remat != "none":
         layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=not cfg.scan_layers)
     if cfg.scan_layers:
-        h, stats = jax.lax.scan(layer, h, (params["layers"], keys))
+        h, (stats, emitted) = jax.lax.scan(layer, h, (params["layers"], keys))
     else:
         per_layer = []
         for i in range(cfg.num_layers):
             lp = jax.tree.map(lambda w, i=i: w[i], params["layers"])
-            h, st = layer(h, (lp, None if keys is None else keys[i]))
-            per_layer.append(st)
-        stats = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
-    return rms_norm(h, params["norm"]["scale"], cfg.rms_norm_eps), stats
+            h, out = layer(h, (lp, None if keys is None else keys[i]))
+            per_layer.append(out)
+        stats, emitted = jax.tree.map(lambda *xs: jnp.stack(xs), *per_layer)
+    return h, stats, emitted
 
 
 def hidden_states(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *, dropout_rng=None):

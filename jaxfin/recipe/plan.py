@@ -170,21 +170,23 @@ def substitute(data, refs: dict[int, dict], paths) -> dict:
 # ------------------------------------------------------------------------------------------- stage kinds
 
 # vocab_expand's keys: expand_vocab's keyword arguments, with `tokens` a file of tokens (one a line)
+VOCAB_SOURCES = ("tokens", "mine", "mine_chars")
 VOCAB_EXPAND_KEYS = (
-    "tokens", "mine", "num", "init", "seed", "noise_scale", "report_corpus", "field", "pad_to_multiple",
+    *VOCAB_SOURCES, "num", "init", "seed", "noise_scale", "report_corpus", "field", "pad_to_multiple",
 )  # fmt: skip
 
 
 def _vocab_expand_options(spec, where: str) -> dict:
     """A stage's `vocab_expand` mapping -> expand_vocab keyword arguments (the token file read here)."""
     if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: must be a mapping of expand options, e.g. {{tokens: FILE}} or {{mine: CORPUS, "
-                          f"num: 500}}; got {spec!r}")  # fmt: skip
+        raise ConfigError(f"{where}: must be a mapping of expand options, e.g. {{tokens: FILE}}, {{mine: CORPUS, "
+                          f"num: 500}} or {{mine_chars: CORPUS, num: 7000}}; got {spec!r}")  # fmt: skip
     unknown = sorted(set(spec) - set(VOCAB_EXPAND_KEYS))
     if unknown:
         raise ConfigError(f"{where}: unknown key '{unknown[0]}' (known: {', '.join(VOCAB_EXPAND_KEYS)})")
-    if ("tokens" in spec) == ("mine" in spec):
-        raise ConfigError(f"{where}: give exactly one of 'tokens' (a file) and 'mine' (a corpus)")
+    if sum(k in spec for k in VOCAB_SOURCES) != 1:
+        raise ConfigError(f"{where}: give exactly one of 'tokens' (a file), 'mine' (a corpus: BPE pieces) and "
+                          f"'mine_chars' (a corpus or a list of them: CJK characters)")  # fmt: skip
     opts = dict(spec)
     if "tokens" in opts:
         opts["tokens"] = read_token_file(opts["tokens"])

@@ -31,8 +31,12 @@ def report_markdown(recipe: str, summaries: list[dict], evals: list[tuple[dict, 
     """report.md: the stages' times, then per eval stage (stage, its eval report, its checks) the table and checks."""
     from jaxfin.eval.report import wide_table
 
-    lines = [f"# Recipe {recipe}", "", "| stage | seconds | output |", "| --- | ---: | --- |"]
-    lines += [f"| {s['stage']} | {s['seconds']} | `{s['output_dir']}` |" for s in summaries]
+    lines = [f"# Recipe {recipe}", "", "| stage | seconds | tokens by domain level | cumulative data intensity | "
+             "output |", "| --- | ---: | --- | ---: | --- |"]  # fmt: skip
+    for s in summaries:
+        tokens = " ".join(f"{k}: {v:,}" for k, v in (s.get("tokens_by_level") or {}).items())
+        ci = f"{s['cumulative_intensity']:.4f}" if "cumulative_intensity" in s else ""
+        lines.append(f"| {s['stage']} | {s['seconds']} | {tokens} | {ci} | `{s['output_dir']}` |")
     if png:
         lines += ["", f"![losses and bits per byte]({Path(png).name})"]
     for st, report, ch in evals:
@@ -75,6 +79,8 @@ def headline(kind: str, summary: dict) -> str:
     if kind == "train":
         parts = [f"{summary.get('steps')} steps ({summary.get('stop_reason')})"]
         parts += [f"{k} {_fmt(summary[k])}" for k in ("dev_loss_first", "dev_loss_best") if summary.get(k) is not None]
+        parts += [f"{k.replace('cumulative_intensity', 'intensity')} {summary[k]:.3f}" for k in summary
+                  if k.startswith("cumulative_intensity")]  # fmt: skip
         return ", ".join(parts)
     if kind == "eval":
         ch = summary.get("checks") or []

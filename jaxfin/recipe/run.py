@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from jaxfin.config import ConfigError
+from jaxfin.data.loader import level_intensity, merge_levels
 from jaxfin.recipe.plan import load_recipe, substitute
 from jaxfin.recipe.report import checks, plot_recipe, report_markdown, scores
 
@@ -110,10 +111,32 @@ def _evaluate(st: dict, models: dict) -> dict:
 def _train(st: dict, models: dict) -> dict:
     from jaxfin.train import train
 
-    cfg = st["config"]
+    cfg, prior = st["config"], st.get("prior_tokens")
     if st["start"] is not None:
         cfg = dataclasses.replace(cfg, init_from=_path(st["start"], models))
+    if prior:  # the tokens its model was trained on before: the stage logs the cumulative data intensity
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, prior_tokens={str(k): v for k, v in
+                                                                                        prior.items()}))  # fmt: skip
     return train(cfg)
+
+
+def _lineage_of(st: dict, lineage: dict[str, dict]) -> dict:
+    """{"tokens": {level: n}, "last": training stage} of the model a stage starts from: the tokens by domain level
+    it was trained on through the chain of stages it descends from (a vocabulary expansion passes them on), and
+    the last training stage of that chain. A merge, an MoE assembly, the base or an outside model start afresh."""
+    start = (st.get("start") or {}).get("stage")
+    if st["kind"] not in ("train", "vocab_expand") or start not in lineage:
+        return {"tokens": {}, "last": None}
+    return lineage[start]
+
+
+def _intensity(st: dict, summary: dict, before: dict) -> dict:
+    """A training stage's tokens by domain level and the cumulative data intensity after it (summary keys)."""
+    if st["kind"] != "train" or "tokens_by_level" not in summary:
+        return {}
+    total = merge_levels(before["tokens"], summary["tokens_by_level"])
+    return {"after": before["last"], "cumulative_tokens_by_level": {str(k): v for k, v in total.items()},
+            **level_intensity(total)}  # fmt: skip
 
 
 def _run_stage(st: dict, models: dict, stage_out: Path) -> dict:
@@ -143,7 +166,8 @@ def _headline(summary) -> dict:
     """What of a stage's summary goes into the state file: its headline numbers (scalars, the checks, the eval
     scores by model), not its file lists or reports."""
     keep = ("steps", "stop_reason", "dev_loss_first", "dev_loss_last", "dev_loss_best", "tensors", "experts",
-            "added", "vocab_size", "checks", "bits_per_byte", "tasks", "preference_accuracy")  # fmt: skip
+            "added", "vocab_size", "checks", "bits_per_byte", "tasks", "preference_accuracy",
+            "tokens_by_level")  # fmt: skip
     return {k: v for k, v in (summary or {}).items() if k in keep}
 
 
@@ -164,11 +188,13 @@ def run_recipe(path: str | Path, overrides: list[str] = (), until: str | None = 
     state = read_state(out)
     state.update(recipe=str(path), plan=[{"name": s["name"], "kind": s["kind"], "hash": s["hash"]} for s in stages])
     models: dict[str, dict] = {}
+    lineage: dict[str, dict] = {}  # per stage: tokens by domain level its model has been trained on, cumulative
     summaries, evals = [], []
     for i, st in enumerate(stages):
         name, stage_out = st["name"], out / st["name"]
         rec = state["stages"].get(name)
         head = f"=== recipe {Path(path).stem}: stage {i + 1}/{len(stages)} '{name}' ({st['kind']})"
+        before = _lineage_of(st, lineage)
         if rec and rec["hash"] == st["hash"] and rec["state"] == "done":
             log(f"{head}: done before (inputs {st['hash']}), skipped")
             models[name], summary = rec["model"], {"stage": name, **rec["summary"], "seconds": rec["seconds"]}
@@ -181,10 +207,13 @@ def run_recipe(path: str | Path, overrides: list[str] = (), until: str | None = 
                 state["stages"][name] = {"kind": st["kind"], "hash": st["hash"], "state": "running"}
                 _write_state(out, state)
             t0 = time.time()
-            result = _run_stage(st, models, stage_out)
+            result = _run_stage({**st, "prior_tokens": before["tokens"]}, models, stage_out)
             models[name] = _model_of(st, stage_out)
             summary = {"stage": name, "output_dir": str(stage_out), **_headline(result),
-                       "seconds": round(time.time() - t0, 1)}  # fmt: skip
+                       **_intensity(st, result, before), "seconds": round(time.time() - t0, 1)}  # fmt: skip
+            if "cumulative_intensity" in summary:
+                log(f"stage '{name}': tokens by domain level {summary['tokens_by_level']}; cumulative data "
+                    f"intensity {summary['cumulative_intensity']:.4f}")  # fmt: skip
             stopped = result.get("stop_reason") == SIGTERM
             if is_main():
                 state["stages"][name] = {
@@ -197,6 +226,11 @@ def run_recipe(path: str | Path, overrides: list[str] = (), until: str | None = 
             if stopped:
                 log(f"stage '{name}' stopped by SIGTERM; rerun the same command to resume it")
                 return summaries + [summary]
+        if "cumulative_tokens_by_level" in summary:
+            lineage[name] = {"tokens": {int(k): v for k, v in summary["cumulative_tokens_by_level"].items()},
+                             "last": name}  # fmt: skip
+        else:
+            lineage[name] = before
         summaries.append(summary)
         if st["kind"] == "eval" and is_main():
             evals.append((st, json.loads((stage_out / "eval.json").read_text()), summary.get("checks", [])))

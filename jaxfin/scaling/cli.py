@@ -96,7 +96,11 @@ def _add_intensity(sub) -> None:
         help="data intensity of a staged CPT plan",
         description="Per stage: domain tokens / stage tokens; cumulative: domain tokens / all tokens so far.",
     )
-    p.add_argument("--stage", action="append", required=True, metavar="TOKENS:RATIO", help="e.g. 10B:0 then 2B:1")
+    p.add_argument("--stage", action="append", metavar="TOKENS:RATIO", help="e.g. 10B:0 then 2B:1")
+    p.add_argument("--recipe", metavar="OUTPUT_DIR", help="instead of --stage: the training stages a recipe ran "
+                   "(its recipe_state.json), following the chain of stages the last one (or --until) starts from; "
+                   "the ratio of a stage = its tokens at domain level >= 1 over all its tokens")  # fmt: skip
+    p.add_argument("--until", metavar="STAGE", help="with --recipe: the stage whose chain is shown")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run_intensity)
 
@@ -287,9 +291,45 @@ def _plan_dcpt(args, fit: dict) -> dict:
 def run_intensity(args) -> int:
     from jaxfin.scaling.planner import data_intensity, parse_stage
 
-    rows = data_intensity([parse_stage(s) for s in args.stage])
+    if bool(args.stage) == bool(args.recipe):
+        raise ValueError("give --stage TOKENS:RATIO (one per stage) or --recipe OUTPUT_DIR")
+    names = None
+    if args.recipe:
+        names, stages = recipe_chain(Path(args.recipe), args.until)
+    else:
+        stages = [parse_stage(s) for s in args.stage]
+    rows = data_intensity(stages)
+    if names:
+        rows = [{"name": n, **r} for n, r in zip(names, rows)]
     lines = [f"{'stage':>5s} {'tokens':>10s} {'domain':>10s} {'stage int.':>10s} {'cumulative':>10s}"]
     lines += [f"{r['stage']:5d} {r['tokens']:10.4g} {r['domain_tokens']:10.4g} {r['stage_intensity']:10.4f} "
-              f"{r['cumulative_intensity']:10.4f}" for r in rows]  # fmt: skip
+              f"{r['cumulative_intensity']:10.4f}" + (f"  {r['name']}" if names else "") for r in rows]  # fmt: skip
     _emit({"stages": rows}, args.json, "\n".join(lines))
     return 0
+
+
+def recipe_chain(out: Path, until: str | None = None) -> tuple[list[str], list[tuple[float, float]]]:
+    """The training stages of a recipe run (OUTPUT_DIR/recipe_state.json) that `until` (default: the last
+    training stage with token counts) descends from, first first, as (names, [(tokens, domain ratio)])."""
+    f = out / "recipe_state.json"
+    if not f.is_file():
+        raise FileNotFoundError(f"{f}: not found (is {out} a recipe's output_dir?)")
+    state = json.loads(f.read_text())
+    done = {n: r["summary"] for n, r in state["stages"].items() if "tokens_by_level" in (r.get("summary") or {})}
+    order = [p["name"] for p in state.get("plan", []) if p["name"] in done]
+    if until is None:
+        if not order:
+            raise ValueError(f"{f}: no training stage has token counts yet")
+        until = order[-1]
+    if until not in done:
+        raise ValueError(f"{f}: stage '{until}' is not a finished training stage (those: {', '.join(order)})")
+    names, name = [], until
+    while name:
+        names.insert(0, name)
+        name = done[name].get("after")
+    stages = []
+    for n in names:
+        counts = {int(k): v for k, v in done[n]["tokens_by_level"].items()}
+        tokens = sum(counts.values())
+        stages.append((float(tokens), sum(v for k, v in counts.items() if k >= 1) / max(tokens, 1)))
+    return names, stages

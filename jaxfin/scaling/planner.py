@@ -129,3 +129,4 @@ def data_intensity(stages: list[tuple[float, float]]) -> list[dict]:
             }
         )  # fmt: skip
     return out
+

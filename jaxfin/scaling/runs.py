@@ -101,7 +101,7 @@ def _ratio_weights(data: dict, r: float) -> dict[str, float]:
     from jaxfin.data.loader import named
 
     sources = named([SourceConfig(**s) for s in data["sources"]], "data.sources")
-    dom = [s.name for s in sources if s.domain]
+    dom = [s.name for s in sources if s.domain]  # any level >= 1
     gen = [s.name for s in sources if not s.domain]
     if not dom or not gen:
         raise ValueError(
@@ -271,7 +271,7 @@ def _requested_ratio(cfg, run_dir: Path) -> float | None:
     from jaxfin.data.loader import named, stage_weights
 
     sources = named(cfg.data.sources, "data.sources")
-    domain = {s.name: s.domain for s in sources}
+    domain = {s.name: bool(s.domain) for s in sources}
     if len(set(domain.values())) < 2:
         return None
     stages = stage_weights(cfg.data, sources)
@@ -330,7 +330,7 @@ def collect_row(run_dir: Path, allow_partial: bool = False) -> dict | None:
             row["data_intensity"] = last["data_intensity"]
     devs = named(cfg.data.dev, "data.dev")
     for col, flag in (("domain_loss", True), ("general_loss", False)):
-        vals = [last[f"dev_loss/{s.name}"] for s in devs if s.domain == flag and f"dev_loss/{s.name}" in last]
+        vals = [last[f"dev_loss/{s.name}"] for s in devs if bool(s.domain) == flag and f"dev_loss/{s.name}" in last]
         if vals:
             row[col] = sum(vals) / len(vals)
     for s in devs:

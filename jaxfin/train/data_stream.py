@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import jax
 import numpy as np
 import xxhash
 
 from jaxfin.config.schema import DataConfig, TrainConfig
 from jaxfin.data import DataError
-from jaxfin.data.loader import Loader, Mixture, named, open_sources, stage_weights
+from jaxfin.data.loader import Loader, Mixture, level_intensity, merge_levels, named, open_sources, stage_weights
 from jaxfin.model.batch import Batch
 
 
@@ -29,7 +30,9 @@ class DataStream:
         sources = named(d.sources, "data.sources")
         self.sources = open_sources(sources, tok, d, t.seed)
         self.names = [s.name for s in self.sources]
-        self.domain = np.array([s.domain for s in sources], float)
+        self.level = np.array([int(s.domain) for s in sources], np.int64)  # domain level per source (0 = general)
+        self.domain = (self.level >= 1).astype(float)  # what the data intensity counts
+        self.prior = {int(k): int(v) for k, v in d.prior_tokens.items()}  # tokens of earlier stages, by level
         self.mixture = Mixture(self.sources, stage_weights(d, sources), d.mix_by, t.seed)
         self.loader = Loader(self.mixture, t.batch_size, rows)
         self.threads = d.loader_threads
@@ -58,24 +61,37 @@ class DataStream:
         total = max(int(self.tokens.sum()), 1)
         stage = int(self.mixture.stage_of(np.array([step * self.loader.global_batch - 1]))[0])
         out = {"stage": stage, "data_intensity": float(self.tokens @ self.domain / total)}
+        if self.prior or self.level.max(initial=0) >= 2:  # across the stages so far, and per level above 1
+            out.update(level_intensity(merge_levels(self.prior, self.tokens_by_level())))
         for i, name in enumerate(self.names):
             out[f"mix/{name}"] = float(self.tokens[i] / total)
             out[f"mix_target/{name}"] = float(self.mixture.stages[stage].probs[i])
         return out
 
+    def tokens_by_level(self, everywhere: bool = False) -> dict[int, int]:
+        """Non-pad tokens trained on so far per domain level (this process's rows; `everywhere`: summed over
+        the processes, a collective)."""
+        counts = self.tokens
+        if everywhere and jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            counts = np.asarray(multihost_utils.process_allgather(counts)).reshape(-1, len(counts)).sum(0)
+        return {int(lv): int(counts[self.level == lv].sum()) for lv in np.unique(self.level)}
+
     def plan(self) -> dict:
         """The requested data plan (written to OUTPUT_DIR/data_plan.json and printed at the start)."""
         return {
             "sources": [
-                {"name": s.name, "domain": bool(d), "tokens": s.cache.num_tokens, "sequences": len(s.cache),
+                {"name": s.name, "domain": int(d), "tokens": s.cache.num_tokens, "sequences": len(s.cache),
                  "rows_per_epoch": s.rows_in_epoch(), "packing_efficiency": s.packing_efficiency,
                  **({"pairs": len(s.pairs), "truncated_pairs": s.pairs.truncated} if s.pairs is not None else {})}
-                for s, d in zip(self.sources, self.domain)
+                for s, d in zip(self.sources, self.level)
             ],
             "stages": [
                 {**st, "probs": dict(zip(self.names, self.mixture.stages[st["stage"]].probs.tolist()))}
                 for st in self.mixture.planned_intensity(self.domain, self.total_rows)
             ],
+            **({"prior_tokens": {str(k): v for k, v in sorted(self.prior.items())}} if self.prior else {}),
         }  # fmt: skip
 
     # ------------------------------------------------------------------------------------------- dev

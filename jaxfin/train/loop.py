@@ -27,6 +27,7 @@ from jaxfin.store.jaxfin_dir import write_model_json
 from jaxfin.train import hooks
 from jaxfin.train.data_stream import DataStream
 from jaxfin.train.hooks import Hook, Loop, StopFlag
+from jaxfin.train.logme import resolve_trainable
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
 from jaxfin.train.state import (
@@ -152,6 +153,7 @@ def _train(cfg: Config, stop: StopFlag) -> dict:
     data = _open_data(cfg, tok, rows)  # before the model: a data mistake should not wait for a big model to load
     cfg, params, hf_extra = _model(cfg, tok)
     check_layout(cfg.model, cfg.train, mesh)
+    cfg, params = resolve_trainable(cfg, params, tok, out)  # `@logme:K` -> layers[...] from the initial weights
     if is_main():
         _write_run_files(cfg, tok, hf_extra, out)
         _report_plan(data.plan(), mesh, out)
@@ -164,9 +166,11 @@ def _train(cfg: Config, stop: StopFlag) -> dict:
         print(f"{loop.stop_reason}: stopped at step {loop.step}; checkpoints in {out / 'checkpoints'}", flush=True)
         if loop.stop_reason == hooks.SIGTERM:
             print("rerun the same command to resume", flush=True)
+    tokens = data.tokens_by_level(everywhere=True)  # what a recipe carries to the stages after this one
     return {
         "steps": loop.step,
         "stop_reason": loop.stop_reason,
+        "tokens_by_level": {str(k): v for k, v in tokens.items()},
         "dev_loss_first": loop.meta["dev_first"],
         "dev_loss_last": None if dev is None else dev.last,
         "dev_loss_best": loop.meta["dev_best"],
@@ -181,6 +185,9 @@ def _report_plan(plan: dict, mesh, out: Path) -> None:
     for st in plan["stages"]:
         print(f"data plan: stage {st['stage']}: {st['rows']:,} rows, domain share {st['domain_share']:.3f}, "
               f"data intensity so far {st['cumulative']:.3f}")  # fmt: skip
+    if plan.get("prior_tokens"):
+        print(f"data plan: trained before (tokens by domain level): {plan['prior_tokens']}; the logged "
+              f"cumulative_intensity counts them")  # fmt: skip
 
 
 @dataclass

@@ -13,7 +13,10 @@
 - a shortcut: `@embeddings` (embed_tokens + the output head: lm_head, or score for a reward model; with tied
   embeddings the one matrix), `@head` (lm_head or score), `@top:K` (= `layers[-K:]`), `@bottom:K` (= `layers[:K]`),
   `@norms` (every norm scale), `@lora` (every LoRA adapter), `@router` (a mixture of experts' routers: train
-  the gates of an assembled MoE first, Branch-Train-MiX style), `@all` (everything).
+  the gates of an assembled MoE first, Branch-Train-MiX style), `@all` (everything), `@logme:K` (the K layers
+  whose mean-pooled hidden states best predict the labels of the classification task `logme.task`, by LogME
+  on the run's initial weights; jaxfin/train/logme.py. `jaxfin train` resolves it to `layers[i,j,...]` before
+  the selection is made and keeps the ranking in OUTPUT_DIR/logme.json; `selection` itself refuses it).
 
 The patterns' union is trained. [] (the default) trains everything, or only the LoRA adapters when
 model.lora.rank > 0 (plus the score head of a reward model, which starts untrained). A pattern that matches no
@@ -41,9 +44,10 @@ from flax import traverse_util
 from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import ModelConfig
 
-SHORTCUTS = ("@embeddings", "@head", "@top:K", "@bottom:K", "@norms", "@lora", "@router", "@all")
+SHORTCUTS = ("@embeddings", "@head", "@top:K", "@bottom:K", "@norms", "@lora", "@router", "@all", "@logme:K")
 _LAYERS = re.compile(r"layers\[([^\]]*)\](?:/(.*))?")
 _SHORT = re.compile(r"@(top|bottom):(\d+)")
+_LOGME = re.compile(r"@logme:(\d+)")
 
 
 # ---------------------------------------------------------------------------------------------- paths
@@ -91,18 +95,34 @@ def _layer_indices(sel: str, n: int, pattern: str) -> tuple[int, ...]:
     return tuple(sorted({i % n for i in idx}))
 
 
+def _check_k(pattern: str, k: int, cfg: ModelConfig) -> int:
+    if not 1 <= k <= cfg.num_layers:
+        raise ConfigError(
+            f"train.trainable: '{pattern}': K must be between 1 and the number of layers ({cfg.num_layers})"
+        )
+    return k
+
+
+def logme_k(pattern: str, cfg: ModelConfig) -> int | None:
+    """K of a `@logme:K` pattern (checked against the model's layers), None for any other pattern."""
+    m = _LOGME.fullmatch(pattern.strip())
+    return None if m is None else _check_k(pattern, int(m.group(1)), cfg)
+
+
 def _expand(pattern: str, cfg: ModelConfig) -> list[str]:
     """Shortcuts -> plain patterns."""
     if not pattern.startswith("@"):
         return [pattern]
     m = _SHORT.fullmatch(pattern)
     if m:
-        k = int(m.group(2))
-        if not 1 <= k <= cfg.num_layers:
-            raise ConfigError(
-                f"train.trainable: '{pattern}': K must be between 1 and the number of layers ({cfg.num_layers})"
-            )
+        k = _check_k(pattern, int(m.group(2)), cfg)
         return [f"layers[-{k}:]" if m.group(1) == "top" else f"layers[:{k}]"]
+    if logme_k(pattern, cfg) is not None:  # needs weights and a task: only the trainer resolves it
+        raise ConfigError(
+            f"train.trainable: '{pattern}' ranks the layers by LogME on logme.task from the model's weights, which "
+            f"only `jaxfin train` does; here give the layers themselves: `jaxfin select-layers MODEL --task TASK "
+            f"--top K` prints the pattern (layers[i,j,...])"
+        )
     table = {
         "@embeddings": ["embed_tokens", "lm_head", "score"],
         "@head": ["lm_head", "score"],

@@ -4,9 +4,11 @@ New rows start as the mean of the old rows of the pieces the old tokenizer split
 default), or as the mean of all old rows plus small seeded Gaussian noise (`mean_noise`). Old rows are copied
 unchanged, so inputs made only of old tokens give the same logits over the old vocabulary as before.
 
-Tokens come from a list file or are mined from a corpus: a SentencePiece BPE model is trained on the corpus, the
-corpus is tokenized with it, and its most frequent pieces that are not already single tokens of the old tokenizer
-are kept. Tokens per character on a report corpus are measured before and after.
+Tokens come from a list file or are mined from a corpus: either its most frequent CJK characters (the ranges of
+jaxfin.data.filters: ideographs, kana, hangul) that are not already single tokens of the old tokenizer
+(XuanYuan-style: whole characters, not BPE pieces), or a SentencePiece BPE model is trained on the corpus, the
+corpus is tokenized with it, and its most frequent pieces that are not already single tokens are kept. Tokens per
+character on a report corpus are measured before and after.
 
 SentencePiece-style tokenizers whose normalizer prepends the "▁" word marker (Llama 2, and the HF export of a
 SentencePiece `.model`) would put that marker in front of every added token and of every piece of text after
@@ -26,6 +28,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from jaxfin.data.filters import _CJK_CHAR  # the project's one definition of a CJK character
 
 SPIECE = "▁"
 INITS = ("mean", "mean_noise")
@@ -68,6 +72,14 @@ def read_corpus(path: str | Path, field: str = "text") -> list[str]:
     if not texts:
         raise ValueError(f"corpus {path} has no text")
     return texts
+
+
+def read_corpora(paths: str | Path | list, field: str = "text") -> list[str]:
+    """The texts of one corpus or of several (a list of paths), in order."""
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not paths:
+        raise ValueError("no corpus given")
+    return [t for p in paths for t in read_corpus(p, field)]
 
 
 def tokens_per_char(tok, texts: list[str]) -> float:
@@ -178,6 +190,27 @@ def mine_tokens(
     return out
 
 
+def mine_chars(
+    texts: list[str], tok, num: int, *, log: Callable[[str], None] = print
+) -> tuple[list[tuple[str, int]], int]:
+    """The `num` most frequent CJK characters of `texts` (ties by code point) that are not single tokens of `tok`,
+    with their counts, and how many distinct CJK characters of `texts` already are single tokens."""
+    if num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
+    counts = Counter(c for t in texts for c in _CJK_CHAR.findall(t))
+    vocab = tok.get_vocab()
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    new = [(c, n) for c, n in ranked if not is_old_token(tok, vocab, c)]
+    already = len(ranked) - len(new)
+    log(f"vocab expand: {len(ranked)} distinct CJK characters, {already} already single tokens")
+    if len(new) < num:
+        log(f"vocab expand: only {len(new)} new characters in the corpus (asked for {num})")
+    return new[:num], already
+
+
+_mine_chars = mine_chars  # expand_vocab's keyword argument of the same name hides it there
+
+
 def _grow(
     old: np.ndarray, rows: int, new_ids: dict[int, list[int]], init: str, used: int, rng, noise_scale: float
 ) -> np.ndarray:
@@ -206,6 +239,7 @@ def expand_vocab(
     *,
     tokens: list[str] | None = None,
     mine: str | Path | None = None,
+    mine_chars: str | Path | list | None = None,
     num: int | None = None,
     init: str = "mean",
     seed: int = 0,
@@ -215,9 +249,10 @@ def expand_vocab(
     pad_to_multiple: int = 1,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Expand the vocabulary of the model at `model_dir` (HF dir or jaxfin checkpoint) with `tokens` (or
-    `num` pieces mined from the corpus `mine`) and write the model and tokenizer as an HF dir at `out_dir`.
-    Returns the report, also written to `out_dir/vocab_expand.json`."""
+    """Expand the vocabulary of the model at `model_dir` (HF dir or jaxfin checkpoint) with `tokens`, `num`
+    pieces mined from the corpus `mine`, or the `num` most frequent new CJK characters of `mine_chars` (a corpus
+    or a list of them), and write the model and tokenizer as an HF dir at `out_dir`. Returns the report, also
+    written to `out_dir/vocab_expand.json`."""
     import jax.numpy as jnp
     from transformers import AutoTokenizer
 
@@ -225,9 +260,10 @@ def expand_vocab(
     from jaxfin.model import Model
     from jaxfin.store import load_model, save_model
 
-    if (tokens is None) == (mine is None):
-        raise ValueError("give exactly one token source: a tokens list or a corpus to mine")
-    if mine is not None and not num:
+    corpus = mine if mine is not None else mine_chars
+    if sum(x is not None for x in (tokens, mine, mine_chars)) != 1:
+        raise ValueError("give exactly one token source: a tokens list, a corpus to mine pieces or characters from")
+    if corpus is not None and not num:
         raise ValueError("mining needs the number of tokens to add (--num N)")
     if init not in INITS:
         raise ValueError(f"init must be one of {', '.join(INITS)}, got '{init}'")
@@ -236,8 +272,8 @@ def expand_vocab(
     out_dir = Path(out_dir)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ValueError(f"output directory {out_dir} exists and is not empty; choose a new one")
-    mine_texts = read_corpus(mine, field) if mine is not None else None
-    report_texts = read_corpus(report_corpus, field) if report_corpus is not None else mine_texts
+    mine_texts = read_corpora(corpus, field) if corpus is not None else None
+    report_texts = read_corpora(report_corpus, field) if report_corpus is not None else mine_texts
 
     log(f"vocab expand: loading {model_dir}")
     model = load_model(model_dir)
@@ -256,9 +292,12 @@ def expand_vocab(
             raise ValueError(f"{model_dir}: the tokenizer has {n_old} tokens but the model only {cfg.vocab_size} rows")
         vocab = old_tok.get_vocab()
 
-        mined_counts = None
-        if mine is not None:
-            mined = mine_tokens(mine_texts, old_tok, num, log=log)
+        mined_counts = chars_already = None
+        if corpus is not None:
+            if mine is not None:
+                mined = mine_tokens(mine_texts, old_tok, num, log=log)
+            else:
+                mined, chars_already = _mine_chars(mine_texts, old_tok, num, log=log)
             tokens, mined_counts = [t for t, _ in mined], dict(mined)
         seen, todo, duplicates, existing = set(), [], 0, []
         for t in tokens:
@@ -304,7 +343,7 @@ def expand_vocab(
 
     report = {
         "model": str(model_dir),
-        "source": {"tokens": len(tokens)} if mine is None else {"mined_from": str(mine), "num": num},
+        "source": _source(tokens, mine, mine_chars, num),
         "init": init,
         "seed": seed,
         "noise_scale": noise_scale if init == "mean_noise" else None,
@@ -317,10 +356,27 @@ def expand_vocab(
         "dummy_prefix_moved": rewritten,
         "added_tokens": todo if mined_counts is None else [[t, mined_counts[t]] for t in todo],
     }
+    if chars_already is not None:
+        report["chars_already_tokens"] = chars_already
     if report_texts is not None:
         log("vocab expand: measuring tokens per character")
         before, after = tokens_per_char(old_tok, report_texts), tokens_per_char(new_tok, report_texts)
-        report["report_corpus"] = str(report_corpus or mine)
+        report["report_corpus"] = _names(report_corpus if report_corpus is not None else corpus)
         report["tokens_per_char"] = {"before": round(before, 6), "after": round(after, 6)}
+        reduction = 1 - after / before if before else 0.0
+        report["tokens_per_char_reduction"] = round(reduction, 6)
+        log(f"vocab expand: tokens per character {before:.4f} -> {after:.4f} ({reduction:.1%} fewer)")
     (out_dir / REPORT_FILE).write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return report
+
+
+def _names(paths) -> str | list[str]:
+    return str(paths) if isinstance(paths, (str, Path)) else [str(p) for p in paths]
+
+
+def _source(tokens, mine, mine_chars, num) -> dict:
+    if mine is not None:
+        return {"mined_from": str(mine), "num": num}
+    if mine_chars is not None:
+        return {"chars_mined_from": _names(mine_chars), "num": num}
+    return {"tokens": len(tokens)}

@@ -1,0 +1,1 @@
+"""A fictional bank's private documents for the finance-brain recipe (configs/recipes/finance_brain.yaml)."""
