@@ -94,6 +94,7 @@ def run_data_prepare(args) -> int:
     from jaxfin.config.schema import FilterConfig
     from jaxfin.data.prepare import format_report, prepare
     from jaxfin.data.tokenizer import load_tokenizer
+    from jaxfin.eval import judge  # noqa: F401  (registers the LLM quality judge)
 
     fields = dict(f.split("=", 1) for f in args.field)
     filters = {}
@@ -224,6 +225,9 @@ def build_parser(prog: str = "jaxfin") -> argparse.ArgumentParser:
     from jaxfin.eval.agents import add_agents_parser
 
     add_agents_parser(sub)
+    from jaxfin.retrieval.cli import add_index_parser
+
+    add_index_parser(sub)
     from jaxfin.recipe.cli import add_findings_parser, add_recipe_parser
 
     add_recipe_parser(sub)

@@ -111,3 +111,39 @@ def test_unknown_override_key_names_the_closest_one():
 
     with pytest.raises(ConfigError, match="generation.max_new_tokens"):
         load_agents_config(REPO / "configs/agents/finance_brain.yaml", ["generation.max_new_token=12"])
+
+
+def test_roles_with_their_own_model_and_retrieved_passages(model_dir, tmp_path):
+    """A role with retrieval gets the index's best passages, with their source ids, in its prompt (the prompt
+    written out here) and lists them in `passages`; a role with retrieval_k 0 and its own model gets the plain
+    prompt through that model. Each answer equals `generate` of that model on the hand-written prompt."""
+    from jaxfin.eval.generate import GenerationConfig, generate
+    from jaxfin.retrieval import Index, build_index
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs/a.txt").write_text("The rating code of Velmora Bank is KT4.\n")
+    (tmp_path / "docs/b.txt").write_text("Velmora Bank opened three branches.\n")
+    (tmp_path / "docs/c.txt").write_text("Interest coverage fell to 2.3x.\n")
+    build_index([str(tmp_path / "docs")], tmp_path / "idx", log=lambda m: None)
+    cfg_cls = ModelConfig(vocab_size=1024, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                          num_kv_heads=2, max_position_embeddings=512, compute_dtype="float32")  # fmt: skip
+    other = tmp_path / "other_model"
+    jaxfin.save_model(Model(cfg_cls, init_params(cfg_cls, jax.random.key(1)), str(TOKENIZER)), other, format="hf")
+    q = "What is the rating code of Velmora Bank?"
+    cfg_path = tmp_path / "a.yaml"
+    cfg_path.write_text(json.dumps({
+        "model": str(model_dir), "tokenizer": str(TOKENIZER), "retrieval": {"index": str(tmp_path / "idx"), "k": 2},
+        "roles": [{"name": "reader", "system": "You are A."},
+                  {"name": "closed", "system": "You are B.", "model": str(other), "retrieval_k": 0}],
+        "questions": [q], "output": "", "generation": {"max_new_tokens": 5, "stop": []},
+    }))  # fmt: skip
+    cfg = load_agents_config(cfg_path)
+    (got,) = run_agents(cfg, log=lambda m: None)
+    hits = Index.load(tmp_path / "idx").search(q, 2)
+    assert hits[0]["id"] == f"{tmp_path / 'docs/a.txt'}:1#0" and got["passages"] == {"reader": hits, "closed": []}
+    context = "\n".join(f"[{n}] (source: {h['id']}) {h['text']}" for n, h in enumerate(hits, 1))
+    tok, gen = load_tokenizer(TOKENIZER), GenerationConfig(max_new_tokens=5, stop=[])
+    want_a = generate(jaxfin.load_model(model_dir), tok, [f"You are A.\n\n{context}\n\nQuestion: {q}\nAnswer:"], gen)
+    want_b = generate(jaxfin.load_model(other), tok, [f"You are B.\n\nQuestion: {q}\nAnswer:"], gen)
+    assert got["answers"] == {"reader": want_a[0], "closed": want_b[0]}
+    assert want_b != generate(jaxfin.load_model(model_dir), tok, [f"You are B.\n\nQuestion: {q}\nAnswer:"], gen)

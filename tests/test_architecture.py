@@ -19,7 +19,7 @@ LAYERS = [
     {"data"},
     {"hf"},
     {"store", "jaxfin"},
-    {"eval"},
+    {"eval", "retrieval"},
     {"train"},
     {"merge", "scaling", "vocab", "bench", "compile"},
     {"recipe", "demo", "cli", "launch", "__main__"},

@@ -35,10 +35,10 @@ def test_grades_follow_the_rating_manual():
         labels = set()
         for r in rows:
             cov = float(re.search(r"利息保障倍數為([0-9.]+)倍", r["prompt"]).group(1))
-            assert r["label"] == ("A" if cov >= 8 else "BBB" if cov >= 3 else "BB")
+            assert r["label"] == ("A級" if cov >= 8 else "BBB級" if cov >= 3 else "BB級")
             assert r["text"] == r["prompt"] + r["label"]
             labels.add(r["label"])
-        assert labels == {"A", "BBB", "BB"}
+        assert labels == {"A級", "BBB級", "BB級"}
 
 
 def test_held_out_answers_are_in_the_documents_and_not_in_the_role_data():

@@ -11,7 +11,6 @@ import dataclasses
 import io
 import json
 import shutil
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,6 +19,7 @@ import pytest
 import yaml
 from flax.traverse_util import flatten_dict
 from scipy.optimize import minimize
+from scipy.stats import multivariate_normal
 
 import jaxfin
 from jaxfin.cli import main
@@ -40,30 +40,38 @@ L3 = 3  # layers of the tiny model the CLI and training tests rank
 # ---------------------------------------------------------------------------------------------- the oracle
 
 
-def direct_logme(features, labels) -> float:
-    """LogME by maximising L(alpha, beta) = N/2 log b + D/2 log a - N/2 log 2pi - b/2 |F m - y|^2 - a/2 m'm
-    - 1/2 log|A| (A = a I + b F'F, m = b A^-1 F'y, all D x D) with Nelder-Mead over (log a, log b) from a few
-    starts; mean over the classes of the maximum, over N."""
-    f = np.asarray(features, np.float64)
+def direct_evidence(f, y, a, b) -> float:
+    """L(a, b) = N/2 log b + D/2 log a - N/2 log 2pi - b/2 |F m - y|^2 - a/2 m'm - 1/2 log|A|, A = a I + b F'F
+    (D x D), m = b A^-1 F'y."""
     n, d = f.shape
-    ftf = f.T @ f
+    A = a * np.eye(d) + b * f.T @ f
+    m = b * np.linalg.solve(A, f.T @ y)
+    r = f @ m - y
+    logdet = np.linalg.slogdet(A)[1]
+    return (
+        n / 2 * np.log(b) + d / 2 * np.log(a) - n / 2 * np.log(2 * np.pi) - b / 2 * r @ r - a / 2 * m @ m - logdet / 2
+    )
+
+
+def marginal_evidence(f, y, a, b) -> float:
+    """The same evidence as the density of y under its marginal N(0, F F'/a + I/b) (N x N)."""
+    return multivariate_normal(np.zeros(len(y)), f @ f.T / a + np.eye(len(y)) / b).logpdf(y)
+
+
+def direct_logme(features, labels) -> float:
+    """LogME by maximising the evidence with Nelder-Mead over (log a, log b) from two starts (no fixed point, no
+    SVD); mean over the classes of the maximum, over N. With N <= D the maximum can lie at b -> infinity (a
+    noise-free fit), where the D x D form loses its precision: there the marginal form is maximised."""
+    f = np.asarray(features, np.float64)
+    form = direct_evidence if f.shape[0] > f.shape[1] else marginal_evidence
     best = []
     for c in np.unique(labels):
         y = (labels == c).astype(np.float64)
-
-        def neg(theta, y=y):
-            a, b = np.exp(theta)
-            A = a * np.eye(d) + b * ftf
-            m = b * np.linalg.solve(A, f.T @ y)
-            r = f @ m - y
-            logdet = np.linalg.slogdet(A)[1]
-            ev = n / 2 * np.log(b) + d / 2 * np.log(a) - n / 2 * np.log(2 * np.pi) - b / 2 * r @ r - a / 2 * m @ m
-            return -(ev - logdet / 2)
-
-        opts = dict(xatol=1e-12, fatol=1e-14, maxiter=40000)
-        runs = [minimize(neg, x0, method="Nelder-Mead", options=opts) for x0 in ([0.0, 0.0], [3.0, 3.0], [-3.0, 1.0])]
+        opts = dict(xatol=1e-10, fatol=1e-13, maxiter=5000)
+        runs = [minimize(lambda th, y=y: -form(f, y, *np.exp(th)), x0, method="Nelder-Mead", options=opts)
+                for x0 in ([0.0, 0.0], [3.0, 3.0])]  # fmt: skip
         best.append(-min(r.fun for r in runs))
-    return float(np.mean(best)) / n
+    return float(np.mean(best)) / f.shape[0]
 
 
 @pytest.mark.parametrize(
@@ -74,6 +82,9 @@ def test_logme_equals_the_direct_maximum_of_the_evidence(n, d, classes, signal):
     rng = np.random.default_rng(n + d)
     labels = rng.integers(0, classes, n)
     feats = signal * np.eye(classes)[labels] @ rng.normal(size=(classes, d)) + rng.normal(size=(n, d)) + 0.3
+    y = (labels == 0).astype(np.float64)
+    for a, b in ((0.7, 3.0), (50.0, 0.2)):  # the oracle's two forms are one function
+        assert direct_evidence(feats, y, a, b) == pytest.approx(marginal_evidence(feats, y, a, b), rel=1e-9)
     got, want = logme(feats, labels), direct_logme(feats, labels)
     assert got == pytest.approx(want, rel=1e-6)
 
@@ -153,7 +164,8 @@ def hf3(tmp_path_factory):
 def task_yaml(tmp_path_factory):
     """A two-class multiple-choice task on 24 short synthetic sentences."""
     d = tmp_path_factory.mktemp("task")
-    up = ["Shares rose sharply after strong earnings", "Revenue grew and the stock gained", "Profits jumped this year"]
+    long = "Profits jumped this year as lending margins widened, fee income rose and credit losses stayed low"
+    up = ["Shares rose sharply after strong earnings", "Revenue grew and the stock gained", long]  # rows of 64: 2+ each
     down = ["Shares fell after weak guidance", "The bank cut its outlook and the stock dropped", "Losses widened"]
     rows = [{"text": f"{t} ({i})", "label": lab} for i in range(4) for lab, ts in (("up", up), ("down", down))
             for t in ts]  # fmt: skip
@@ -172,7 +184,7 @@ def test_layer_features_pool_each_example_alone(hf3, task_yaml):
     feats, labels = layer_features(model, path, tokenizer=tok, limit=None, batch_size=2)
     assert feats.shape == (L3, len(rows), 32)
     assert labels.tolist() == [["down", "up"].index(r["label"]) for r in rows]
-    for i in (0, 7, len(rows) - 1):
+    for i in (0, 1, 4, 7, len(rows) - 1):
         ids = [tok.bos_id, *tok.encode(f"Text: {rows[i]['text']}\nAnswer:")]
         alone = layer_outputs(model.params, model.config, jnp.asarray([ids]))  # [L, 1, S, D]
         np.testing.assert_allclose(feats[:, i], np.asarray(alone)[:, 0].mean(1), rtol=1e-4, atol=1e-5)

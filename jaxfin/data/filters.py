@@ -63,7 +63,7 @@ REASONS = (
 # Hiragana + katakana, CJK extension A, unified ideographs, hangul syllables, compatibility ideographs, and the
 # supplementary-plane ideographs (extensions B-H).
 _CJK_RANGES = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff\U00020000-\U0003134f"
-_CJK_CHAR = re.compile(f"[{_CJK_RANGES}]")
+CJK_CHAR = re.compile(f"[{_CJK_RANGES}]")
 # Characters that make a letter run continue, for English word boundaries. Not Python's \w: that includes CJK, and
 # an English term right next to a Chinese character ("以GDP計算") must still match.
 _LATIN_WORD = "0-9A-Za-z\u00c0-\u024f"
@@ -74,7 +74,7 @@ def cjk_counts(text: str) -> tuple[int, int]:
     """(CJK characters, non-whitespace characters) of `text`."""
     if text.isascii():  # O(1) in CPython
         return 0, len(text) - sum(text.count(c) for c in " \t\n\r\f\v")
-    return len(_CJK_CHAR.findall(text)), len("".join(text.split()))
+    return len(CJK_CHAR.findall(text)), len("".join(text.split()))
 
 
 def is_cjk_heavy(text: str) -> bool:
@@ -151,8 +151,8 @@ class KeywordMatcher:
         if not terms:
             raise ValueError("KeywordMatcher needs at least one keyword")
         self.terms = terms
-        cjk = [t for t in terms if _CJK_CHAR.search(t)]
-        english = [v for t in terms if not _CJK_CHAR.search(t) for v in _english_variants(t)]
+        cjk = [t for t in terms if CJK_CHAR.search(t)]
+        english = [v for t in terms if not CJK_CHAR.search(t) for v in _english_variants(t)]
         self._en = self._cjk = None
         if english:
             body = _trie_pattern(english, _english_atom)
@@ -210,7 +210,7 @@ def _quality(text: str, cfg: FilterConfig, cjk_heavy: bool, lower: list[str], id
     n_symbols = text.count("#") + text.count("...") + text.count("…")
     if n_symbols:
         if cjk_heavy:
-            n_words = len(_CJK_CHAR.findall(text)) + len(_CJK_CHAR.sub(" ", text).split())
+            n_words = len(CJK_CHAR.findall(text)) + len(CJK_CHAR.sub(" ", text).split())
         else:
             n_words = len(words)
         if n_symbols > cfg.max_symbol_ratio * max(n_words, 1):

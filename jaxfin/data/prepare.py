@@ -105,7 +105,7 @@ def prepare_source(
 def _score_pass(docs: Iterator[Document], cfg: QualityModelConfig, path: Path):
     """Pass 1: score every document, choose the kept ones, write the scores file -> (scores, kept mask, the
     report's "quality" entry)."""
-    from jaxfin.data.quality import Judge, scorer, select
+    from jaxfin.data.quality import scorer, select
 
     t0 = time.perf_counter()
     model = scorer(cfg)
@@ -117,7 +117,7 @@ def _score_pass(docs: Iterator[Document], cfg: QualityModelConfig, path: Path):
         for chunk in _batches(docs, batch):
             t = time.perf_counter()
             texts = [d.text_for_filters() for d in chunk]
-            s, why = model.judge(texts) if isinstance(model, Judge) else (model.score(texts), None)
+            s, why = model.judge(texts) if hasattr(model, "judge") else (model.score(texts), None)
             score_s += time.perf_counter() - t
             parts.append(s)
             for i, d in enumerate(chunk):
@@ -139,7 +139,7 @@ def _score_pass(docs: Iterator[Document], cfg: QualityModelConfig, path: Path):
         "seconds": round(score_s, 3),
         "docs_per_s": round(len(scores) / score_s, 2) if score_s else None,
         "load_seconds": round(load_s, 3),
-        **({"unparsed": model.unparsed} if isinstance(model, Judge) else {}),
+        **({"unparsed": model.unparsed} if hasattr(model, "unparsed") else {}),
     }
     return scores, kept, info
 

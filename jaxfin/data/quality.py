@@ -266,48 +266,9 @@ def judge_fingerprint(path: str | Path, cfg) -> str:
     return h.hexdigest()
 
 
-class Judge:
-    """An LLM that scores documents 1-5 with JUDGE_PROMPT; `score` also keeps the justifications."""
-
-    def __init__(self, path: str | Path, cfg):
-        import jaxfin
-        from jaxfin.data.tokenizer import load_tokenizer
-        from jaxfin.eval.generate import device_params
-
-        self.cfg = cfg
-        self.model = jaxfin.load_model(path)
-        self.model.params = device_params(self.model.params)  # once, not on every generate() call
-        tok_path = cfg.tokenizer or self.model.tokenizer_dir
-        if not tok_path:
-            raise DataError(f"quality_model.path: no tokenizer files in {path}; set quality_model.judge.tokenizer")
-        self.tok = load_tokenizer(tok_path)
-        self.unparsed = 0
-
-    def prompt(self, text: str) -> list[int]:
-        """Token ids of the prompt for one document, its text cut so that prompt + answer fit the context."""
-        from jaxfin.eval.generate import render_prompt
-
-        template = self.cfg.chat_template or None
-        text = text[: self.cfg.max_chars]
-        ids = render_prompt(JUDGE_PROMPT.format(text=text), self.tok, template)
-        room = self.model.config.max_position_embeddings - self.cfg.max_new_tokens
-        while len(ids) > room and text:  # rare (a short context): shorten the extract, keep the instructions
-            text = text[: len(text) * room // len(ids) - 1]
-            ids = render_prompt(JUDGE_PROMPT.format(text=text), self.tok, template)
-        return ids
-
-    def score(self, texts: list[str]) -> np.ndarray:
-        return self.judge(texts)[0]
-
-    def judge(self, texts: list[str]) -> tuple[np.ndarray, list[str]]:
-        """(scores, justifications) of a batch of documents; unparsable answers score 0 and count in `unparsed`."""
-        from jaxfin.eval.generate import GenerationConfig, generate
-
-        gen = GenerationConfig(max_new_tokens=self.cfg.max_new_tokens)
-        outs = generate(self.model, self.tok, [self.prompt(t) for t in texts], gen, batch_size=self.cfg.batch_size)
-        parsed = [parse_judgement(out) for out in outs]
-        self.unparsed += sum(not ok for _, _, ok in parsed)
-        return np.asarray([s for s, _, _ in parsed], np.float64), [why for _, why, _ in parsed]
+# The LLM judge itself (a model and generation) lives in jaxfin/eval/judge.py, a layer above the data pipeline;
+# importing it registers it here (the trainer and `jaxfin data prepare` do).
+SCORERS: dict = {}  # kind -> factory(path, cfg) -> an object with judge(texts) -> (scores, justifications)
 
 
 # ---------------------------------------------------------------- one entry point for prepare
@@ -318,7 +279,10 @@ def scorer(cfg):
     if cfg.kind == "classifier":
         return QualityModel.load(cfg.path)
     if cfg.kind == "judge":
-        return Judge(cfg.path, cfg.judge)
+        if "judge" not in SCORERS:
+            raise DataError("filters.quality_model.kind judge needs the LLM judge: import jaxfin.eval.judge (jaxfin "
+                            "train and jaxfin data prepare do)")  # fmt: skip
+        return SCORERS["judge"](cfg.path, cfg.judge)
     raise DataError(f"filters.quality_model.kind must be classifier or judge, got '{cfg.kind}'")
 
 

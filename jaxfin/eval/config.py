@@ -51,6 +51,7 @@ class TextSet:
     format: str = "auto"  # auto | jsonl | parquet | csv | text | hf_disk
     fields: dict[str, str] = field(default_factory=dict)  # e.g. {text: body}
     domain: bool = True
+    records: list[int | None] = field(default_factory=list)  # [start, end]: only these documents (a held-out split)
 
 
 @dataclass

@@ -34,7 +34,8 @@ from jaxfin.data.sources import SourceReport, check_bad_fraction, read_source
 
 def read_texts(ts, max_docs: int = 0) -> list[str]:
     """The first `max_docs` (0 = all) documents' text of a text set (TextSet or SourceConfig-like)."""
-    src = SourceConfig(name=ts.name, path=ts.path, format=ts.format, kind="text", fields=dict(ts.fields))
+    src = SourceConfig(name=ts.name, path=ts.path, format=ts.format, kind="text", fields=dict(ts.fields),
+                       records=list(getattr(ts, "records", [])))  # fmt: skip
     report = SourceReport(ts.name)
     texts = []
     for doc in read_source(src, report):

@@ -11,7 +11,8 @@ A recipe is a YAML file with one top-level key, `recipe`:
         - name: cpt                        # a training stage: base config + `set` (nested keys or dotted ones),
           set: {train.steps: 200, data.sources: [...], optimizer.warmup_ratio: 0.1}  # its own schedule
         - name: expand                     # jaxfin.vocab.expand_vocab(PREVIOUS, OUT, ...)
-          vocab_expand: {tokens: tokens.txt}  # or {mine: CORPUS, num: N}; any option of `jaxfin vocab expand`
+          vocab_expand: {tokens: tokens.txt}  # or {mine: CORPUS, num: N}, {mine_chars: [CORPUS, ...], num: N}:
+                                           # any option of `jaxfin vocab expand`
         - name: dpo
           from_checkpoint: latest          # start from the previous stage's last model, not its best/
           set: {objective.type: dpo, ...}  # init_from defaults to the previous stage's model
@@ -26,12 +27,27 @@ A recipe is a YAML file with one top-level key, `recipe`:
         - name: eval                       # `jaxfin eval` (jaxfin/eval/config.py), inline; a model that names a
           eval: {models: [cpt, expert_a, moe], text: [...], tasks: [fpb]}    # stage is that stage's model
           report: {experts: {expert_a: dev_a}, combined: [moe]}  # optional checks for report.md (below)
+        - name: index                      # `jaxfin index build` (jaxfin/retrieval): a BM25 index of documents
+          index: {docs: [private/], chunk_chars: 400}  # (any option of build_index by its keyword name)
+        - name: agents                     # `jaxfin agents` (jaxfin/eval/agents.py), inline: `model`, a role's
+          agents: {model: cpt, retrieval: {index: index, k: 4},  # `model` or `adapter` (a training stage's
+                   roles: [{name: r, system: ..., adapter: lora_r}], questions_file: q.jsonl}  # export_peft)
+                                           # and retrieval.index (an index stage) may name stages
 
 A stage's model: a training stage's `best/` (written when `checkpoint.best_metric` is set: the dev-best model)
 when it has one and the reader asks for `best` (the default; `from_checkpoint: latest` on a stage, or
 `{stage: S, checkpoint: latest}` in a merge, for the last one), else its `export_hf` when it has one, else its
 output dir (a run dir loads its latest checkpoint); an expansion, merge or moe stage's output dir (a Hugging Face
-folder). An eval stage has none: the stage after it starts from the model before it. In a training stage,
+folder). An eval, index or agents stage has none: the stage after it starts from the model before it. An agents
+stage writes OUTPUT_DIR/agents/agents.jsonl; when its questions_file rows carry `answer` (and `category`, a role's
+name) it reports summary_accuracy, role_accuracy and retrieval_recall (the answer string found in the summary, in
+the category's role's answer, in the passages retrieved for it).
+
+Data intensity: each training stage's tokens by domain level (the sources' `domain: 0|1|2|...`) are carried to the
+stages that start from its model (through vocabulary expansions; a merge or moe starts afresh): the stage is run
+with `data.prior_tokens` set, logs `cumulative_intensity` (the share of tokens at level >= 1 since the chain
+began) and `cumulative_intensity/levelL`, and its summary (recipe_state.json, `jaxfin recipe status`, report.md)
+has them; `jaxfin scaling intensity --recipe OUTPUT_DIR` prints the chain as `--stage TOKENS:RATIO` would. In a training stage,
 relative `export_hf` / `export_peft` paths are inside the stage's output dir, and `init_from` (if set) wins over
 `from`. `output_dir=DIR` on the command line moves the recipe's root; the other command-line overrides apply to
 every training stage (e.g. `train.steps=20` for a smoke run), except `eval_stages.KEY=V`, which sets KEY of every

@@ -16,8 +16,10 @@ from jaxfin.config import ConfigError, build_section, merge_trees, parse_overrid
 from jaxfin.config.schema import Config
 from jaxfin.vocab import read_token_file
 
-STAGE_KEYS = ("name", "from", "from_checkpoint", "set", "vocab_expand", "merge", "moe", "eval", "report")
-KINDS = ("vocab_expand", "merge", "moe", "eval")  # a stage with none of these is a training stage
+STAGE_KEYS = ("name", "from", "from_checkpoint", "set", "vocab_expand", "merge", "moe", "eval", "report", "index",
+              "agents")  # fmt: skip
+KINDS = ("vocab_expand", "merge", "moe", "eval", "index", "agents")  # a stage with none of these is a training stage
+NO_MODEL = ("eval", "index", "agents")  # kinds that leave no model: the stage after one starts from the one before
 RECIPE_KEYS = ("output_dir", "config", "base", "vars", "stages")
 CHECKPOINTS = ("best", "latest")
 REPORT_KEYS = ("experts", "combined")
@@ -258,6 +260,60 @@ def _eval_spec(spec, cli: dict, where: str, refs: Refs, out: Path, name: str):
     return cfg, {m.path: refs.resolve(m.path, f"{where}.models") for m in cfg.models}
 
 
+def _index_spec(spec, where: str) -> dict:
+    """An index stage's options (jaxfin.retrieval.build_index's keyword arguments, `docs` a path or a list)."""
+    if not isinstance(spec, dict) or not spec.get("docs"):
+        raise ConfigError(f"{where}: expected {{docs: [PATH, ...], chunk_chars: N, ...}} (the options of `jaxfin "
+                          f"index build`)")  # fmt: skip
+    docs = spec["docs"] if isinstance(spec["docs"], list) else [spec["docs"]]
+    for d in docs:
+        if not Path(str(d)).exists():
+            raise ConfigError(f"{where}.docs: '{d}' does not exist")
+    return dict(spec, docs=[str(d) for d in docs])
+
+
+def agents_slots(spec: dict) -> list[tuple[dict, str, str]]:
+    """(container, key, what) of every model, adapter and index an agents mapping names: `model`, each role's
+    `model` and `adapter`, `retrieval.index`."""
+    slots = [(spec, "model", "model")] if spec.get("model") else []
+    for r in spec.get("roles") or []:
+        if isinstance(r, dict):
+            slots += [(r, k, k) for k in ("model", "adapter") if r.get(k)]
+    ret = spec.get("retrieval")
+    if isinstance(ret, dict) and ret.get("index"):
+        slots.append((ret, "index", "index"))
+    return slots
+
+
+def _agents_spec(spec, where: str, refs: Refs, kinds: dict[str, str]) -> tuple[dict, list[dict]]:
+    """An agents stage's mapping (jaxfin/eval/agents.py's config; a model, adapter or index may be an earlier
+    stage: a training stage's model or its `export_peft` adapter, an index stage's index) -> (mapping, resolved
+    reference per slot), checked now with placeholders for the stages' outputs."""
+    from jaxfin.eval.agents import AgentsConfig
+
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: must be an agents config mapping (model, roles, questions_file, retrieval, ...)")
+    resolved = []
+    for node, key, what in agents_slots(spec):
+        ref = refs.resolve(node[key], f"{where}: {what}", must_exist=False)
+        if "stage" in ref and (kinds[ref["stage"]] == "index") != (what == "index"):
+            raise ConfigError(f"{where}: {what} '{ref['stage']}' is a {kinds[ref['stage']]} stage")
+        if "path" in ref and not Path(ref["path"]).exists():
+            raise ConfigError(f"{where}: {what} '{ref['path']}' is neither an earlier stage nor a folder")
+        resolved.append(ref)
+    data = copy.deepcopy(spec)
+    for (node, key, _), ref in zip(agents_slots(data), resolved):
+        node[key] = ref.get("path") or ref["stage"]
+    data.pop("output", None)
+    try:
+        cfg = build_section(AgentsConfig, data, where)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    if not cfg.model or not cfg.roles or not (cfg.questions or cfg.questions_file):
+        raise ConfigError(f"{where}: needs 'model', 'roles' and 'questions' or 'questions_file'")
+    return spec, resolved
+
+
 def _report_spec(spec, where: str, cfg) -> dict:
     """A stage's `report` checks: experts (model -> its own text set) and combined (models)."""
     spec = spec or {}
@@ -311,9 +367,9 @@ def _stage(st, i: int, where: str, ctx: dict) -> dict:
     checkpoint = st.get("from_checkpoint", "best")
     if checkpoint not in CHECKPOINTS:
         raise ConfigError(f"{w}.from_checkpoint: '{checkpoint}' is not one of {', '.join(CHECKPOINTS)}")
-    if st.get("from") is not None and (st["from"] not in ctx["names"] or kind in ("merge", "moe", "eval")):
-        raise ConfigError(f"{w}.from: '{st['from']}' must name an earlier stage (merge, moe and eval stages name "
-                          f"their models instead)")  # fmt: skip
+    if st.get("from") is not None and (st["from"] not in ctx["names"] or kind not in ("train", "vocab_expand")):
+        raise ConfigError(f"{w}.from: '{st['from']}' must name an earlier stage (merge, moe, eval and agents stages "
+                          f"name their models instead)")  # fmt: skip
     if "report" in st and kind != "eval":
         raise ConfigError(f"{w}: 'report' belongs to an eval stage")
     refs = Refs(ctx["base"], ctx["names"], checkpoint)
@@ -332,6 +388,12 @@ def _stage(st, i: int, where: str, ctx: dict) -> dict:
     elif kind == "moe":
         stage["moe"], stage["model_refs"] = _moe_spec(st["moe"], f"{w}.moe", refs)
         stage["refs"], spec = list(stage["model_refs"].values()), stage["moe"]
+    elif kind == "index":
+        stage["index"] = spec = _index_spec(st["index"], f"{w}.index")
+        stage["refs"] = []
+    elif kind == "agents":
+        stage["agents"], stage["refs"] = _agents_spec(st["agents"], f"{w}.agents", refs, ctx["kinds"])
+        spec = stage["agents"]
     elif kind == "eval":
         stage["eval"], stage["model_refs"] = _eval_spec(
             st["eval"], ctx["cli_eval"], f"{w}.eval", refs, ctx["out"], name
@@ -378,7 +440,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
     ctx = {
         "out": out, "dir": path.parent, "base": spec.get("base"), "cli": cli, "cli_eval": cli_eval,
         "config": read_yaml_mapping(path.parent / spec["config"]) if spec.get("config") else {},
-        "names": set(), "previous": None, "hashes": {}, "vars": values,
+        "names": set(), "previous": None, "hashes": {}, "vars": values, "kinds": {},
     }  # fmt: skip
     stages = []
     for i, st in enumerate(_fill(spec["stages"], values, f"{where}: recipe.stages")):
@@ -386,6 +448,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> tuple[Path, list
         stages.append(stage)
         ctx["names"].add(stage["name"])
         ctx["hashes"][stage["name"]] = stage["hash"]
-        if stage["kind"] != "eval":  # an eval stage has no model: the next stage starts from the one before it
+        ctx["kinds"][stage["name"]] = stage["kind"]
+        if stage["kind"] not in NO_MODEL:  # e.g. an eval stage has no model: the next starts from the one before it
             ctx["previous"] = stage["name"]
     return out, stages

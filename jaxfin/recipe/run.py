@@ -3,6 +3,7 @@ hash (so a rerun resumes, and a changed stage reruns with the stages that read i
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 import json
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from jaxfin.config import ConfigError
 from jaxfin.data.loader import level_intensity, merge_levels
-from jaxfin.recipe.plan import load_recipe, substitute
+from jaxfin.recipe.plan import agents_slots, load_recipe, substitute
 from jaxfin.recipe.report import checks, plot_recipe, report_markdown, scores
 
 STATE = "recipe_state.json"
@@ -58,22 +59,31 @@ def _set_aside(stage_out: Path, log) -> None:
 
 def _model_of(st: dict, stage_out: Path) -> dict:
     """The model a finished stage leaves: {"latest": path, "best": path or None}; an eval stage leaves none."""
-    if st["kind"] == "eval":
+    if st["kind"] in ("eval", "agents"):
         return {}
+    if st["kind"] == "index":
+        return {"index": str(stage_out)}
     if st["kind"] != "train":
         return {"latest": str(stage_out), "best": None}
     cfg = st["config"]
     best = Path(cfg.output_dir) / "best"
-    return {"latest": cfg.export_hf or cfg.output_dir, "best": str(best) if (best / "config.json").is_file() else None}
+    return {"latest": cfg.export_hf or cfg.output_dir, "best": str(best) if (best / "config.json").is_file() else None,
+            **({"adapter": cfg.export_peft} if cfg.export_peft else {})}  # fmt: skip
 
 
-def _path(ref: dict, models: dict[str, dict]) -> str:
-    """A resolved model reference -> its folder (a stage's best/ when asked for and it has one)."""
+def _path(ref: dict, models: dict[str, dict], what: str = "model") -> str:
+    """A resolved model reference -> its folder (a stage's best/ when asked for and it has one); `what`: adapter
+    (a training stage's export_peft folder) or index (an index stage's) instead."""
     if "path" in ref:
         return ref["path"]
     m = models[ref["stage"]]
-    if not m:
-        raise ConfigError(f"stage '{ref['stage']}' leaves no model (an eval stage)")
+    if what != "model":
+        if what not in m:
+            raise ConfigError(f"stage '{ref['stage']}' leaves no {what}" + (" (set its export_peft)" if what ==
+                              "adapter" else ""))  # fmt: skip
+        return m[what]
+    if "latest" not in m:
+        raise ConfigError(f"stage '{ref['stage']}' leaves no model (an eval, index or agents stage)")
     return m["best"] if ref["checkpoint"] == "best" and m.get("best") else m["latest"]
 
 
@@ -98,6 +108,52 @@ def _assemble(st: dict, models: dict, out_dir: Path) -> dict:
     plan.source = yaml.safe_dump(spec, sort_keys=False)
     assemble_moe(plan, out_dir)
     return {"experts": len(spec["experts"])}
+
+
+def _index(st: dict, out_dir: Path) -> dict:
+    from jaxfin.retrieval import build_index
+
+    opts = dict(st["index"])
+    return build_index(opts.pop("docs"), out_dir, **opts)
+
+
+def _agents(st: dict, models: dict, out_dir: Path) -> dict:
+    """The agents stage: its config with stages replaced by their models, adapters and index -> jaxfin agents,
+    answers in OUT_DIR/agents.jsonl; with questions that carry an `answer`, how often it is found."""
+    from jaxfin.config import build_section
+    from jaxfin.eval.agents import AgentsConfig, run_agents
+
+    data = copy.deepcopy(st["agents"])
+    for (node, key, what), ref in zip(agents_slots(data), st["refs"]):
+        node[key] = _path(ref, models, what)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data["output"] = str(out_dir / "agents.jsonl")
+    cfg = build_section(AgentsConfig, data, f"agents stage '{st['name']}'")
+    return agent_scores(run_agents(cfg), cfg)
+
+
+def agent_scores(results: list[dict], cfg) -> dict:
+    """{questions, and for questions with an `answer` (a questions_file .jsonl field): summary_accuracy (the answer
+    string is in the summary), role_accuracy (in the answer of the role named like the question's `category`),
+    retrieval_recall (in a passage retrieved for that role)}."""
+    gold = []
+    if cfg.questions_file.endswith(".jsonl"):
+        rows = [json.loads(x) for x in Path(cfg.questions_file).read_text(encoding="utf-8").splitlines() if x.strip()]
+        gold = [(r.get("answer"), r.get("category")) for r in rows]
+    gold = ([(None, None)] * len(cfg.questions)) + gold  # read_questions: the inline questions come first
+    out: dict = {"questions": len(results)}
+    scored = [(r, a, c) for r, (a, c) in zip(results, gold) if a]
+    if scored:
+        norm = lambda t: "".join(str(t).split())  # noqa: E731
+        out["summary_accuracy"] = sum(norm(a) in norm(r["summary"]) for r, a, _ in scored) / len(scored)
+        own = [(r, a, c) for r, a, c in scored if c in r["answers"]]
+        if own:
+            out["role_accuracy"] = sum(norm(a) in norm(r["answers"][c]) for r, a, c in own) / len(own)
+            with_passages = [(r, a, c) for r, a, c in own if (r.get("passages") or {}).get(c) is not None]
+            if with_passages:
+                out["retrieval_recall"] = sum(any(norm(a) in norm(p["text"]) for p in r["passages"][c])
+                                              for r, a, c in with_passages) / len(with_passages)  # fmt: skip
+    return out
 
 
 def _evaluate(st: dict, models: dict) -> dict:
@@ -155,6 +211,10 @@ def _run_stage(st: dict, models: dict, stage_out: Path) -> dict:
             summary = _build_once(stage_out, functools.partial(_merge, st, models))
         elif st["kind"] == "moe":
             summary = _build_once(stage_out, functools.partial(_assemble, st, models))
+        elif st["kind"] == "index":
+            summary = _build_once(stage_out, functools.partial(_index, st))
+        elif st["kind"] == "agents":
+            summary = _build_once(stage_out, functools.partial(_agents, st, models))
         else:
             report = _evaluate(st, models)
             summary = {"checks": checks(report, st["report"]), **scores(report)}
@@ -167,7 +227,8 @@ def _headline(summary) -> dict:
     scores by model), not its file lists or reports."""
     keep = ("steps", "stop_reason", "dev_loss_first", "dev_loss_last", "dev_loss_best", "tensors", "experts",
             "added", "vocab_size", "checks", "bits_per_byte", "tasks", "preference_accuracy",
-            "tokens_by_level")  # fmt: skip
+            "tokens_by_level", "passages", "documents", "questions", "summary_accuracy", "role_accuracy",
+            "retrieval_recall")  # fmt: skip
     return {k: v for k, v in (summary or {}).items() if k in keep}
 
 

@@ -1,5 +1,6 @@
 """Models on disk: `load_model` reads a jaxfin checkpoint dir, a training run dir or a Hugging Face dir;
-`save_model` writes either format. The run's own checkpoints (params + optimizer state + data position) are
+`save_model` writes either format; `load_adapter` puts a LoRA adapter (a PEFT folder or a LoRA run) onto a
+loaded base model. The run's own checkpoints (params + optimizer state + data position) are
 `jaxfin.store.checkpoint`."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from jaxfin.hf import is_hf_dir, load_hf, save_hf
 from jaxfin.model import Model
+from jaxfin.store.adapter import load_adapter
 from jaxfin.store.jaxfin_dir import load_jaxfin, save_jaxfin
 
 FORMATS = ("jaxfin", "hf")
@@ -36,4 +38,4 @@ def save_model(model: Model, path: str | Path, format: str = "jaxfin") -> None:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}, got '{format}'")
 
 
-__all__ = ["FORMATS", "Model", "load_model", "save_model"]
+__all__ = ["FORMATS", "Model", "load_adapter", "load_model", "save_model"]

@@ -16,6 +16,7 @@ import xxhash
 from jaxfin.config.schema import DataConfig, TrainConfig
 from jaxfin.data import DataError
 from jaxfin.data.loader import Loader, Mixture, level_intensity, merge_levels, named, open_sources, stage_weights
+from jaxfin.eval import judge  # noqa: F401  (registers the LLM quality judge with the data pipeline)
 from jaxfin.model.batch import Batch
 
 

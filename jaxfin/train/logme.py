@@ -17,9 +17,11 @@ Bayesian linear model y = F w + noise, w ~ N(0, 1/alpha I), noise ~ N(0, 1/beta 
 
 maximised over (alpha, beta) by the paper's fixed point (gamma = sum beta s_i^2 / (alpha + beta s_i^2),
 alpha = gamma / m'm, beta = (N - gamma) / ||F m - y||^2) on the SVD F = U S V' (one SVD per layer, every term a
-sum over the singular values). LogME = the mean over the classes present of max L / N, in float64 numpy. Unlike
-the authors' code no epsilon is added to the denominators, and log|A| counts the D - rank(F) eigenvalues equal
-to alpha (they matter when N < D). Higher is better; `rank_layers` sorts the layers by it.
+sum over the singular values). LogME = the mean over the classes present of max L / N, in float64 numpy; higher
+is better, and `rank_layers` sorts the layers by it. log|A| counts the D - rank(F) eigenvalues equal to alpha
+(so D cancels out of L), and no epsilon is added to the denominators. The iteration runs on the noise variance
+1/beta, with L evaluated as the equal Gaussian marginal of y: with N <= D (a 4096-wide model, 500 examples) y is
+often fitted without noise and the maximum is the limit beta -> infinity, where the form above divides by zero.
 """
 
 from __future__ import annotations
@@ -54,7 +56,7 @@ def logme(features, labels, *, tol: float = 1e-12, max_iter: int = 10_000) -> fl
     if len(classes) < 2:
         raise ValueError(f"logme: the labels hold {len(classes)} class(es); LogME needs at least 2")
     n = f.shape[0]
-    u, s, _ = np.linalg.svd(f, full_matrices=False)
+    u, s = _left_svd(f)
     keep = s > s.max(initial=0.0) * max(f.shape) * np.finfo(np.float64).eps  # F's numerical rank
     if not keep.any():
         raise ValueError("logme: the features are all zero")
@@ -67,6 +69,18 @@ def logme(features, labels, *, tol: float = 1e-12, max_iter: int = 10_000) -> fl
     if not np.isfinite(out):
         raise ValueError("logme: the evidence is not finite (degenerate features: constant or exactly fitting)")
     return out
+
+
+def _left_svd(f):
+    """U [N, k] and the singular values [k] of F's thin SVD (k = min(N, D)), through a QR first: LAPACK's SVD of a
+    500 x 4096 matrix directly takes ~10x longer than the QR of the long side plus the SVD of the small R."""
+    n, d = f.shape
+    if n < d:  # F' = Q R, so F = R' Q' and F's left singular vectors are R''s
+        u, s, _ = np.linalg.svd(np.linalg.qr(f.T, mode="r").T)
+        return u, s
+    q, r = np.linalg.qr(f)  # F = Q R: F's left singular vectors are Q times R's
+    u, s, _ = np.linalg.svd(r)
+    return q @ u, s
 
 
 def _max_evidence(sigma, x2, outside: float, n: int, tol: float, max_iter: int) -> float:
@@ -237,9 +251,16 @@ def resolve_trainable(cfg: Config, params: dict | None, tokenizer, out_dir: Path
             "train.trainable: '@logme:K' ranks layers on a classification task: set logme.task (a multiple-choice "
             "task YAML or a built-in name: fpb, fiqa_sa, fomc)"
         )
+    if lc.limit < 0 or lc.batch_size < 1:
+        raise ConfigError(
+            f"logme.limit must be >= 0 (0 = all) and logme.batch_size >= 1; got {lc.limit} and {lc.batch_size}"
+        )
     path = Path(out_dir) / "logme.json"
     if path.is_file():
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}: not valid JSON ({e}); delete it to rank the layers again") from None
         if saved.get("task") != lc.task:
             raise ConfigError(
                 f"{path} ranks the layers on task '{saved.get('task')}' but logme.task is '{lc.task}': delete it "

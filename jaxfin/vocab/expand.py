@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxfin.data.filters import _CJK_CHAR  # the project's one definition of a CJK character
+from jaxfin.data.filters import CJK_CHAR  # the project's one definition of a CJK character
 
 SPIECE = "▁"
 INITS = ("mean", "mean_noise")
@@ -197,7 +197,7 @@ def mine_chars(
     with their counts, and how many distinct CJK characters of `texts` already are single tokens."""
     if num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
-    counts = Counter(c for t in texts for c in _CJK_CHAR.findall(t))
+    counts = Counter(c for t in texts for c in CJK_CHAR.findall(t))
     vocab = tok.get_vocab()
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     new = [(c, n) for c, n in ranked if not is_old_token(tok, vocab, c)]

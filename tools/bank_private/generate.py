@@ -4,7 +4,7 @@ Chinese, all fictional (遠景商業銀行 does not exist), from templates fille
 - docs/*.html      web pages of the bank's intranet (navigation, footer and scripts around the main text, which a
                    `format: html` source extracts): card products, the credit-rating manual, compliance rules
 - credit_rating_{train,test}.jsonl  {"prompt", "label", "text" = prompt + label}: a company's figures and the
-                   grade the manual gives it (interest coverage >= 8: A, 3 to 8: BBB, below 3: BB), the x4
+                   grade the manual gives it (interest coverage >= 8: A級, 3 to 8: BBB級, below 3: BB級), the x4
                    fine-tune (train) and its eval task (test; configs/eval/tasks/credit_rating*.yaml)
 - qa_{credit_card,credit_rating,regulation}.jsonl  {"text"}: question-answer pairs per role (its adapter's data)
 - questions.jsonl  {"question", "answer", "category"}: held-out questions whose facts are only in the documents
@@ -25,7 +25,7 @@ COMPANIES = ["宏遠電子", "北辰航運", "青禾食品", "港灣建設", "�
              "永信物流", "金川鋼鐵", "明德生技", "嘉禾零售", "長風能源", "立新半導體", "華泰纖維"]  # fmt: skip
 RULES = ["大額通貨交易申報", "疑似洗錢交易申報", "客戶資料定期更新", "授信案件覆審", "信用卡額度調整通知", "逾期帳款催收通知",
          "重大偶發事件通報", "個人資料外洩通報"]  # fmt: skip
-GRADES = ["A", "BBB", "BB"]
+GRADES = ["A級", "BBB級", "BB級"]
 
 PAGE = """<!DOCTYPE html>
 <html lang="zh-Hant"><head><meta charset="utf-8"><title>{title} - {bank}內部網站</title>
@@ -44,13 +44,13 @@ PAGE = """<!DOCTYPE html>
 
 def grade(coverage: float) -> str:
     """The manual's rule."""
-    return "A" if coverage >= 8 else "BBB" if coverage >= 3 else "BB"
+    return "A級" if coverage >= 8 else "BBB級" if coverage >= 3 else "BB級"
 
 
 def facts(rng: random.Random) -> dict:
     cards = {c: {"fee": rng.choice([0, 600, 1200, 1800, 2400, 3600, 6000]), "rate": rng.choice([0.5, 1, 1.2, 1.5, 2, 3]),
                  "limit": rng.choice([5, 10, 20, 30, 50, 80, 100])} for c in CARDS}  # fmt: skip
-    exposure = {g: v for g, v in zip(GRADES, sorted(rng.sample(range(5, 40), 3), reverse=True))}
+    exposure = {g[:-1]: v for g, v in zip(GRADES, sorted(rng.sample(range(5, 40), 3), reverse=True))}
     rules = {r: {"days": rng.choice([1, 2, 3, 5, 7, 10, 15, 30]), "article": rng.randint(3, 60)} for r in RULES}
     return {"cards": cards, "exposure": exposure, "rules": rules}
 
