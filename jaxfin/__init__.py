@@ -9,7 +9,8 @@ level and inside functions alike; tests/test_architecture.py checks it):
     data                         sources, filters, tokenization caches, packing, the loader
     hf                           Hugging Face config / safetensors / tokenizer / PEFT conversion
     store                        models on disk: load_model, save_model, run checkpoints, `jaxfin convert`
-    eval                         text metrics, finance tasks, generation, agents: functions of a Model
+    eval, retrieval              text metrics, finance tasks, generation, agents, the quality judge: functions of a
+                                 Model; the BM25 passage index the agents read
     train                        train state, steps, objectives, the loop and its hooks (may run eval tasks)
     merge, scaling, vocab,       parameter-space merging, scaling laws, vocabulary expansion, benchmarks,
     bench, compile               ahead-of-time compilation for absent accelerators (`jaxfin compile`)

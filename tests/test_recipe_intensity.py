@@ -109,3 +109,63 @@ def test_domain_levels_are_checked(small_config):
         load_config(small_config, ["data.sources=[{path: a.jsonl, domain: high}]"])
     with pytest.raises(ConfigError, match="prior_tokens"):
         load_config(small_config, ["data.prior_tokens={finance: 3}"])
+
+
+def test_index_and_agents_stages(small_config, tmp_path):
+    """An index stage over documents and an agents stage whose role uses an earlier stage's LoRA adapter and the
+    index: the answers file lists the passages, and the stage scores the answers against the questions' `answer`."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "cards.txt").write_text("The annual fee of the Aurora card is 2,400 dollars.\n")
+    (docs / "rules.txt").write_text("Large cash transactions are reported within 5 business days.\n")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question": "What is the annual fee of the Aurora card?", "answer": "2,400",
+                                     "category": "cards"}) + "\n")  # fmt: skip
+    recipe = {
+        "output_dir": str(tmp_path / "out"), "config": str(small_config),
+        "stages": [
+            {"name": "base", "set": {"train.steps": 2, "train.dev_every": 0}},
+            {"name": "lora", "set": {"train.steps": 2, "train.dev_every": 0, "model.lora.rank": 4,
+                                     "export_peft": "adapter"}},
+            {"name": "idx", "index": {"docs": [str(docs)], "chunk_chars": 200, "overlap": 20}},
+            {"name": "agents", "agents": {
+                "model": "base", "retrieval": {"index": "idx", "k": 1},
+                "roles": [{"name": "cards", "system": "Card desk.", "adapter": "lora"}],
+                "questions_file": str(questions), "generation": {"max_new_tokens": 4}}},
+        ],
+    }  # fmt: skip
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({"recipe": recipe}, sort_keys=False))
+    summaries = {s["stage"]: s for s in run_recipe(path)}
+    (row,) = [json.loads(x) for x in (tmp_path / "out/agents/agents.jsonl").read_text().splitlines()]
+    assert [p["id"] for p in row["passages"]["cards"]] == [f"{docs / 'cards.txt'}:1#0"]
+    got = summaries["agents"]
+    assert got["questions"] == 1 and got["retrieval_recall"] == 1.0  # the fact's passage was retrieved
+    assert got["role_accuracy"] == float("2,400" in row["answers"]["cards"].replace(" ", ""))
+    bad = dict(recipe, stages=recipe["stages"][:3] + [{"name": "agents", "agents": dict(
+        recipe["stages"][3]["agents"], retrieval={"index": "base", "k": 1})}])  # fmt: skip
+    path.write_text(yaml.safe_dump({"recipe": bad}, sort_keys=False))
+    with pytest.raises(ConfigError, match="index 'base' is a train stage"):
+        run_recipe(path)
+
+
+def test_finance_brain_recipe_plan():
+    """configs/recipes/finance_brain.yaml: general (0) -> finance (1) -> private (2) stages in one chain, the
+    credit-rating fine-tune on LogME-selected layers, one adapter per role, the index and the agents using them."""
+    from jaxfin.recipe import load_recipe
+
+    _, stages = load_recipe(REPO / "configs/recipes/finance_brain.yaml")
+    by = {s["name"]: s for s in stages}
+    levels = {n: sorted({src.domain for src in by[n]["config"].data.sources}) for n in ("x1", "x2", "x3", "x4")}
+    assert levels == {"x1": [0], "x2": [0, 1], "x3": [0, 1, 2], "x4": [2]}
+    assert [by[n]["start"]["stage"] for n in ("x2", "x3", "x4")] == ["x1", "x2", "x3"]
+    assert by["x3"]["config"].data.sources[0].format == "html"
+    x4 = by["x4"]["config"]
+    assert x4.train.trainable == ["@logme:2"] and x4.logme.task.endswith("credit_rating_train.yaml")
+    roles = {r["name"]: r for r in by["agents"]["agents"]["roles"]}
+    for name, role in roles.items():
+        assert role["adapter"] == f"role_{name}" and by[f"role_{name}"]["config"].export_peft
+        assert by[f"role_{name}"]["config"].model.lora.rank > 0
+    assert by["agents"]["agents"]["retrieval"]["index"] == "index" and by["index"]["kind"] == "index"
+    questions = [json.loads(x) for x in (REPO / "demo_data/bank_private/questions.jsonl").read_text().splitlines()]
+    assert {q["category"] for q in questions} == set(roles)

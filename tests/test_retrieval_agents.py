@@ -21,6 +21,7 @@ SYSTEM = "You are a credit-rating analyst."
 FACT = "The rating code of {entity} is {code}."
 QUESTION = "What is the rating code of {entity}?"
 MAX_PASSAGES = 1  # passages per training example (and k at test time)
+NUM_CODES = 8  # the codes a fact can carry: few, so that copying one from the context is quick to learn on a CPU
 
 
 def _words() -> list[str]:
@@ -36,8 +37,8 @@ def _words() -> list[str]:
 def _example(rng: random.Random, words: list[str]) -> str:
     """One reading example in exactly the agents' prompt shape (RAG_TEMPLATE), followed by the answer."""
     n = rng.randint(1, MAX_PASSAGES)
-    entities = [" ".join(rng.sample(words, 2)) for _ in range(n)]
-    codes = rng.sample(words, n)
+    entities = [" ".join(rng.sample(words[NUM_CODES:], 2)) for _ in range(n)]
+    codes = rng.sample(words[:NUM_CODES], n)
     lines = [f"[{i + 1}] (source: docs/{rng.choice(words)}.txt:1#0) " + FACT.format(entity=e, code=c)
              for i, (e, c) in enumerate(zip(entities, codes))]  # fmt: skip
     j = rng.randrange(n)
@@ -62,7 +63,7 @@ model: {{family: llama, vocab_size: 1024, hidden_size: 64, intermediate_size: 19
         compute_dtype: float32}}
 data: {{sources: [{{name: reading, path: {tmp / "train.jsonl"}}}], seq_len: 128, cache_dir: {tmp / "cache"}}}
 optimizer: {{lr: 5.0e-3, warmup_steps: 20, schedule: cosine, weight_decay: 0.0}}
-train: {{steps: 200, seed: 0, batch_size: 16, log_every: 25, dev_every: 0}}
+train: {{steps: 300, seed: 0, batch_size: 16, log_every: 25, dev_every: 0}}
 checkpoint: {{every: 0, keep: 1, async_save: false}}
 """)
     train(load_config(tmp / "train.yaml"))
@@ -70,32 +71,47 @@ checkpoint: {{every: 0, keep: 1, async_save: false}}
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason="the copy task does not train in a CPU budget yet: 0/32 in-distribution "
-                   "answers right after 600 steps (hidden 128, 2 layers, batch 16 x 128 tokens, 132 s); loss plateaus "
-                   "at ~0.49 and the model answers one constant code")  # fmt: skip
+@pytest.mark.xfail(strict=False, reason="the copy task does not train in a CPU budget yet (issue 21 point 3 open): "
+                   "with 8 codes and one passage, 1000 steps (hidden 64, 2 layers, batch 16 x 128, 110 s) still answer "
+                   "junk ('docsw'); 600 steps at hidden 128 with free codes: 0/32 in distribution")  # fmt: skip
 def test_retrieval_turns_a_wrong_answer_into_a_right_one(reader, tmp_path):
     run_dir, words, rng = reader
-    # The held-out fact: a fresh entity and code, written only in one indexed document among distractors.
-    entity, code = "harbor " + rng.choice(words), rng.choice(words)
+    # The held-out fact: a fresh entity (never in training), written only in one indexed document among
+    # distractors. Its code is one the model does not give without the document (asked first, closed book), so
+    # that "wrong without retrieval" is not luck either way.
+    entity = "harbor " + rng.choice(words[NUM_CODES:])
+    closed = _ask(run_dir, tmp_path / "closed", entity, index=None)["answers"]["closed_book"].strip()
+    code = next(c for c in words[:NUM_CODES] if c != closed)
     docs = tmp_path / "docs"
     docs.mkdir()
     (docs / "filing.txt").write_text(FACT.format(entity=entity, code=code) + "\n")
     for i in range(5):
-        other = FACT.format(entity=" ".join(rng.sample(words, 2)), code=rng.choice(words))
+        other = FACT.format(entity=" ".join(rng.sample(words[NUM_CODES:], 2)), code=rng.choice(words[:NUM_CODES]))
         (docs / f"other{i}.txt").write_text(f"{other} Coverage and liquidity were reviewed.\n")
     build_index([str(docs)], tmp_path / "idx", log=lambda m: None)
 
+    got = _ask(run_dir, tmp_path, entity, index=tmp_path / "idx")
+    assert got["passages"]["closed_book"] == []
+    assert got["answers"]["closed_book"].strip() == closed != code  # without the document: wrong
+    assert got["answers"]["reader"].strip() == code  # with it: right
+    used = got["passages"]["reader"]
+    assert used[0]["id"] == f"{docs / 'filing.txt'}:1#0" and entity in used[0]["text"] and len(used) == MAX_PASSAGES
+    assert json.loads((tmp_path / "out.jsonl").read_text()) == got
+
+
+def _ask(run_dir, tmp_path, entity: str, index) -> dict:
+    """The agents' record for the question about `entity`: a role that retrieves (when there is an index) and a
+    closed-book role."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    roles = [{"name": "closed_book", "system": SYSTEM, "retrieval_k": 0}]
+    if index is not None:
+        roles.insert(0, {"name": "reader", "system": SYSTEM})
     cfg_path = tmp_path / "agents.yaml"
     cfg_path.write_text(json.dumps({
-        "model": str(run_dir), "tokenizer": str(TOKENIZER), "retrieval": {"index": str(tmp_path / "idx"), "k": 2},
-        "roles": [{"name": "reader", "system": SYSTEM}, {"name": "closed_book", "system": SYSTEM, "retrieval_k": 0}],
+        "model": str(run_dir), "tokenizer": str(TOKENIZER), "roles": roles,
+        **({"retrieval": {"index": str(index), "k": MAX_PASSAGES}} if index is not None else {}),
         "questions": [QUESTION.format(entity=entity)], "output": str(tmp_path / "out.jsonl"),
         "generation": {"max_new_tokens": 4, "stop": ["\n", "."]},
     }))  # fmt: skip
     (got,) = run_agents(load_agents_config(cfg_path), log=lambda m: None)
-    assert got["passages"]["closed_book"] == []
-    assert got["answers"]["closed_book"].strip() != code  # without the document: wrong
-    assert got["answers"]["reader"].strip() == code  # with it: right
-    used = got["passages"]["reader"]
-    assert used[0]["id"] == f"{docs / 'filing.txt'}:1#0" and entity in used[0]["text"] and len(used) == 2
-    assert json.loads((tmp_path / "out.jsonl").read_text()) == got
+    return got

@@ -47,11 +47,12 @@ Data intensity: each training stage's tokens by domain level (the sources' `doma
 stages that start from its model (through vocabulary expansions; a merge or moe starts afresh): the stage is run
 with `data.prior_tokens` set, logs `cumulative_intensity` (the share of tokens at level >= 1 since the chain
 began) and `cumulative_intensity/levelL`, and its summary (recipe_state.json, `jaxfin recipe status`, report.md)
-has them; `jaxfin scaling intensity --recipe OUTPUT_DIR` prints the chain as `--stage TOKENS:RATIO` would. In a training stage,
-relative `export_hf` / `export_peft` paths are inside the stage's output dir, and `init_from` (if set) wins over
-`from`. `output_dir=DIR` on the command line moves the recipe's root; the other command-line overrides apply to
-every training stage (e.g. `train.steps=20` for a smoke run), except `eval_stages.KEY=V`, which sets KEY of every
-eval stage (e.g. `eval_stages.max_docs=20`).
+has them; `jaxfin scaling intensity --recipe OUTPUT_DIR` prints the chain as `--stage TOKENS:RATIO` would.
+
+In a training stage, relative `export_hf` / `export_peft` paths are inside the stage's output dir, and `init_from`
+(if set) wins over `from`. `output_dir=DIR` on the command line moves the recipe's root; the other command-line
+overrides apply to every training stage (e.g. `train.steps=20` for a smoke run), except `eval_stages.KEY=V`, which
+sets KEY of every eval stage (e.g. `eval_stages.max_docs=20`).
 
 Resuming: OUTPUT_DIR/recipe_state.json records each stage's input hash (the values its resolved config or spec
 sets away from the schema's defaults, so a jaxfin upgrade that adds a setting reruns nothing; the command-line

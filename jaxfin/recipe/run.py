@@ -258,7 +258,9 @@ def run_recipe(path: str | Path, overrides: list[str] = (), until: str | None = 
         before = _lineage_of(st, lineage)
         if rec and rec["hash"] == st["hash"] and rec["state"] == "done":
             log(f"{head}: done before (inputs {st['hash']}), skipped")
-            models[name], summary = rec["model"], {"stage": name, **rec["summary"], "seconds": rec["seconds"]}
+            # what it leaves, from its plan (a record written by an older jaxfin may lack a key, e.g. `adapter`)
+            models[name] = {**rec["model"], **_model_of(st, stage_out)}
+            summary = {"stage": name, **rec["summary"], "seconds": rec["seconds"]}
         else:
             log(f"{head} -> {stage_out}")
             if rec and rec["hash"] != st["hash"] and is_main():

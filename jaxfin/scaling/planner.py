@@ -129,4 +129,3 @@ def data_intensity(stages: list[tuple[float, float]]) -> list[dict]:
             }
         )  # fmt: skip
     return out
-

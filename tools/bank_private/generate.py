@@ -23,8 +23,8 @@ BANK = "遠景商業銀行"
 CARDS = ["晨星卡", "白金卡", "御璽卡", "商務卡", "學生卡", "旅遊卡", "悠遊聯名卡", "鈦金卡"]
 COMPANIES = ["宏遠電子", "北辰航運", "青禾食品", "港灣建設", "天曜光電", "松岳紡織", "德安醫材", "海豐化工", "瑞峰機械",
              "永信物流", "金川鋼鐵", "明德生技", "嘉禾零售", "長風能源", "立新半導體", "華泰纖維"]  # fmt: skip
-RULES = ["大額通貨交易申報", "疑似洗錢交易申報", "客戶資料定期更新", "授信案件覆審", "信用卡額度調整通知", "逾期帳款催收通知",
-         "重大偶發事件通報", "個人資料外洩通報"]  # fmt: skip
+RULES = ["大額通貨交易申報", "疑似洗錢交易申報", "客戶資料定期更新", "授信案件覆審", "信用卡額度調整通知",
+         "逾期帳款催收通知", "重大偶發事件通報", "個人資料外洩通報"]  # fmt: skip
 GRADES = ["A級", "BBB級", "BB級"]
 
 PAGE = """<!DOCTYPE html>
@@ -48,7 +48,8 @@ def grade(coverage: float) -> str:
 
 
 def facts(rng: random.Random) -> dict:
-    cards = {c: {"fee": rng.choice([0, 600, 1200, 1800, 2400, 3600, 6000]), "rate": rng.choice([0.5, 1, 1.2, 1.5, 2, 3]),
+    cards = {c: {"fee": rng.choice([0, 600, 1200, 1800, 2400, 3600, 6000]),
+                 "rate": rng.choice([0.5, 1, 1.2, 1.5, 2, 3]),
                  "limit": rng.choice([5, 10, 20, 30, 50, 80, 100])} for c in CARDS}  # fmt: skip
     exposure = {g[:-1]: v for g, v in zip(GRADES, sorted(rng.sample(range(5, 40), 3), reverse=True))}
     rules = {r: {"days": rng.choice([1, 2, 3, 5, 7, 10, 15, 30]), "article": rng.randint(3, 60)} for r in RULES}
