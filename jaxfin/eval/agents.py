@@ -249,7 +249,7 @@ def run_agents(cfg: AgentsConfig, model=None, tokenizer=None, log=print) -> list
 def add_agents_parser(sub) -> None:
     p = sub.add_parser(
         "agents",
-        help="role-prompted agents and a summariser over one model (the finance-brain recipe)",
+        help="role agents (own models or LoRA adapters, retrieved passages) and a summariser (the finance brain)",
         description="For each question: one answer per role (a system prompt each), then a summarising answer that "
         "combines them, all generated with batched KV-cache decoding. Config keys: see jaxfin/eval/agents.py; example: "
         "configs/agents/finance_brain.yaml. A role may name its own `model` and LoRA `adapter`; `retrieval: {index: "
