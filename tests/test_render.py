@@ -89,6 +89,18 @@ def test_pairs_are_two_sequences_with_completion_targets(hf_tok):
         assert target == [*hf_tok.encode(completion), hf_tok.eos_id]
 
 
+def test_completion_is_bos_prompt_completion_eos_with_completion_targets(hf_tok):
+    """The prompt is context, the completion and EOS are targets, each tokenized on its own: the prompt part is
+    exactly what `generate` feeds (BOS + prompt), so the trained answer is what generation continues with."""
+    from jaxfin.eval.generate import render_prompt
+
+    data = {"prompt": "Sentiment of 'Profit fell 20%':", "completion": " negative"}
+    [(ids, mask)] = render("completion", data, hf_tok)
+    prompt = render_prompt(data["prompt"], hf_tok, None)
+    assert ids[: len(prompt)] == prompt and set(mask[: len(prompt)]) == {0}
+    assert ids[len(prompt) :] == [*hf_tok.encode(data["completion"]), hf_tok.eos_id] and set(mask[len(prompt) :]) == {1}
+
+
 def test_text_is_bos_text_eos_with_no_mask(hf_tok):
     docs = [Document("s", f"x:{i}", "text", {"text": t}) for i, t in enumerate(["Rates rose.", "Spreads tightened."])]
     out = list(sequences(docs, "text", hf_tok))

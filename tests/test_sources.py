@@ -152,6 +152,24 @@ def test_preferences_as_pairs(data):
         assert doc.data["rejected"].strip() == rec["rejected_response"]
 
 
+def test_prompt_completion_records_with_mapped_fields_and_bad_lines(data, tmp_path):
+    """kind completion: {prompt, completion} (TRL's prompt-completion format), columns mapped with `fields`; a
+    missing or non-string field and an empty completion are counted at their lines, the rest kept as they are."""
+    recs = [r for _, r in json_lines(data / "instructions/finlora_formula_test.jsonl")[:4]]
+    rows = [{"q": r["instruction"], "a": r["output"]} for r in recs]
+    rows[1] = {"q": "Only a question."}
+    rows[2] = {"q": "Q?", "a": 3.5}
+    rows.append({"q": "Q?", "a": "  "})
+    path = tmp_path / "pc.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    docs, report = read(path, kind="completion", fields={"prompt": "q", "completion": "a"})
+    assert report.dropped == {"missing_field": 1, "wrong_type": 1, "empty": 1}
+    assert locs(report, "missing_field") == [f"{path}:2"] and locs(report, "empty") == [f"{path}:5"]
+    assert [d.loc for d in docs] == [f"{path}:1", f"{path}:4"]
+    assert docs[1].data == {"prompt": recs[3]["instruction"], "completion": recs[3]["output"]}
+    assert docs[1].text_for_filters() == recs[3]["instruction"] + recs[3]["output"]
+
+
 def test_records_take_a_slice_of_the_documents_for_disjoint_splits(data):
     """records [start, end]: the good documents start..end-1 in file order (bad records do not count), so a train
     split [0, 2000] and a dev split [2000, null] of one file are disjoint and together the whole."""

@@ -16,7 +16,7 @@ ATTENTION_BACKENDS = ("auto", "xla", "pallas", "cudnn")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # data
-SOURCE_KINDS = ("text", "chat", "pairs")
+SOURCE_KINDS = ("text", "chat", "pairs", "completion")
 SOURCE_FORMATS = ("auto", "jsonl", "parquet", "csv", "text", "html", "pdf", "hf_disk")
 CHAT_TEMPLATES = ("tokenizer", "llama3", "chatml")
 PACKINGS = ("best_fit", "first_fit")

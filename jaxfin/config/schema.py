@@ -89,7 +89,7 @@ class SourceConfig:
     # auto (by extension) | jsonl | parquet | csv | text (.txt) | html (main text, trafilatura) | pdf (pypdf) |
     # hf_disk (a datasets save_to_disk folder)
     format: str = "auto"
-    kind: str = "text"  # text (CPT) | chat (SFT) | pairs (preference)
+    kind: str = "text"  # text (CPT) | chat (SFT) | pairs (preference) | completion (prompt + completion SFT)
     fields: dict[str, str] = field(default_factory=dict)  # our field -> the source's column, e.g. {text: body}
     weight: float = 1.0  # share of the mixture (by tokens or examples: data.mix_by)
     # domain level for the data intensity: 0 (or false) general replay, 1 (or true) domain (finance), 2, 3, ...

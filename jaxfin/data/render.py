@@ -6,6 +6,8 @@
            `tokenizer` (the HF tokenizer's own `chat_template`), or the built-in `llama3` and `chatml`.
     pairs  two sequences, BOS + prompt + chosen + EOS and BOS + prompt + rejected + EOS; the completion and its
            EOS are targets. They are stored next to each other (chosen first) for the preference objectives.
+    completion  BOS + prompt + completion + EOS; the completion and EOS are targets (TRL's completion-only loss).
+           Prompt and completion are tokenized apart, as `generate` sees them: BOS + prompt, then new tokens.
 
 A rendered conversation is a list of (text, is_target) segments; each segment is tokenized on its own, so the
 mask is exact whatever the tokenizer. For the `tokenizer` template the segments come from rendering growing
@@ -132,17 +134,17 @@ def _specials(tok) -> tuple[list[int], list[int]]:
 
 
 def render(kind: str, data: dict, tok, template: str = "tokenizer") -> list[Seq]:
-    """(tokens, loss_mask) sequences for one chat or pairs document."""
+    """(tokens, loss_mask) sequences for one chat, pairs or completion document."""
     bos, eos = _specials(tok)
     if kind == "chat":
         messages = data["messages"]
         segs = {"llama3": llama3_segments, "chatml": chatml_segments}.get(template)
         segs = segs(messages) if segs else tokenizer_segments(messages, tok.hf)
         return [_encode_segments(segs, tok)]
-    if kind == "pairs":
+    if kind in ("pairs", "completion"):
         prompt = bos + tok.encode(data["prompt"])
         out = []
-        for completion in (data["chosen"], data["rejected"]):
+        for completion in (data["chosen"], data["rejected"]) if kind == "pairs" else (data["completion"],):
             ids = tok.encode(completion) + eos
             out.append((prompt + ids, [0] * len(prompt) + [1] * len(ids)))
         return out

@@ -5,6 +5,8 @@ whose `data` is normalised per kind, so the code after it never looks at column 
     text   {"text": str}                                                      continual pre-training
     chat   {"messages": [{"role": str, "content": str}, ...]}                 SFT (also from instruction/input/output)
     pairs  {"prompt": str, "chosen": str, "rejected": str}                    preference data (DPO, reward models)
+    completion {"prompt": str, "completion": str}                              SFT without a chat template (TRL's
+                                                                               prompt-completion format)
 
 Which reader reads each format, and why:
 - JSONL (.jsonl .json .ndjson) and CSV (.csv .tsv), optionally .gz, are read here from bytes, one line in memory
@@ -55,7 +57,7 @@ from jaxfin.config.choices import SOURCE_FORMATS
 from jaxfin.config.schema import SourceConfig
 from jaxfin.data import DataError
 
-KINDS = ("text", "chat", "pairs")
+KINDS = ("text", "chat", "pairs", "completion")
 FORMATS = SOURCE_FORMATS
 # Drop reasons that mean broken input; filters and dedup drop for other reasons, which are choices, not faults.
 BAD_REASONS = frozenset(
@@ -96,6 +98,7 @@ _FIELDS = {
     "text": ("text",),
     "chat": ("messages", "instruction", "input", "output", "system"),
     "pairs": ("prompt", "chosen", "rejected"),
+    "completion": ("prompt", "completion"),
 }
 _ROLE_ALIASES = {"human": "user", "gpt": "assistant"}  # ShareGPT-style {"from", "value"} messages
 _JSON_TYPES = {int: "a number", float: "a number", bool: "a boolean", list: "a list", dict: "an object"}
@@ -116,6 +119,8 @@ class Document:
             return self.data["text"]
         if self.kind == "chat":
             return "\n".join(m["content"] for m in self.data["messages"])
+        if self.kind == "completion":
+            return self.data["prompt"] + self.data["completion"]
         return self.data["prompt"] + self.data["chosen"]
 
 
@@ -484,6 +489,10 @@ def _normalise_pairs(rec: dict, ctx: _Ctx) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
+def _normalise_completion(rec: dict, ctx: _Ctx) -> dict:
+    return {f: _required_str(rec, ctx.col(f)) for f in ("prompt", "completion")}
+
+
 def _blank(s: str) -> bool:
     return not s or s.isspace()  # isspace stops at the first visible character: no copy of a long text
 
@@ -517,8 +526,16 @@ def _check_pairs(data: dict, max_chars: int) -> None:
             raise _Bad("empty", f"empty {side} answer")
 
 
-_NORMALISE: dict[str, Callable] = {"text": _normalise_text, "chat": _normalise_chat, "pairs": _normalise_pairs}
-_CHECK: dict[str, Callable] = {"text": _check_text, "chat": _check_chat, "pairs": _check_pairs}
+def _check_completion(data: dict, max_chars: int) -> None:
+    _check_strings([data["prompt"], data["completion"]], max_chars)
+    if _blank(data["completion"]):
+        raise _Bad("empty", "empty completion")
+
+
+_NORMALISE: dict[str, Callable] = {"text": _normalise_text, "chat": _normalise_chat, "pairs": _normalise_pairs,
+                                   "completion": _normalise_completion}  # fmt: skip
+_CHECK: dict[str, Callable] = {"text": _check_text, "chat": _check_chat, "pairs": _check_pairs,
+                               "completion": _check_completion}  # fmt: skip
 
 
 # ---------------------------------------------------------------- readers
@@ -651,8 +668,8 @@ def _needed_columns(columns: list[str], path: str, ctx: _Ctx) -> list[str]:
     """The columns to read; a required column the file lacks makes the whole source unusable."""
     if ctx.kind == "text":
         required, optional = ["text"], []
-    elif ctx.kind == "pairs":
-        required, optional = ["prompt", "chosen", "rejected"], []
+    elif ctx.kind in ("pairs", "completion"):
+        required, optional = list(_FIELDS[ctx.kind]), []
     elif _chat_layout(ctx.fields, columns) == "instruction":
         required, optional = ["instruction", "output"], ["input", "system"]
     else:
