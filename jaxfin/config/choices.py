@@ -16,7 +16,7 @@ ATTENTION_BACKENDS = ("auto", "xla", "pallas", "cudnn")
 LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # data
-SOURCE_KINDS = ("text", "chat", "pairs", "completion")
+SOURCE_KINDS = ("text", "chat", "pairs", "completion", "prompts")
 SOURCE_FORMATS = ("auto", "jsonl", "parquet", "csv", "text", "html", "pdf", "hf_disk")
 CHAT_TEMPLATES = ("tokenizer", "llama3", "chatml")
 PACKINGS = ("best_fit", "first_fit")
@@ -24,7 +24,12 @@ MIX_BY = ("tokens", "examples")
 
 # training
 SCHEDULES = ("cosine", "linear", "constant")
-OBJECTIVES = ("next_token", "dpo", "reward")
+OBJECTIVES = ("next_token", "dpo", "reward", "grpo")
+RL_OBJECTIVES = ("grpo",)
+RL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+KL_ESTIMATORS = ("k1", "k3")
+REWARD_TYPES = ("exact", "numeric", "choice", "format", "callable")
 DPO_LOSSES = ("sigmoid", "robust", "hinge", "ipo")
 REFERENCES = ("frozen", "precomputed", "none")
 BEST_MODES = ("min", "max")

@@ -206,15 +206,56 @@ class TrainConfig:
 
 
 @dataclass
-class ObjectiveConfig:
-    """What the trainer minimises. Preference objectives read `pairs` sources (prompt, chosen, rejected)."""
+class RewardConfig:
+    """One reward of an RL objective (jaxfin/rl/rewards.py); several add up with their weights."""
 
-    type: str = "next_token"  # next_token (CPT, SFT, joint CPT+IT) | dpo | reward (Bradley-Terry reward model)
+    type: str = ""  # exact | numeric | choice | format (rules) | callable (package.module:function)
+    weight: float = 1.0
+    name: str = ""  # logged as rewards/<name>; "" = the type
+    answer_field: str = "answer"  # the prompt record's field holding the gold answer (exact, numeric, choice)
+    tolerance: float = 1e-4  # numeric: relative to the gold number
+    choices: list[str] = field(default_factory=list)  # choice: the labels ([] = the record's `choices`)
+    pattern: str = ""  # format: a regular expression the completion must match (re.search, DOTALL)
+    function: str = ""  # callable: package.module:function, called as TRL calls reward functions
+
+
+@dataclass
+class RolloutConfig:
+    """How an RL objective samples completions: the KV-cache generator on the training mesh, current params."""
+
+    num_generations: int = 8  # completions per prompt (GRPO's group size G); train.batch_size = prompts x G
+    max_new_tokens: int = 64
+    temperature: float = 1.0
+    top_k: int = 0  # 0 = off
+    top_p: float = 1.0  # 1 = off
+    stop: list[str] = field(default_factory=list)  # strings that end a completion (its tokens up to the stop kept)
+    chat_template: str | None = None  # prompts as a user turn: tokenizer | llama3 | chatml; null = BOS + text
+    # a string prompt is formatted with its record's fields first, e.g. "Sentiment of: {prompt}\nAnswer:"
+    prompt_template: str = "{prompt}"
+
+
+@dataclass
+class ObjectiveConfig:
+    """What the trainer minimises. Preference objectives read `pairs` sources (prompt, chosen, rejected); RL
+    objectives read `prompts` sources (a prompt plus fields the rewards read, such as `answer`)."""
+
+    type: str = "next_token"  # next_token (CPT, SFT, joint CPT+IT) | dpo | reward (Bradley-Terry) | grpo
     loss: str = "sigmoid"  # dpo: sigmoid | robust | hinge | ipo
-    beta: float = 0.1
+    # dpo: the preference temperature (null = 0.1); grpo: the KL coefficient to the frozen reference (null = 0: no
+    # reference held, as TRL)
+    beta: float | None = None
     label_smoothing: float = 0.0  # sigmoid (conservative DPO) and robust
     reference: str = "frozen"  # dpo: frozen (copy of the initial params) | precomputed (one pass, cached) | none
     nll_weight: float = 0.0  # alpha: + alpha * NLL of the chosen completion, normalised per pair by its length
+    # RL (grpo): rollouts, rewards and the clipped surrogate (jaxfin/rl/)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[RewardConfig] = field(default_factory=list)
+    loss_type: str = "dapo"  # grpo | bnpo | dr_grpo | dapo: how per-token losses are averaged (TRL's)
+    scale_rewards: str = "group"  # group | batch | none: what the advantage is divided by (a std, or nothing)
+    epsilon: float = 0.2  # the ratio's clip range below 1 (and above, unless epsilon_high)
+    epsilon_high: float | None = None  # DAPO's clip-higher, e.g. 0.28
+    kl_estimator: str = "k3"  # k1 | k3 (Schulman's estimators of KL(policy || reference))
+    num_iterations: int = 1  # optimizer steps per rollout batch (the old log-probs kept from the rollout)
 
 
 @dataclass

@@ -55,9 +55,43 @@ def validate(cfg: Config) -> None:
     check_choice(o.type, C.OBJECTIVES, "objective.type")
     check_choice(o.loss, C.DPO_LOSSES, "objective.loss")
     check_choice(o.reference, C.REFERENCES, "objective.reference")
+    if o.type in C.RL_OBJECTIVES:
+        _validate_rl(cfg)
     check_choice(cfg.checkpoint.best_mode, C.BEST_MODES, "checkpoint.best_mode")
     if cfg.checkpoint.keep < 1:
         raise ConfigError("'checkpoint.keep' must be >= 1")
+
+
+def _validate_rl(cfg: Config) -> None:
+    o, r = cfg.objective, cfg.objective.rollout
+    check_choice(o.loss_type, C.RL_LOSS_TYPES, "objective.loss_type")
+    check_choice(o.scale_rewards, C.SCALE_REWARDS, "objective.scale_rewards")
+    check_choice(o.kl_estimator, C.KL_ESTIMATORS, "objective.kl_estimator")
+    if r.chat_template is not None:
+        check_choice(r.chat_template, C.CHAT_TEMPLATES, "objective.rollout.chat_template")
+    if r.num_generations < 2:
+        raise ConfigError("'objective.rollout.num_generations' must be >= 2 (a group's advantages are relative to "
+                          "its mean)")  # fmt: skip
+    if cfg.train.batch_size % r.num_generations:
+        raise ConfigError(f"'train.batch_size' ({cfg.train.batch_size}) counts completions: it must be a multiple "
+                          f"of 'objective.rollout.num_generations' ({r.num_generations})")  # fmt: skip
+    if o.num_iterations < 1:
+        raise ConfigError("'objective.num_iterations' must be >= 1")
+    if (o.beta or 0.0) < 0 or o.epsilon <= 0 or (o.epsilon_high is not None and o.epsilon_high <= 0):
+        raise ConfigError("'objective.beta' must be >= 0 and 'objective.epsilon' / 'epsilon_high' > 0")
+    if not o.rewards:
+        raise ConfigError(
+            f"objective.type={o.type} needs 'objective.rewards', e.g. [{{type: choice, answer_field: answer}}]"
+        )
+    for i, rw in enumerate(o.rewards):
+        check_choice(rw.type, C.REWARD_TYPES, f"objective.rewards[{i}].type")
+        if rw.type == "format" and not rw.pattern:
+            raise ConfigError(f"'objective.rewards[{i}]': a format reward needs 'pattern' (a regular expression)")
+        if rw.type == "callable" and ":" not in rw.function:
+            raise ConfigError(f"'objective.rewards[{i}]': a callable reward needs 'function: package.module:name'")
+    names = [rw.name or rw.type for rw in o.rewards]
+    if len(set(names)) < len(names):
+        raise ConfigError(f"'objective.rewards' log as rewards/<name>: give each a distinct 'name' (got {names})")
 
 
 def validate_model_config(m: ModelConfig) -> None:

@@ -7,6 +7,8 @@ whose `data` is normalised per kind, so the code after it never looks at column 
     pairs  {"prompt": str, "chosen": str, "rejected": str}                    preference data (DPO, reward models)
     completion {"prompt": str, "completion": str}                              SFT without a chat template (TRL's
                                                                                prompt-completion format)
+    prompts {"prompt": str | [messages], any other field: kept as is}          RL (GRPO): what the rewards read,
+                                                                               e.g. answer, choices, metadata
 
 Which reader reads each format, and why:
 - JSONL (.jsonl .json .ndjson) and CSV (.csv .tsv), optionally .gz, are read here from bytes, one line in memory
@@ -57,7 +59,7 @@ from jaxfin.config.choices import SOURCE_FORMATS
 from jaxfin.config.schema import SourceConfig
 from jaxfin.data import DataError
 
-KINDS = ("text", "chat", "pairs", "completion")
+KINDS = ("text", "chat", "pairs", "completion", "prompts")
 FORMATS = SOURCE_FORMATS
 # Drop reasons that mean broken input; filters and dedup drop for other reasons, which are choices, not faults.
 BAD_REASONS = frozenset(
@@ -99,6 +101,7 @@ _FIELDS = {
     "chat": ("messages", "instruction", "input", "output", "system"),
     "pairs": ("prompt", "chosen", "rejected"),
     "completion": ("prompt", "completion"),
+    "prompts": ("prompt",),
 }
 _ROLE_ALIASES = {"human": "user", "gpt": "assistant"}  # ShareGPT-style {"from", "value"} messages
 _JSON_TYPES = {int: "a number", float: "a number", bool: "a boolean", list: "a list", dict: "an object"}
@@ -121,6 +124,9 @@ class Document:
             return "\n".join(m["content"] for m in self.data["messages"])
         if self.kind == "completion":
             return self.data["prompt"] + self.data["completion"]
+        if self.kind == "prompts":
+            p = self.data["prompt"]
+            return p if isinstance(p, str) else "\n".join(m["content"] for m in p)
         return self.data["prompt"] + self.data["chosen"]
 
 
@@ -493,6 +499,19 @@ def _normalise_completion(rec: dict, ctx: _Ctx) -> dict:
     return {f: _required_str(rec, ctx.col(f)) for f in ("prompt", "completion")}
 
 
+def _normalise_prompts(rec: dict, ctx: _Ctx) -> dict:
+    """The prompt (a string, or a conversation as a list of messages) and every other field of the record."""
+    col = ctx.col("prompt")
+    prompt = rec.get(col)
+    if prompt is None:
+        raise _Bad("missing_field", f"no field '{col}'")
+    if type(prompt) is list:
+        prompt = [_message(m, f"{col}[{i}]") for i, m in enumerate(prompt)]
+    elif type(prompt) is not str:
+        raise _Bad("wrong_type", f"field '{col}' is {_describe(prompt)}, expected a string or a list of messages")
+    return {**{k: v for k, v in rec.items() if k != col}, "prompt": prompt}
+
+
 def _blank(s: str) -> bool:
     return not s or s.isspace()  # isspace stops at the first visible character: no copy of a long text
 
@@ -532,10 +551,18 @@ def _check_completion(data: dict, max_chars: int) -> None:
         raise _Bad("empty", "empty completion")
 
 
+def _check_prompts(data: dict, max_chars: int) -> None:
+    p = data["prompt"]
+    texts = [p] if isinstance(p, str) else [m["content"] for m in p]
+    _check_strings(texts, max_chars)
+    if all(_blank(t) for t in texts):
+        raise _Bad("empty", "empty prompt")
+
+
 _NORMALISE: dict[str, Callable] = {"text": _normalise_text, "chat": _normalise_chat, "pairs": _normalise_pairs,
-                                   "completion": _normalise_completion}  # fmt: skip
+                                   "completion": _normalise_completion, "prompts": _normalise_prompts}  # fmt: skip
 _CHECK: dict[str, Callable] = {"text": _check_text, "chat": _check_chat, "pairs": _check_pairs,
-                               "completion": _check_completion}  # fmt: skip
+                               "completion": _check_completion, "prompts": _check_prompts}  # fmt: skip
 
 
 # ---------------------------------------------------------------- readers
@@ -670,6 +697,8 @@ def _needed_columns(columns: list[str], path: str, ctx: _Ctx) -> list[str]:
         required, optional = ["text"], []
     elif ctx.kind in ("pairs", "completion"):
         required, optional = list(_FIELDS[ctx.kind]), []
+    elif ctx.kind == "prompts":  # every other column is metadata the rewards may read
+        required, optional = ["prompt"], [c for c in columns if c != ctx.col("prompt")]
     elif _chat_layout(ctx.fields, columns) == "instruction":
         required, optional = ["instruction", "output"], ["input", "system"]
     else:
@@ -689,8 +718,8 @@ def _check_string_types(schema, columns: list[str], path: str, ctx: _Ctx) -> Non
     """A column of numbers can never give text: refuse it up front rather than count every row as wrong_type."""
     import pyarrow as pa
 
-    if ctx.kind == "chat" and ctx.col("messages") in columns:
-        return  # a list of message structs; checked row by row
+    if (ctx.kind == "chat" and ctx.col("messages") in columns) or ctx.kind == "prompts":
+        return  # a list of message structs, or metadata of any type: checked row by row
     for col in columns:
         t = schema.field(col).type
         if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):

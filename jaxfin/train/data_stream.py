@@ -132,6 +132,9 @@ def _check_kinds(d: DataConfig, objective: str) -> None:
     """Pairs sources are for the preference objectives, which read nothing else (training and dev sets alike)."""
     srcs = [*(("data.sources", s) for s in d.sources), *(("data.dev", s) for s in d.dev)]
     pairs = [s.name or s.path for _, s in srcs if s.kind == "pairs"]
+    prompts = [s.name or s.path for _, s in srcs if s.kind == "prompts"]
+    if prompts:
+        raise DataError(f"sources {prompts} are RL prompts (kind: prompts), which only objective.type=grpo reads")
     if objective not in PREFERENCE_OBJECTIVES:
         if pairs:  # next-token training on both completions of a pair would teach the rejected one too
             raise DataError(f"sources {pairs} are preference pairs, which the next-token trainer cannot use; "

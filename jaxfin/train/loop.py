@@ -1,5 +1,6 @@
-"""The training loop: `train(cfg)` runs (or resumes) next-token training described by a Config: CPT on text
-sources, instruction tuning on chat sources (assistant tokens only), or both mixed in one stream."""
+"""The training loop: `train(cfg)` runs (or resumes) the training a Config describes: next-token training (CPT on
+text sources, instruction tuning on chat sources (assistant tokens only), or both mixed in one stream), the
+preference objectives (DPO, reward model) on pairs, or RL (GRPO, jaxfin/rl/) on prompts."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ import jax
 import jax.numpy as jnp
 import yaml
 
+from jaxfin.config.choices import RL_OBJECTIVES
 from jaxfin.config.errors import ConfigError
 from jaxfin.config.schema import Config, EvalDuringTrainingConfig, ModelConfig, to_dict
 from jaxfin.data.tokenizer import Tokenizer, load_tokenizer
+from jaxfin.eval.generate import stop_token_ids
 from jaxfin.hf.tokenizer import copy_tokenizer_files
 from jaxfin.model import Model
 from jaxfin.parallel import global_batch, make_mesh, process_rows
 from jaxfin.parallel.distributed import barrier, is_main, to_host
+from jaxfin.rl.loop import setup_grpo
+from jaxfin.rl.prompts import PromptStream
 from jaxfin.store import load_model, save_model
 from jaxfin.store.checkpoint import Checkpointer
 from jaxfin.store.jaxfin_dir import write_model_json
@@ -150,14 +155,16 @@ def _train(cfg: Config, stop: StopFlag) -> dict:
     tok = _tokenizer(cfg)
     mesh = make_mesh(cfg.mesh)
     rows = process_rows(mesh, cfg.train.batch_size)
-    data = _open_data(cfg, tok, rows)  # before the model: a data mistake should not wait for a big model to load
+    rl = cfg.objective.type in RL_OBJECTIVES
+    # before the model: a data mistake should not wait for a big model to load
+    data = PromptStream(cfg, tok) if rl else _open_data(cfg, tok, rows)
     cfg, params, hf_extra = _model(cfg, tok)
     check_layout(cfg.model, cfg.train, mesh)
     cfg, params = resolve_trainable(cfg, params, tok, out)  # `@logme:K` -> layers[...] from the initial weights
     if is_main():
         _write_run_files(cfg, tok, hf_extra, out)
         _report_plan(data.plan(), mesh, out)
-    run = _setup(cfg, data, mesh, params, out)
+    run = _setup_rl(cfg, data, tok, mesh, params, out, hf_extra) if rl else _setup(cfg, data, mesh, params, out)
     del params
     every_step = _hooks(cfg, run, data, tok, mesh, out, hf_extra, stop)
     dev = next((h for h in every_step if isinstance(h, hooks.DevEval)), None)
@@ -200,6 +207,15 @@ class _Run:
     checkpointer: Checkpointer
     restored: bool
     dev_refs: dict | None
+    dev_reward: object | None = None  # RL: state -> {dev_reward, ...} on the held-out prompts
+
+
+def _setup_rl(cfg: Config, stream: PromptStream, tok: Tokenizer, mesh, params, out: Path, hf_extra) -> _Run:
+    """An RL run (jaxfin/rl/loop.py): its step samples, scores and updates; the hooks are the trainer's own."""
+    model = Model(cfg.model, None, str(out), hf_extra)
+    eos = stop_token_ids(model, tok, cfg.objective.rollout.chat_template)
+    loop, grpo, ckpt, restored = setup_grpo(cfg, stream, tok, mesh, params, out, eos)
+    return _Run(loop, grpo, None, ckpt, restored, None, grpo.dev_reward if stream.dev_records else None)
 
 
 def _setup(cfg: Config, data: DataStream, mesh, params, out: Path) -> _Run:
@@ -268,6 +284,8 @@ def _hooks(cfg: Config, run: _Run, data: DataStream, tok: Tokenizer, mesh, out: 
 
         metric = cfg.checkpoint.best_metric or "dev_loss"  # patience watches what best/ keeps
         out_hooks.append(hooks.DevEval(dev, t.dev_every, t.patience, metric, cfg.checkpoint.best_mode))
+    if run.dev_reward is not None and t.dev_every:
+        out_hooks.append(hooks.TaskEval(run.dev_reward, t.dev_every))
     if cfg.eval.every and cfg.eval.tasks:
         tasks = lambda state: _eval_tasks(cfg.model, cfg.eval, state["params"], tok, out)  # noqa: E731
         out_hooks.append(hooks.TaskEval(tasks, cfg.eval.every))

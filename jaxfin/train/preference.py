@@ -66,10 +66,15 @@ def pair_logps(logits, batch: Batch) -> dict:
     }
 
 
+def dpo_beta(cfg) -> float:
+    """objective.beta, or DPO's default 0.1 when unset (a config not yet through validation)."""
+    return 0.1 if cfg.beta is None else float(cfg.beta)
+
+
 def _check(cfg) -> None:
     if cfg.loss not in DPO_LOSSES:
         raise ValueError(f"objective.loss must be one of {DPO_LOSSES}, got '{cfg.loss}'")
-    if cfg.beta <= 0:
+    if dpo_beta(cfg) <= 0:
         raise ValueError(f"objective.beta must be > 0, got {cfg.beta}")
     if not 0 <= cfg.label_smoothing < 0.5:
         raise ValueError(f"objective.label_smoothing must be in [0, 0.5), got {cfg.label_smoothing}")
@@ -84,7 +89,7 @@ def dpo_loss(policy: dict, reference: dict | None, cfg):
     rewards/rejected, rewards/accuracy, rewards/margin, logps/chosen, logps/rejected, nll; divide by the count.
     """
     _check(cfg)
-    beta, eps = float(cfg.beta), float(cfg.label_smoothing)
+    beta, eps = dpo_beta(cfg), float(cfg.label_smoothing)
     valid = policy["valid"]
     lc = jnp.maximum(policy["chosen_len"], 1.0)  # safe denominators: invalid slots are masked below
     lr = jnp.maximum(policy["rejected_len"], 1.0)

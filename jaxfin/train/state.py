@@ -45,13 +45,16 @@ def state_shardings(model: ModelConfig, objective: ObjectiveConfig, optimizer, m
     opt = jax.eval_shape(optimizer.init, params)
     rep = replicated(mesh)
     out = {"params": p_shard, "opt_state": like_params(opt, p_shard, mesh), "step": rep, "rng": rep}
-    if keeps_reference(objective):
+    if keeps_reference(objective, model):
         out["ref_params"] = p_shard
     return out
 
 
-def keeps_reference(objective: ObjectiveConfig) -> bool:
-    """DPO with `reference: frozen` keeps a copy of the initial params in the train state."""
+def keeps_reference(objective: ObjectiveConfig, model: ModelConfig | None = None) -> bool:
+    """DPO with `reference: frozen`, and GRPO with a KL term (beta > 0) on a model without LoRA adapters (with
+    them, the reference is the base without the adapters, no copy), keep a copy of the initial params in the state."""
+    if objective.type == "grpo":
+        return bool(objective.beta) and not (model is not None and model.lora.rank > 0)
     return objective.type == "dpo" and objective.reference == "frozen"
 
 
@@ -74,11 +77,11 @@ def init_state(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: 
     else:
         params = jax.tree.map(_put, params, shardings["params"])
 
-    make = jax.jit(_state_from(objective, optimizer, seed), out_shardings=shardings, donate_argnums=0)
+    make = jax.jit(_state_from(objective, optimizer, seed, model), out_shardings=shardings, donate_argnums=0)
     return make(params)
 
 
-def _state_from(objective: ObjectiveConfig, optimizer, seed: int):
+def _state_from(objective: ObjectiveConfig, optimizer, seed: int, model: ModelConfig | None = None):
     def make(p):
         state = {
             "params": p,
@@ -86,7 +89,7 @@ def _state_from(objective: ObjectiveConfig, optimizer, seed: int):
             "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(seed)),
         }
-        if keeps_reference(objective):
+        if keeps_reference(objective, model):
             state["ref_params"] = jax.tree.map(jnp.copy, p)
         return state
 
@@ -96,7 +99,7 @@ def _state_from(objective: ObjectiveConfig, optimizer, seed: int):
 def abstract_train_state(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: Mesh) -> dict:
     """The state `init_state` would build, as ShapeDtypeStructs with their shardings, and nothing allocated: what a
     deviceless compile (`jaxfin compile`) lowers the step for."""
-    shapes = jax.eval_shape(_state_from(objective, optimizer, 0), abstract_params(model))
+    shapes = jax.eval_shape(_state_from(objective, optimizer, 0, model), abstract_params(model))
     shardings = state_shardings(model, objective, optimizer, mesh)
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
 
@@ -106,17 +109,21 @@ def abstract_state(state):
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
 
 
-def batch_spec(mesh: Mesh, rows: int, seq_len: int, ref_pairs: int = 0) -> dict:
+def batch_spec(mesh: Mesh, rows: int, seq_len: int, ref_pairs: int = 0, extra: dict | None = None) -> dict:
     """Abstract global batch: the packed layout, plus `ref_logps` [rows, 2, P] when DPO reads precomputed
-    reference log-probs (P = the most pairs any row holds)."""
+    reference log-probs (P = the most pairs any row holds), plus `extra` {name: (trailing shape, dtype)} per-row
+    arrays (the RL objectives' advantages and log-probs)."""
     shard = batch_sharding(mesh)
     spec = dict.fromkeys(BATCH_KEYS, jax.ShapeDtypeStruct((rows, seq_len), BATCH_DTYPE, sharding=shard))
     if ref_pairs:
         spec["ref_logps"] = jax.ShapeDtypeStruct((rows, 2, ref_pairs), jnp.float32, sharding=shard)
+    for name, (shape, dtype) in (extra or {}).items():
+        spec[name] = jax.ShapeDtypeStruct((rows, *shape), dtype, sharding=shard)
     return spec
 
 
-def compile_train_step(step_fn, mesh: Mesh, state, rows: int, seq_len: int, ref_pairs: int = 0):
+def compile_train_step(step_fn, mesh: Mesh, state, rows: int, seq_len: int, ref_pairs: int = 0,
+                       extra: dict | None = None):  # fmt: skip
     """step_fn(state, batch) (from make_train_step) lowered and compiled for this state layout and a global batch
     of `rows` rows (train.batch_size), the state donated."""
     shardings = jax.tree.map(lambda x: x.sharding, state)
@@ -126,7 +133,7 @@ def compile_train_step(step_fn, mesh: Mesh, state, rows: int, seq_len: int, ref_
         out_shardings=(shardings, replicated(mesh)),
         donate_argnums=0,
     )
-    batch = batch_spec(mesh, rows, seq_len, ref_pairs)
+    batch = batch_spec(mesh, rows, seq_len, ref_pairs, extra)
     with jax.set_mesh(mesh):  # activation constraints in the model resolve against this mesh
         return step.lower(abstract_state(state), batch).compile()
 

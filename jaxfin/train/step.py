@@ -6,6 +6,8 @@ over the whole global batch: per target token for next-token training, per pair 
     dpo          DPO family on packed pairs, reference log-probs from `ref_params` (a frozen copy of the initial
                  params), from the batch (`ref_logps`, precomputed in one pass), or none (reference-free)
     reward       Bradley-Terry reward model: score head at each sequence's last token
+    grpo         GRPO's clipped surrogate on rollout rows (jaxfin/rl/): advantages [B] and, when needed, the
+                 rollout's log-probs (`old_logps`) and the reference's (`ref_token_logps`) [B, S-1] in the batch
 
 A mixture of experts adds its router loss (load balancing + z-loss, jaxfin/model/moe.py) to what training
 minimises, per counted unit (`moe/router_loss`); the logged `loss` and the dev losses are the objective's alone.
@@ -22,12 +24,15 @@ import optax
 from jaxfin.config.schema import ModelConfig, ObjectiveConfig
 from jaxfin.model import forward, scores
 from jaxfin.model.batch import Batch
-from jaxfin.model.loss import next_token_loss_sum
+from jaxfin.model.loss import next_token_loss_sum, token_logps
 from jaxfin.model.moe import router_loss, router_metrics
 from jaxfin.model.params import param_axes
 from jaxfin.parallel.rules import constrain_params
+from jaxfin.rl.losses import grpo_loss
 from jaxfin.train import preference
 from jaxfin.train.trainable import apply_part_updates, trainable_part, with_trainable
+
+COUNTED = {"next_token": "target_tokens", "dpo": "pairs", "reward": "pairs"}  # what a step's loss count counts
 
 
 def _model_inputs(batch: Batch):
@@ -63,6 +68,14 @@ def objective_sums(params, model: ModelConfig, objective: ObjectiveConfig, batch
     if kind == "next_token":
         loss, count = next_token_loss_sum(logits, batch)
         metrics = {}
+    elif kind == "grpo":
+        logp, mask = token_logps(logits, batch)
+        loss, count, metrics = grpo_loss(
+            logp, batch.get("old_logps"), batch["advantages"], mask, loss_type=objective.loss_type,
+            epsilon=objective.epsilon, epsilon_high=objective.epsilon_high, beta=objective.beta or 0.0,
+            ref_logp=batch.get("ref_token_logps"), kl_estimator=objective.kl_estimator,
+            max_completion_length=objective.rollout.max_new_tokens,
+        )  # fmt: skip
     elif kind == "dpo":
         policy = preference.pair_logps(logits, batch)
         ref = _reference(model, objective, batch, ref_params)
@@ -126,7 +139,7 @@ def make_train_step(model: ModelConfig, objective: ObjectiveConfig, optimizer, s
             **{k: v / count for k, v in msums.items()},
             "grad_norm": optax.tree.norm(grads),  # of the trained values
             "lr": schedule(state["step"]),
-            "target_tokens" if objective.type == "next_token" else "pairs": count,
+            COUNTED.get(objective.type, "loss_count"): count,
             "tokens": jnp.sum(batch["segment_ids"] != 0),  # non-padding input tokens of the global batch
         }
         return new_state, metrics
