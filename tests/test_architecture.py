@@ -20,6 +20,7 @@ LAYERS = [
     {"hf"},
     {"store", "jaxfin"},
     {"eval", "retrieval"},
+    {"rl"},
     {"train"},
     {"merge", "scaling", "vocab", "bench", "compile"},
     {"recipe", "demo", "cli", "launch", "__main__"},

@@ -209,7 +209,8 @@ class TrainConfig:
 class RewardConfig:
     """One reward of an RL objective (jaxfin/rl/rewards.py); several add up with their weights."""
 
-    type: str = ""  # exact | numeric | choice | format (rules) | callable (package.module:function)
+    # exact | numeric | choice | format (rules) | callable (package.module:function) | model (a reward model)
+    type: str = ""
     weight: float = 1.0
     name: str = ""  # logged as rewards/<name>; "" = the type
     answer_field: str = "answer"  # the prompt record's field holding the gold answer (exact, numeric, choice)
@@ -217,6 +218,7 @@ class RewardConfig:
     choices: list[str] = field(default_factory=list)  # choice: the labels ([] = the record's `choices`)
     pattern: str = ""  # format: a regular expression the completion must match (re.search, DOTALL)
     function: str = ""  # callable: package.module:function, called as TRL calls reward functions
+    path: str = ""  # model: a jaxfin `reward` run (or its export) or an HF ...ForSequenceClassification folder
 
 
 @dataclass
@@ -250,6 +252,7 @@ class ObjectiveConfig:
     # RL (grpo): rollouts, rewards and the clipped surrogate (jaxfin/rl/)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: list[RewardConfig] = field(default_factory=list)
+    reward_model: str = ""  # shorthand for one more reward {type: model, path: DIR, name: reward_model}
     loss_type: str = "dapo"  # grpo | bnpo | dr_grpo | dapo: how per-token losses are averaged (TRL's)
     scale_rewards: str = "group"  # group | batch | none: what the advantage is divided by (a std, or nothing)
     epsilon: float = 0.2  # the ratio's clip range below 1 (and above, unless epsilon_high)

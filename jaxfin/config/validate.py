@@ -79,7 +79,7 @@ def _validate_rl(cfg: Config) -> None:
         raise ConfigError("'objective.num_iterations' must be >= 1")
     if (o.beta or 0.0) < 0 or o.epsilon <= 0 or (o.epsilon_high is not None and o.epsilon_high <= 0):
         raise ConfigError("'objective.beta' must be >= 0 and 'objective.epsilon' / 'epsilon_high' > 0")
-    if not o.rewards:
+    if not o.rewards and not o.reward_model:
         raise ConfigError(
             f"objective.type={o.type} needs 'objective.rewards', e.g. [{{type: choice, answer_field: answer}}]"
         )
@@ -87,9 +87,11 @@ def _validate_rl(cfg: Config) -> None:
         check_choice(rw.type, C.REWARD_TYPES, f"objective.rewards[{i}].type")
         if rw.type == "format" and not rw.pattern:
             raise ConfigError(f"'objective.rewards[{i}]': a format reward needs 'pattern' (a regular expression)")
+        if rw.type == "model" and not rw.path:
+            raise ConfigError(f"'objective.rewards[{i}]': a model reward needs 'path' (a reward model folder)")
         if rw.type == "callable" and ":" not in rw.function:
             raise ConfigError(f"'objective.rewards[{i}]': a callable reward needs 'function: package.module:name'")
-    names = [rw.name or rw.type for rw in o.rewards]
+    names = [rw.name or rw.type for rw in o.rewards] + (["reward_model"] if o.reward_model else [])
     if len(set(names)) < len(names):
         raise ConfigError(f"'objective.rewards' log as rewards/<name>: give each a distinct 'name' (got {names})")
 

@@ -52,18 +52,29 @@ class PromptStream:
         if not self.records:
             raise DataError("the RL prompt sources hold no prompts")
         room = d.seq_len - r.max_new_tokens
-        self.ids = [render_prompt(_fill(r.prompt_template, x), tokenizer, r.chat_template) for x in self.records]
-        self.dev_ids = [render_prompt(_fill(r.prompt_template, x), tokenizer, r.chat_template)
-                        for x in self.dev_records]  # fmt: skip
-        long = [(x["_loc"], len(i)) for x, i in zip(self.records + self.dev_records, self.ids + self.dev_ids)
-                if len(i) > room]  # fmt: skip
-        if long:
-            shown = ", ".join(f"{loc} ({n} tokens)" for loc, n in long[:5])
-            raise DataError(f"{len(long)} prompt(s) are longer than data.seq_len - rollout.max_new_tokens = {room} "
-                            f"tokens: {shown}. Raise data.seq_len, lower max_new_tokens or shorten them")  # fmt: skip
+        self.texts = [_fill(r.prompt_template, x) for x in self.records]  # as sampled from (for a reward model)
+        self.dev_texts = [_fill(r.prompt_template, x) for x in self.dev_records]
+        self.ids = [render_prompt(x, tokenizer, r.chat_template) for x in self.texts]
+        self.dev_ids = [render_prompt(x, tokenizer, r.chat_template) for x in self.dev_texts]
+        self.truncated = self._fit(room, tokenizer.bos_id)
+        if self.truncated:
+            (loc, n), *_ = self.truncated
+            print(f"prompts: {len(self.truncated)} longer than data.seq_len - rollout.max_new_tokens = {room} tokens "
+                  f"were cut to their last {room} (BOS kept; as TRL truncates), e.g. {loc} ({n} tokens)")  # fmt: skip
         self.seed = cfg.train.seed
         self.per_step = cfg.train.batch_size // r.num_generations
         self.dev = {}  # no next-token dev sets: the held-out reward is evaluated instead
+
+    def _fit(self, room: int, bos: int | None) -> list[tuple[str, int]]:
+        """Cut every prompt longer than `room` tokens to its end (the BOS kept first); [(location, tokens)] of those."""
+        cut = []
+        for recs, ids in ((self.records, self.ids), (self.dev_records, self.dev_ids)):
+            for k, (rec, x) in enumerate(zip(recs, ids)):
+                if len(x) > room:
+                    cut.append((rec["_loc"], len(x)))
+                    head = x[:1] if bos is not None and x[0] == bos else []
+                    ids[k] = head + x[len(x) - room + len(head) :]
+        return cut
 
     def indices(self, step: int) -> np.ndarray:
         """The prompt indices of step `step` (1-based): a slice of the concatenated epoch permutations."""

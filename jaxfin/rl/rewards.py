@@ -1,6 +1,6 @@
 """Rewards for RL on completions: verifiable rules (exact, numeric, choice, format) and Python callables by import
 path, each a function of (prompt records, completion texts) -> one float per completion, or NaN where it cannot
-score (TRL's None); `score_all` runs the configured ones and combines them with their weights.
+score (TRL's None); `score` runs the configured ones (a reward model among them) and combines them with their weights.
 
 Rules, with the gold answer in the prompt record's `answer` field (or `answer_field`):
     exact    the answer line (first non-empty line, without a leading "Answer:") equals the gold string after
@@ -13,7 +13,7 @@ Rules, with the gold answer in the prompt record's `answer` field (or `answer_fi
     format   the completion matches the regular expression `pattern` (re.search, DOTALL) -> 1 else 0
     callable `function: package.module:name`, called as TRL calls reward functions:
              name(prompts=[...], completions=[...], **{field: [...] for every record field}) -> list[float | None]
-A reward model as a reward is not built yet (issue 22).
+A reward model (`type: model`) is scored on the devices by jaxfin/rl/reward_model.py.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from jaxfin.config.choices import REWARD_TYPES
+from jaxfin.config.schema import Config, RewardConfig
 from jaxfin.eval.gen_tasks import normalize_answer, to_number
+from jaxfin.rl.reward_model import RewardModel
 
 
 def answer_line(text: str) -> str:
@@ -118,3 +120,35 @@ def combine(per_reward: np.ndarray, weights: Sequence[float]) -> np.ndarray:
     w = np.asarray(weights, np.float64)
     total = np.nansum(per_reward * w, axis=1)
     return np.where(np.isnan(per_reward).all(axis=1), np.nan, total)
+
+
+def rewards_of(cfg: Config) -> list[RewardConfig]:
+    """The configured rewards, `objective.reward_model` included."""
+    o = cfg.objective
+    extra = [RewardConfig(type="model", path=o.reward_model, name="reward_model")] if o.reward_model else []
+    return [*o.rewards, *extra]
+
+
+_REWARD_MODELS: dict = {}
+
+
+def score(cfg: Config, records: list[dict], prompts: list, texts: list[str]) -> tuple[np.ndarray, dict[str, float]]:
+    """(total reward [N], {rewards/<name>: mean}) of N completions of these records (`prompts`: the prompts as
+    sampled from, for a reward model)."""
+    rws = rewards_of(cfg)
+
+    def one(rw):
+        if rw.type != "model":
+            return rule_scores(rw, records, texts)
+        if rw.path not in _REWARD_MODELS:
+            _REWARD_MODELS[rw.path] = RewardModel(rw.path)
+        return _REWARD_MODELS[rw.path].score(prompts, texts)
+
+    per = np.stack([one(rw) for rw in rws], axis=1)
+    means = {f"rewards/{rw.name or rw.type}": nanmean(per[:, k]) for k, rw in enumerate(rws)}
+    return combine(per, [rw.weight for rw in rws]), means
+
+
+def nanmean(x: np.ndarray) -> float:
+    """The mean over the scored values (NaN where none is)."""
+    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")

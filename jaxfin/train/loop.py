@@ -24,7 +24,6 @@ from jaxfin.hf.tokenizer import copy_tokenizer_files
 from jaxfin.model import Model
 from jaxfin.parallel import global_batch, make_mesh, process_rows
 from jaxfin.parallel.distributed import barrier, is_main, to_host
-from jaxfin.rl.loop import setup_grpo
 from jaxfin.rl.prompts import PromptStream
 from jaxfin.store import load_model, save_model
 from jaxfin.store.checkpoint import Checkpointer
@@ -35,6 +34,7 @@ from jaxfin.train.hooks import Hook, Loop, StopFlag
 from jaxfin.train.logme import resolve_trainable
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
+from jaxfin.train.rl import setup_grpo
 from jaxfin.train.state import (
     abstract_params,
     abstract_state,

@@ -1,8 +1,9 @@
-"""GRPO in the trainer: each step samples `num_generations` completions for each of its prompts on the training mesh,
-scores them with the configured rewards, turns the rewards into group-normalised advantages and makes
-`num_iterations` optimizer updates on those rows with the objective's clipped surrogate (jaxfin/rl/losses.py via
-jaxfin/train/step.py). State, checkpoints, resume, LoRA / partial training, logging and export are the trainer's
-own; a step's prompts and its sampling key are functions of (seed, step), so a resumed run is exact.
+"""GRPO in the trainer (its RL parts live in jaxfin/rl/): each step samples `num_generations` completions for
+each of its prompts on the training mesh, scores them with the configured rewards, turns the rewards into
+group-normalised advantages and makes `num_iterations` optimizer updates on those rows with the objective's clipped
+surrogate (jaxfin/rl/losses.py via jaxfin/train/step.py). State, checkpoints, resume, LoRA / partial training,
+logging and export are the trainer's own; a step's prompts and its sampling key are functions of (seed, step), so
+a resumed run is exact.
 
 Logged per step: rewards/<name> and reward (mean over completions; NaN where a reward could not score is left
 out), reward_std, frac_reward_zero_std (groups that teach nothing), completion_len, completions_clipped (share
@@ -23,9 +24,9 @@ from jaxfin.model import forward
 from jaxfin.model.loss import token_logps
 from jaxfin.parallel import global_batch, process_rows
 from jaxfin.parallel.distributed import is_main
-from jaxfin.rl import rewards as R
 from jaxfin.rl.losses import group_advantages
 from jaxfin.rl.prompts import PromptStream
+from jaxfin.rl.rewards import nanmean, score
 from jaxfin.rl.rollout import base_without_adapters, cut, rollout_key, sample, train_rows
 from jaxfin.store.checkpoint import Checkpointer
 from jaxfin.train.hooks import Loop
@@ -33,18 +34,6 @@ from jaxfin.train.optimizer import make_optimizer, make_schedule
 from jaxfin.train.state import abstract_params, abstract_state, compile_train_step, init_state
 from jaxfin.train.step import make_train_step
 from jaxfin.train.trainable import selection, trainable_report
-
-
-def score(cfg: Config, records: list[dict], texts: list[str]) -> tuple[np.ndarray, dict[str, float]]:
-    """(total reward [N], {rewards/<name>: mean}) of N completions of these records."""
-    rws = cfg.objective.rewards
-    per = np.stack([R.rule_scores(rw, records, texts) for rw in rws], axis=1)
-    means = {f"rewards/{rw.name or rw.type}": _nanmean(per[:, k]) for k, rw in enumerate(rws)}
-    return R.combine(per, [rw.weight for rw in rws]), means
-
-
-def _nanmean(x: np.ndarray) -> float:
-    return float(np.nanmean(x)) if np.isfinite(x).any() else float("nan")
 
 
 def extra_spec(cfg: Config) -> dict:
@@ -84,7 +73,7 @@ class GRPO:
                               self.eos, r)  # fmt: skip
         comps = [cut(out[i, : lengths[i]].tolist(), self.eos, self.tok, r.stop) for i in range(len(prompts))]
         t_gen = time.time() - t0
-        total, means = score(cfg, records, [c.text for c in comps])
+        total, means = score(cfg, records, [self.stream.texts[i] for i in idx], [c.text for c in comps])
         scorable = ~np.isnan(total)
         adv = np.asarray(group_advantages(np.nan_to_num(total), r.num_generations, o.scale_rewards))
         adv = np.where(scorable, adv, 0.0).astype(np.float32)  # an unscorable completion teaches nothing (TRL)
@@ -105,7 +94,7 @@ class GRPO:
         metrics = {
             **metrics,
             **means,
-            "reward": _nanmean(total),
+            "reward": nanmean(total),
             "reward_std": float(np.nanstd(total, ddof=1)) if scorable.sum() > 1 else 0.0,
             "frac_reward_zero_std": float(np.mean(groups.std(axis=1) == 0)),
             "completion_len": n_gen / len(comps),
@@ -132,8 +121,8 @@ class GRPO:
             out, lengths = sample(cfg.model, state["params"], chunk, self.rows, rollout_key(0, 0), self.eos, r,
                                   greedy=True)  # fmt: skip
             texts += [cut(out[i, : lengths[i]].tolist(), self.eos, self.tok, r.stop).text for i in range(len(chunk))]
-        total, means = score(cfg, self.stream.dev_records, texts)
-        return {"dev_reward": _nanmean(total), **{f"dev_{k}": v for k, v in means.items()}}
+        total, means = score(cfg, self.stream.dev_records, self.stream.dev_texts, texts)
+        return {"dev_reward": nanmean(total), **{f"dev_{k}": v for k, v in means.items()}}
 
 
 def setup_grpo(cfg: Config, stream: PromptStream, tokenizer, mesh, params, out, eos: tuple[int, ...]):
