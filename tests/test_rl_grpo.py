@@ -63,6 +63,8 @@ def test_grpo_runs_logs_and_resumes_exactly(tmp_path):
     assert all(0 < r["completion_len"] <= 6 for r in recs)
     assert any(r["kl"] > 0 for r in recs[1:])  # the policy moved away from the frozen reference
     assert "dev_reward" in recs[1] and "dev_reward" not in recs[0]
+    # beta > 0 without LoRA: the frozen reference is a copy in the state (with LoRA it is not: test_rl_ppo.py)
+    assert "ref_params" in (tmp_path / "straight/checkpoints/4/state/_METADATA").read_text()
 
     train(_config(tmp_path, "resumed", 2))  # stops after step 2 with a checkpoint
     resumed = train(_config(tmp_path, "resumed", 4))  # the same run asked for 4 steps: resumes at 3

@@ -24,8 +24,8 @@ MIX_BY = ("tokens", "examples")
 
 # training
 SCHEDULES = ("cosine", "linear", "constant")
-OBJECTIVES = ("next_token", "dpo", "reward", "grpo")
-RL_OBJECTIVES = ("grpo",)
+OBJECTIVES = ("next_token", "dpo", "reward", "grpo", "ppo")
+RL_OBJECTIVES = ("grpo", "ppo")
 RL_LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
 KL_ESTIMATORS = ("k1", "k3")

@@ -54,6 +54,9 @@ class ModelConfig:
     eos_token_id: int = 2
     pad_token_id: int = -1  # -1 = none
     num_labels: int = 0  # 0 = causal LM head; N >= 1 = a `score` head of N outputs on the last token (reward model)
+    # a value head `value_head/kernel` [D, 1] beside the LM head, on the same hidden states (PPO's critic); left out
+    # of Hugging Face exports (the policy is a plain causal LM)
+    value_head: bool = False
     lora: LoraConfig = field(default_factory=LoraConfig)  # adapters (part of the pytree: lora_a / lora_b leaves)
     # Mixture of experts (family mixtral; jaxfin/model/moe.py): each layer's MLP is num_experts SwiGLU experts of
     # intermediate_size, and a router sends each token to experts_per_token of them.
@@ -241,7 +244,7 @@ class ObjectiveConfig:
     """What the trainer minimises. Preference objectives read `pairs` sources (prompt, chosen, rejected); RL
     objectives read `prompts` sources (a prompt plus fields the rewards read, such as `answer`)."""
 
-    type: str = "next_token"  # next_token (CPT, SFT, joint CPT+IT) | dpo | reward (Bradley-Terry) | grpo
+    type: str = "next_token"  # next_token (CPT, SFT, joint CPT+IT) | dpo | reward (Bradley-Terry) | grpo | ppo
     loss: str = "sigmoid"  # dpo: sigmoid | robust | hinge | ipo
     # dpo: the preference temperature (null = 0.1); grpo: the KL coefficient to the frozen reference (null = 0: no
     # reference held, as TRL)
@@ -249,16 +252,28 @@ class ObjectiveConfig:
     label_smoothing: float = 0.0  # sigmoid (conservative DPO) and robust
     reference: str = "frozen"  # dpo: frozen (copy of the initial params) | precomputed (one pass, cached) | none
     nll_weight: float = 0.0  # alpha: + alpha * NLL of the chosen completion, normalised per pair by its length
-    # RL (grpo): rollouts, rewards and the clipped surrogate (jaxfin/rl/)
+    # RL (grpo, ppo): rollouts, rewards and the clipped surrogate (jaxfin/rl/)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: list[RewardConfig] = field(default_factory=list)
     reward_model: str = ""  # shorthand for one more reward {type: model, path: DIR, name: reward_model}
     loss_type: str = "dapo"  # grpo | bnpo | dr_grpo | dapo: how per-token losses are averaged (TRL's)
     scale_rewards: str = "group"  # group | batch | none: what the advantage is divided by (a std, or nothing)
-    epsilon: float = 0.2  # the ratio's clip range below 1 (and above, unless epsilon_high)
-    epsilon_high: float | None = None  # DAPO's clip-higher, e.g. 0.28
-    kl_estimator: str = "k3"  # k1 | k3 (Schulman's estimators of KL(policy || reference))
-    num_iterations: int = 1  # optimizer steps per rollout batch (the old log-probs kept from the rollout)
+    epsilon: float = 0.2  # the ratio's clip range below 1 (and above, unless epsilon_high); PPO's cliprange
+    epsilon_high: float | None = None  # GRPO: DAPO's clip-higher, e.g. 0.28
+    kl_estimator: str | None = None  # k1 | k3 (Schulman's estimators of KL(policy || reference)); null = TRL's
+    #                                   default: k3 for grpo, k1 for ppo
+    num_iterations: int = 1  # GRPO: optimizer steps per rollout batch (the old log-probs kept from the rollout)
+    # PPO (TRL's defaults): the value head (model.value_head, added when missing), a per-token KL penalty
+    # -kl_coef x KL in the reward, GAE, whitened advantages, clipped policy and value losses
+    kl_coef: float = 0.05
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    ppo_epochs: int = 4  # passes over each rollout batch
+    num_mini_batches: int = 1  # optimizer steps per pass (the rollout batch split into this many, shuffled)
+    missing_eos_penalty: float | None = None  # subtracted from the score of a completion that hit max_new_tokens
+    whiten_rewards: bool = False
 
 
 @dataclass

@@ -66,12 +66,20 @@ def _validate_rl(cfg: Config) -> None:
     o, r = cfg.objective, cfg.objective.rollout
     check_choice(o.loss_type, C.RL_LOSS_TYPES, "objective.loss_type")
     check_choice(o.scale_rewards, C.SCALE_REWARDS, "objective.scale_rewards")
-    check_choice(o.kl_estimator, C.KL_ESTIMATORS, "objective.kl_estimator")
+    if o.kl_estimator is not None:
+        check_choice(o.kl_estimator, C.KL_ESTIMATORS, "objective.kl_estimator")
     if r.chat_template is not None:
         check_choice(r.chat_template, C.CHAT_TEMPLATES, "objective.rollout.chat_template")
-    if r.num_generations < 2:
-        raise ConfigError("'objective.rollout.num_generations' must be >= 2 (a group's advantages are relative to "
-                          "its mean)")  # fmt: skip
+    if r.num_generations < (2 if o.type == "grpo" else 1):
+        raise ConfigError("'objective.rollout.num_generations' must be >= 2 for grpo (a group's advantages are "
+                          "relative to its mean), >= 1 for ppo")  # fmt: skip
+    if o.type == "ppo" and (
+        o.ppo_epochs < 1
+        or o.num_mini_batches < 1
+        or cfg.train.batch_size % (o.num_mini_batches * cfg.train.micro_batches)
+    ):
+        raise ConfigError(f"ppo: 'objective.ppo_epochs' and 'num_mini_batches' must be >= 1, and train.batch_size "
+                          f"({cfg.train.batch_size}) a multiple of num_mini_batches x train.micro_batches")  # fmt: skip
     if cfg.train.batch_size % r.num_generations:
         raise ConfigError(f"'train.batch_size' ({cfg.train.batch_size}) counts completions: it must be a multiple "
                           f"of 'objective.rollout.num_generations' ({r.num_generations})")  # fmt: skip

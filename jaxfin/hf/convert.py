@@ -527,12 +527,14 @@ def _write_json(path: Path, data: dict) -> None:
 def save_hf(model: Model, path: str | Path, max_shard_size: int | str = "5GB", dtype: str | None = None) -> list[str]:
     """Write an HF dir: config.json, generation_config.json, safetensors (sharded past max_shard_size) and the
     tokenizer. LoRA adapters are merged into the weights (a plain HF model; `jaxfin.hf.peft.save_peft_adapter`
-    writes them as a PEFT adapter instead). Returns the file names written."""
+    writes them as a PEFT adapter instead); a PPO value head is left out. Returns the file names written."""
     from jaxfin.hf.tokenizer import export_tokenizer
     from jaxfin.model.lora import merge_adapters
 
     params, merged_cfg = merge_adapters(model.params, model.config)
-    cfg = dataclasses.replace(merged_cfg, param_dtype=dtype or model.config.param_dtype)
+    if merged_cfg.value_head:  # PPO's critic is training state: the exported policy is a plain causal LM
+        params = {k: v for k, v in params.items() if k != "value_head"}
+    cfg = dataclasses.replace(merged_cfg, param_dtype=dtype or model.config.param_dtype, value_head=False)
     if cfg.param_dtype not in FLOAT_DTYPES:
         raise ValueError(f"dtype '{cfg.param_dtype}' is not one of {', '.join(FLOAT_DTYPES)}")
     path = Path(path)

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from jaxfin.config.schema import ModelConfig
 from jaxfin.model.init import init_params
-from jaxfin.model.llama import forward, hidden_states, output_kernel, scores
+from jaxfin.model.llama import forward, forward_with_values, hidden_states, output_kernel, scores
 from jaxfin.model.params import param_axes, param_shapes
 
 
@@ -37,4 +37,5 @@ class Model:
 __all__ = [
     "Model", "forward", "hidden_states", "init_params", "output_kernel", "param_axes", "param_shapes",
     "scores",
+    "forward_with_values",
 ]  # fmt: skip

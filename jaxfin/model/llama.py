@@ -18,6 +18,7 @@ layout; kernels are [in, out], attention heads kept as their own axis):
     norm/scale                             [D]
     lm_head/kernel                         [D, V]            (absent when embeddings are tied)
     score/kernel                           [D, N]            (instead of lm_head when num_labels = N > 0)
+    value_head/kernel                      [D, 1]            (beside the LM head when value_head: PPO's critic)
 
 With LoRA (model.lora.rank = r > 0) each target projection's kernel gets two adapter leaves beside it
 (jaxfin/model/lora.py): `lora_a` = the kernel's layer and input dims + [r], `lora_b` = [L, r] + its output dims,
@@ -230,6 +231,19 @@ def forward(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=
     batch (None = one document); dropout_rng: LoRA dropout key for training (None = no dropout). With
     `router_stats`: (logits, the router statistics of a mixture of experts, [L, ...] per key; {} when dense)."""
     h, stats = decoder(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)
-    logits = matmul(h, output_kernel(params, cfg).astype(h.dtype))
-    logits = constrain(logits, LOGITS).astype(jnp.promote_types(h.dtype, jnp.float32))
+    logits = _lm_head(params, cfg, h)
     return (logits, stats) if router_stats else logits
+
+
+def _lm_head(params: dict, cfg: ModelConfig, h):
+    logits = matmul(h, output_kernel(params, cfg).astype(h.dtype))
+    return constrain(logits, LOGITS).astype(jnp.promote_types(h.dtype, jnp.float32))
+
+
+def forward_with_values(params: dict, cfg: ModelConfig, tokens, segment_ids=None, positions=None, *,
+                        dropout_rng=None):  # fmt: skip
+    """(logits [B, S, V], values [B, S]) from one decoder pass: the LM head and PPO's value head
+    (`value_head/kernel`, model.value_head) on the same final hidden states; float32 like `forward`."""
+    h, _ = decoder(params, cfg, tokens, segment_ids, positions, dropout_rng=dropout_rng)
+    values = matmul(h, params["value_head"]["kernel"].astype(h.dtype))[..., 0]
+    return _lm_head(params, cfg, h), values.astype(jnp.promote_types(h.dtype, jnp.float32))

@@ -30,6 +30,7 @@ AXIS_SIZES: dict[str, Callable[[ModelConfig], int]] = {
     "mlp": lambda c: c.intermediate_size,
     "vocab": lambda c: c.vocab_size,
     "labels": lambda c: c.num_labels,
+    "value": lambda c: 1,
     "lora_rank": lambda c: c.lora.rank,
     "experts": lambda c: c.num_experts,
 }
@@ -108,6 +109,9 @@ LLAMA: tuple[Param, ...] = (
           when=lambda c: c.num_labels > 0),  # a reward / classification model: a score head instead of the LM head
     Param("lm_head/kernel", ("embed", "vocab"), "normal", "lm_head.weight", n_in=1, transpose=True,
           when=lambda c: not c.num_labels and not c.tie_embeddings),
+    # PPO's value head: zeros at the start (V = 0 until trained); TRL's AutoModelForCausalLMWithValueHead name
+    Param("value_head/kernel", ("embed", "value"), "zeros", "v_head.summary.weight", n_in=1, transpose=True,
+          when=lambda c: c.value_head),
 )  # fmt: skip
 
 

@@ -34,6 +34,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "head_dim": None,
     "norm": None,
     "labels": None,
+    "value": None,
     "lora_rank": None,
     "experts": "expert",
     "seq": None,

@@ -16,6 +16,11 @@ from jaxfin.config.choices import KL_ESTIMATORS, SCALE_REWARDS
 from jaxfin.config.choices import RL_LOSS_TYPES as LOSS_TYPES
 
 
+def kl_estimator_of(objective) -> str:
+    """objective.kl_estimator, or TRL's default for the objective: k3 for GRPO, k1 for PPO."""
+    return objective.kl_estimator or ("k1" if objective.type == "ppo" else "k3")
+
+
 def kl_estimate(logp, ref_logp, estimator: str = "k3"):
     """Per-token estimate of KL(policy || reference) from samples of the policy (Schulman, "Approximating KL
     divergence"): k1 = log p - log q (unbiased, noisy, can be negative), k3 = (q/p - 1) - log(q/p) (unbiased,

@@ -25,14 +25,17 @@ def plain(params, cfg: ModelConfig):
     return params, cfg
 
 
+def reference_config(cfg: ModelConfig) -> ModelConfig:
+    """The reference policy's config: the same model, without LoRA adapters."""
+    return without_lora(cfg) if cfg.lora.rank > 0 else cfg
+
+
 def base_without_adapters(params, cfg: ModelConfig):
-    """(the base model's params, config): LoRA's reference policy, with no copy of any weight."""
+    """The base model's params: LoRA's reference policy, with no copy of any weight."""
     if cfg.lora.rank <= 0:
-        return params, cfg
+        return params
     flat = traverse_util.flatten_dict(params)
-    return traverse_util.unflatten_dict({k: v for k, v in flat.items() if k[-1] not in ADAPTER_LEAVES}), without_lora(
-        cfg
-    )
+    return traverse_util.unflatten_dict({k: v for k, v in flat.items() if k[-1] not in ADAPTER_LEAVES})
 
 
 @dataclass

@@ -34,7 +34,7 @@ from jaxfin.train.hooks import Hook, Loop, StopFlag
 from jaxfin.train.logme import resolve_trainable
 from jaxfin.train.metrics import MetricsWriter, Progress
 from jaxfin.train.optimizer import make_optimizer, make_schedule
-from jaxfin.train.rl import setup_grpo
+from jaxfin.train.rl import setup_rl
 from jaxfin.train.state import (
     abstract_params,
     abstract_state,
@@ -74,9 +74,12 @@ def _model(cfg: Config, tok: Tokenizer) -> tuple[Config, dict | None, dict | Non
 
 
 def for_objective(cfg: Config) -> Config:
-    """The model the objective trains: a reward model has a score head (one output unless model.num_labels says)."""
+    """The model the objective trains: a reward model has a score head (one output unless model.num_labels says),
+    a PPO policy a value head."""
     if cfg.objective.type == "reward" and not cfg.model.num_labels:
         return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_labels=1))
+    if cfg.objective.type == "ppo" and not cfg.model.value_head:
+        return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, value_head=True))
     return cfg
 
 
@@ -92,6 +95,11 @@ def _adapt_loaded(cfg: Config, loaded_cfg, params: dict) -> tuple[Config, dict]:
         std = model.init_std * jax.random.normal(jax.random.fold_in(key, 1), (model.hidden_size, want.num_labels))
         params["score"] = {"kernel": std.astype(jax.tree.leaves(params)[0].dtype)}
         print(f"objective {cfg.objective.type}: a new score head of {want.num_labels} output(s) replaces the LM head")
+    if want.value_head and not model.value_head:
+        model = dataclasses.replace(model, value_head=True)
+        dtype = jax.tree.leaves(params)[0].dtype
+        params = {**params, "value_head": {"kernel": jnp.zeros((model.hidden_size, 1), dtype)}}
+        print(f"objective {cfg.objective.type}: a value head (zeros) is added beside the LM head")
     if want.lora.rank and not model.lora.rank:
         from jaxfin.model.lora import add_adapters
 
@@ -214,8 +222,8 @@ def _setup_rl(cfg: Config, stream: PromptStream, tok: Tokenizer, mesh, params, o
     """An RL run (jaxfin/rl/loop.py): its step samples, scores and updates; the hooks are the trainer's own."""
     model = Model(cfg.model, None, str(out), hf_extra)
     eos = stop_token_ids(model, tok, cfg.objective.rollout.chat_template)
-    loop, grpo, ckpt, restored = setup_grpo(cfg, stream, tok, mesh, params, out, eos)
-    return _Run(loop, grpo, None, ckpt, restored, None, grpo.dev_reward if stream.dev_records else None)
+    loop, ckpt, restored, step = setup_rl(cfg, stream, tok, mesh, params, out, eos)
+    return _Run(loop, step, None, ckpt, restored, None, step.dev_reward if stream.dev_records else None)
 
 
 def _setup(cfg: Config, data: DataStream, mesh, params, out: Path) -> _Run:

@@ -8,6 +8,8 @@ over the whole global batch: per target token for next-token training, per pair 
     reward       Bradley-Terry reward model: score head at each sequence's last token
     grpo         GRPO's clipped surrogate on rollout rows (jaxfin/rl/): advantages [B] and, when needed, the
                  rollout's log-probs (`old_logps`) and the reference's (`ref_token_logps`) [B, S-1] in the batch
+    ppo          PPO's clipped policy and value losses on rollout rows: old_logps, old_values, advantages and
+                 returns [B, S-1] in the batch; values from the policy's value head
 
 A mixture of experts adds its router loss (load balancing + z-loss, jaxfin/model/moe.py) to what training
 minimises, per counted unit (`moe/router_loss`); the logged `loss` and the dev losses are the objective's alone.
@@ -22,13 +24,13 @@ import jax.numpy as jnp
 import optax
 
 from jaxfin.config.schema import ModelConfig, ObjectiveConfig
-from jaxfin.model import forward, scores
+from jaxfin.model import forward, forward_with_values, scores
 from jaxfin.model.batch import Batch
 from jaxfin.model.loss import next_token_loss_sum, token_logps
 from jaxfin.model.moe import router_loss, router_metrics
 from jaxfin.model.params import param_axes
 from jaxfin.parallel.rules import constrain_params
-from jaxfin.rl.losses import grpo_loss
+from jaxfin.rl.losses import grpo_loss, kl_estimator_of, ppo_loss
 from jaxfin.train import preference
 from jaxfin.train.trainable import apply_part_updates, trainable_part, with_trainable
 
@@ -64,16 +66,18 @@ def objective_sums(params, model: ModelConfig, objective: ObjectiveConfig, batch
     if kind == "reward":
         s = scores(params, model, *inputs, dropout_rng=dropout_rng)[..., 0]
         return preference.reward_loss(*preference.reward_scores_at_last_token(s, batch))
+    if kind == "ppo":
+        return _ppo_sums(params, model, objective, batch, dropout_rng)
     logits, stats = forward(params, model, *inputs, dropout_rng=dropout_rng, router_stats=True)
     if kind == "next_token":
         loss, count = next_token_loss_sum(logits, batch)
         metrics = {}
     elif kind == "grpo":
-        logp, mask = token_logps(logits, batch)
+        logp, mask = rl_token_logps(logits, batch, objective)
         loss, count, metrics = grpo_loss(
             logp, batch.get("old_logps"), batch["advantages"], mask, loss_type=objective.loss_type,
             epsilon=objective.epsilon, epsilon_high=objective.epsilon_high, beta=objective.beta or 0.0,
-            ref_logp=batch.get("ref_token_logps"), kl_estimator=objective.kl_estimator,
+            ref_logp=batch.get("ref_token_logps"), kl_estimator=kl_estimator_of(objective),
             max_completion_length=objective.rollout.max_new_tokens,
         )  # fmt: skip
     elif kind == "dpo":
@@ -89,6 +93,23 @@ def objective_sums(params, model: ModelConfig, objective: ObjectiveConfig, batch
         moe = {"moe/router_loss": router_loss(model, stats), **router_metrics(stats)}
         metrics = {**metrics, **{k: v * count for k, v in moe.items()}}
     return loss, count, metrics
+
+
+def rl_token_logps(logits, batch: Batch, objective: ObjectiveConfig):
+    """(log-probs [B, S-1], target weights) under the sampling distribution: logits / rollout.temperature, as TRL's
+    GRPO and PPO compute them (the ratio and the KL are then of the policy that sampled)."""
+    t = objective.rollout.temperature
+    return token_logps(logits / t if t > 0 else logits, batch)
+
+
+def _ppo_sums(params, model: ModelConfig, objective: ObjectiveConfig, batch: Batch, dropout_rng):
+    """PPO's clipped policy + value loss on rollout rows carrying old_logps, old_values, advantages and returns
+    [B, S-1] (jaxfin/train/rl.py); the value head reads the same decoder pass as the LM head."""
+    logits, values = forward_with_values(params, model, *_model_inputs(batch), dropout_rng=dropout_rng)
+    logp, mask = rl_token_logps(logits, batch, objective)
+    return ppo_loss(logp, batch["old_logps"], batch["advantages"], values[:, :-1] * mask, batch["old_values"],
+                    batch["returns"], mask, cliprange=objective.epsilon, cliprange_value=objective.cliprange_value,
+                    vf_coef=objective.vf_coef)  # fmt: skip
 
 
 def make_train_step(model: ModelConfig, objective: ObjectiveConfig, optimizer, schedule, micro_batches: int = 1):

@@ -162,9 +162,10 @@ def _union(a, b, n: int):
 
 
 def default_patterns(cfg: ModelConfig) -> list[str]:
-    """What [] means: everything, or the LoRA adapters (+ a reward model's score head) when LoRA is on."""
+    """What [] means: everything, or the LoRA adapters (+ a reward model's score head, PPO's value head) when LoRA
+    is on."""
     if cfg.lora.rank > 0:
-        return ["@lora", *(["score"] if cfg.num_labels else [])]
+        return ["@lora", *(["score"] if cfg.num_labels else []), *(["value_head"] if cfg.value_head else [])]
     return ["@all"]
 
 
