@@ -9,34 +9,13 @@ import json
 import numpy as np
 import pytest
 
-from jaxfin.config import load_config
 from jaxfin.store.checkpoint import restore_params
 from jaxfin.train import train
-from tests.conftest import REPO
-
-TOKENIZER = REPO / "demo_data/tokenizer.model"
+from tests.rl_configs import tiny_rl_config
 
 
 def _config(tmp_path, out: str, objective: str, extra: str = "", model: str = ""):
-    rows = [{"prompt": f"Company {i} reported results.", "answer": "positive"} for i in range(12)]
-    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp_path / f"{out}.yaml").write_text(f"""
-output_dir: {tmp_path / out}
-tokenizer: {TOKENIZER}
-model: {{family: llama, vocab_size: 1024, hidden_size: 32, intermediate_size: 64, num_layers: 2, num_heads: 2,
-        num_kv_heads: 1, max_position_embeddings: 64, bos_token_id: 2, eos_token_id: 3, pad_token_id: 0,
-        compute_dtype: float32{model}}}
-data: {{sources: [{{name: p, path: {tmp_path / "prompts.jsonl"}, kind: prompts}}], seq_len: 48}}
-objective:
-  type: {objective}
-  rollout: {{num_generations: 4, max_new_tokens: 6, temperature: 1.0}}
-  rewards: [{{type: callable, function: "tests.test_rl_grpo:letter_e"}}]
-{extra}
-optimizer: {{lr: 1.0e-2, warmup_steps: 0, schedule: constant}}
-train: {{steps: 3, seed: 1, batch_size: 8, log_every: 1, dev_every: 0}}
-checkpoint: {{every: 0, keep: 1, async_save: false, best_metric: ""}}
-""")
-    return load_config(tmp_path / f"{out}.yaml")
+    return tiny_rl_config(tmp_path, out, objective, objective_extra=extra, model_extra=model)
 
 
 def _records(run):
@@ -48,9 +27,8 @@ def test_ppo_trains_a_value_head_and_exports_a_plain_causal_lm(tmp_path):
     import safetensors.numpy
     import transformers
 
-    extra = "  ppo_epochs: 2\n  num_mini_batches: 2\n  missing_eos_penalty: 1.0\n  kl_coef: 0.1\n" \
-            f"export_hf: {tmp_path / 'hf'}"  # fmt: skip
-    train(_config(tmp_path, "ppo", "ppo", extra))
+    extra = "  ppo_epochs: 2\n  num_mini_batches: 2\n  missing_eos_penalty: 1.0\n  kl_coef: 0.1"
+    train(tiny_rl_config(tmp_path, "ppo", "ppo", objective_extra=extra, top_extra=f"export_hf: {tmp_path / 'hf'}"))
     recs = _records(tmp_path / "ppo")
     for key in ("pg_loss", "vf_loss", "clip_frac", "vf_clip_frac", "approx_kl", "kl", "non_score_reward",
                 "reward", "completion_len"):  # fmt: skip

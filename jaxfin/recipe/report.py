@@ -138,13 +138,45 @@ def _curves(stage_dir: Path) -> tuple[list, list, list]:
     return steps, loss, dev
 
 
+def _rewards(stage_dir: Path) -> dict[str, list] | None:
+    """An RL stage's curves from its metrics.jsonl: {reward: [(step, mean reward of the step's rollouts)],
+    dev_reward: [(step, greedy held-out reward)], dev_reward_sampled: [...]}; None for other stages."""
+    import json
+
+    f = stage_dir / "metrics.jsonl"
+    recs = [json.loads(x) for x in f.read_text().splitlines()] if f.is_file() else []
+    if not any("reward" in r for r in recs):
+        return None
+    keys = ("reward", "dev_reward", "dev_reward_sampled")
+    return {k: [(r["step"], r[k]) for r in recs if k in r] for k in keys}
+
+
+def _plot_rewards(ax, rewards: dict[str, dict]) -> None:
+    """The RL stages' rewards: the rollouts' (a 10-step moving mean) and the held-out prompts' (greedy, sampled)."""
+    import numpy as np
+
+    for n, c in rewards.items():
+        steps, vals = zip(*c["reward"])
+        k = min(10, len(vals))
+        line = ax.plot(steps[k - 1 :], np.convolve(vals, np.ones(k) / k, "valid"), label=f"{n} rollouts")[0]
+        for key, style, what in (("dev_reward", "o-", "held-out, greedy"), ("dev_reward_sampled", "s--",
+                                                                             "held-out, sampled")):  # fmt: skip
+            if c[key]:
+                ax.plot(*zip(*c[key]), style, color=line.get_color(), alpha=0.8, label=f"{n} {what}")
+    ax.set(xlabel="step", ylabel="reward (mean per completion)", title="RL stages: reward")
+    ax.legend(fontsize=7, ncol=3)
+
+
 def plot_recipe(out: Path, kinds: dict[str, str], evals: list[tuple[dict, dict, list]]) -> str | None:
     """OUTPUT_DIR/report.png: each training stage's train and dev loss, stage after stage on one step axis (a
-    stage's own tokenizer and data: compare shapes, not levels across stages), and each eval stage's bits per byte
-    per model and text set. None when there is nothing to plot."""
-    curves = {n: _curves(out / n) for n, k in kinds.items() if k == "train"}
+    stage's own tokenizer and data: compare shapes, not levels across stages); the RL stages' rewards (rollouts,
+    held-out greedy and sampled) instead of their losses; and each eval stage's bits per byte per model and text
+    set. None when there is nothing to plot."""
+    trained = [n for n, k in kinds.items() if k == "train"]
+    rewards = {n: c for n in trained if (c := _rewards(out / n)) is not None}
+    curves = {n: _curves(out / n) for n in trained if n not in rewards}
     curves = {n: c for n, c in curves.items() if c[0]}
-    if not curves and not evals:
+    if not curves and not rewards and not evals:
         return None
     import matplotlib
 
@@ -152,7 +184,7 @@ def plot_recipe(out: Path, kinds: dict[str, str], evals: list[tuple[dict, dict, 
     import matplotlib.pyplot as plt
     import numpy as np
 
-    panels = (1 if curves else 0) + len(evals)
+    panels = (1 if curves else 0) + (1 if rewards else 0) + len(evals)
     fig, axes = plt.subplots(panels, 1, figsize=(9, 3.6 * panels), squeeze=False)
     axes = list(axes[:, 0])
     if curves:
@@ -166,6 +198,8 @@ def plot_recipe(out: Path, kinds: dict[str, str], evals: list[tuple[dict, dict, 
             ax.axvline(offset, color="grey", linewidth=0.6)
         ax.set(xlabel="step (stages one after another)", ylabel="loss (nats per token)", title="Training stages")
         ax.legend(fontsize=7, ncol=2)
+    if rewards:
+        _plot_rewards(axes.pop(0), rewards)
     for ax, (st, report, _) in zip(axes, evals):
         sets = sorted(report["text_sets"], key=lambda s: not s["domain"])
         models = [m["name"] for m in report["models"]]

@@ -88,3 +88,11 @@ def rollout_key(seed: int, step: int):
     """The sampling key of step `step`: a function of the seed and the step alone, so a resumed run samples the
     same completions it would have sampled."""
     return jax.random.fold_in(jax.random.PRNGKey(seed), step)
+
+
+DEV_STREAM = 2**31 - 1  # a "step" no run reaches: the held-out evaluation's own noise
+
+
+def dev_key(seed: int, chunk: int):
+    """The sampling key of the held-out evaluation's chunk `chunk`: the same at every evaluation."""
+    return jax.random.fold_in(rollout_key(seed, DEV_STREAM), chunk)

@@ -1,6 +1,7 @@
 """The training loop as a short loop over hooks: `run` calls the step function, then each hook in turn, at every
-step. A hook is a small object with `on_step(loop)` and optionally `on_end(loop)` (after the last step, or the step
-a hook stopped at) and `close()` (always, also on an error). What a step logs, evaluates, keeps, checkpoints or
+step. A hook is a small object with `on_step(loop)` and optionally `on_start(loop)` (before the first step; a record it
+makes is the run's step-0 record), `on_end(loop)` (after the last step, or the step a hook stopped at) and
+`close()` (always, also on an error). What a step logs, evaluates, keeps, checkpoints or
 exports is the list of hooks `jaxfin/train/loop.py` builds; a recipe stage or an RL trainer runs the same `run`
 with its own step function and hooks.
 
@@ -44,6 +45,9 @@ class Loop:
 
 
 class Hook:
+    def on_start(self, loop: Loop) -> None:
+        pass
+
     def on_step(self, loop: Loop) -> None:
         pass
 
@@ -59,6 +63,9 @@ def run(loop: Loop, step_fn: Callable[[dict, int], tuple[dict, dict]], hooks: It
     stops early when a hook sets loop.stop_reason (else it is STEPS), then every hook's on_end."""
     hooks = list(hooks)
     try:
+        for hook in hooks:
+            hook.on_start(loop)
+        loop.record = None
         for step in range(loop.step + 1, loop.last_step + 1):
             loop.state, loop.metrics = step_fn(loop.state, step)
             loop.step, loop.record = step, None
@@ -144,10 +151,15 @@ class DevEval(Timed):
 
 
 class TaskEval(Timed):
-    """Every `every` steps: `evaluate(state)` -> {eval/<task>/<metric>: value} into the record."""
+    """Every `every` steps: `evaluate(state)` -> {eval/<task>/<metric>: value} into the record. With `at_start`,
+    also the starting model's, as a step-0 record, when a run starts afresh (an RL run's curve starts there)."""
 
-    def __init__(self, evaluate: Callable[[dict], dict], every: int):
-        self.tasks, self.every = evaluate, every
+    def __init__(self, evaluate: Callable[[dict], dict], every: int, at_start: bool = False):
+        self.tasks, self.every, self.at_start = evaluate, every, at_start
+
+    def on_start(self, loop: Loop) -> None:
+        if self.at_start and loop.step == 0:
+            loop.record = {"step": 0, **(loop.record or {}), **self.tasks(loop.state)}
 
     def evaluate(self, loop: Loop) -> None:
         if loop.due(self.every):
@@ -177,6 +189,9 @@ class WriteMetrics(Hook):
 
     def __init__(self, writer, progress):
         self.writer, self.progress = writer, progress
+
+    def on_start(self, loop: Loop) -> None:
+        self.on_step(loop)
 
     def on_step(self, loop: Loop) -> None:
         if loop.record is None:

@@ -293,7 +293,7 @@ def _hooks(cfg: Config, run: _Run, data: DataStream, tok: Tokenizer, mesh, out: 
         metric = cfg.checkpoint.best_metric or "dev_loss"  # patience watches what best/ keeps
         out_hooks.append(hooks.DevEval(dev, t.dev_every, t.patience, metric, cfg.checkpoint.best_mode))
     if run.dev_reward is not None and t.dev_every:
-        out_hooks.append(hooks.TaskEval(run.dev_reward, t.dev_every))
+        out_hooks.append(hooks.TaskEval(run.dev_reward, t.dev_every, at_start=True))
     if cfg.eval.every and cfg.eval.tasks:
         tasks = lambda state: _eval_tasks(cfg.model, cfg.eval, state["params"], tok, out)  # noqa: E731
         out_hooks.append(hooks.TaskEval(tasks, cfg.eval.every))

@@ -47,12 +47,17 @@ class Progress:
         done = step - self.start_step
         rate = (time.time() - self.t0) / max(done, 1)
         eta = int(rate * (self.total - step))
-        parts = [f"step {step}/{self.total}", f"loss {rec['loss']:.4f}", f"lr {rec['lr']:.2e}"]
+        parts = [f"step {step}/{self.total}"]
+        parts += [f"{k} {rec[k]:{f}}" for k, f in (("loss", ".4f"), ("lr", ".2e"), ("reward", ".3f")) if k in rec]
         if "tokens_per_s" in rec:
             parts.append(f"tok/s {rec['tokens_per_s']:,.0f}")
         if "moe/aux_loss" in rec:  # a mixture of experts: balance (E*sum f*p, 1 when even) and the busiest expert
             parts.append(f"moe aux {rec['moe/aux_loss']:.3f} load_max {rec['moe/load_max']:.3f}")
         if "dev_loss" in rec:
             parts.append(f"dev {rec['dev_loss']:.4f}")
+        if "dev_reward" in rec:  # RL: the held-out reward of greedy completions
+            parts.append(f"dev_reward {rec['dev_reward']:.3f}")
+        if done == 0:  # the step-0 record (the starting model's evaluation): no rate yet
+            return "  ".join(parts)
         parts.append(f"ETA {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}")
         return "  ".join(parts)

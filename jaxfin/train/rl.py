@@ -14,8 +14,9 @@ rewards/<name> and reward (the mean over completions; NaN where a reward could n
 reward_std, frac_reward_zero_std (GRPO groups that teach nothing), completion_len, completions_clipped (share that
 hit max_new_tokens), the loss's own metrics (kl, clip_frac; PPO: pg_loss, vf_loss, vf_clip_frac, approx_kl),
 PPO's kl (per completion, summed over its tokens) and non_score_reward, rollout_tokens_per_s and generate_share
-(of the step's wall time spent sampling). With data.dev prompts: dev_reward and dev_rewards/<name> of greedy
-completions every train.dev_every steps.
+(of the step's wall time spent sampling). With data.dev prompts, every train.dev_every steps and for the
+starting model (the step-0 record): dev_reward and dev_rewards/<name> of greedy completions, and
+dev_reward_sampled of one completion per prompt sampled as the rollouts are.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from jaxfin.parallel.distributed import is_main
 from jaxfin.rl.losses import gae, group_advantages, kl_estimate, kl_estimator_of, masked_whiten, ppo_rewards
 from jaxfin.rl.prompts import PromptStream
 from jaxfin.rl.rewards import nanmean, score
-from jaxfin.rl.rollout import base_without_adapters, cut, reference_config, rollout_key, sample, train_rows
+from jaxfin.rl.rollout import base_without_adapters, cut, dev_key, reference_config, rollout_key, sample, train_rows
 from jaxfin.store.checkpoint import Checkpointer
 from jaxfin.train.hooks import Loop
 from jaxfin.train.optimizer import make_optimizer, make_schedule
@@ -177,17 +178,23 @@ class RLStep:
         return state, {**metrics, **{k: float(v) for k, v in stats.items()}}
 
     def dev_reward(self, state) -> dict:
-        """dev_reward and dev_rewards/<name> of greedy completions of the held-out prompts."""
+        """On the held-out prompts: dev_reward and dev_rewards/<name> of greedy completions, and
+        dev_reward_sampled of one completion each sampled as the rollouts are (the policy's expected reward)."""
+        greedy, means = self._dev_scores(state, greedy=True)
+        sampled, _ = self._dev_scores(state, greedy=False)
+        return {"dev_reward": greedy, **{f"dev_{k}": v for k, v in means.items()}, "dev_reward_sampled": sampled}
+
+    def _dev_scores(self, state, greedy: bool) -> tuple[float, dict]:
         cfg, r = self.cfg, self.cfg.objective.rollout
         texts = []
         ids = self.stream.dev_ids
-        for start in range(0, len(ids), self.rows):
+        for n, start in enumerate(range(0, len(ids), self.rows)):
             chunk = ids[start : start + self.rows]
-            out, lengths = sample(cfg.model, state["params"], chunk, self.rows, rollout_key(0, 0), self.eos, r,
-                                  greedy=True)  # fmt: skip
+            key = dev_key(cfg.train.seed, n)  # every evaluation draws the same noise
+            out, lengths = sample(cfg.model, state["params"], chunk, self.rows, key, self.eos, r, greedy=greedy)
             texts += [cut(out[i, : lengths[i]].tolist(), self.eos, self.tok, r.stop).text for i in range(len(chunk))]
         total, means = score(cfg, self.stream.dev_records, self.stream.dev_texts, texts)
-        return {"dev_reward": nanmean(total), **{f"dev_{k}": v for k, v in means.items()}}
+        return nanmean(total), means
 
 
 def setup_rl(cfg: Config, stream: PromptStream, tokenizer, mesh, params, out, eos: tuple[int, ...]):
