@@ -304,6 +304,12 @@ def test_integer_keys_accept_exponent_notation():
         load_config(None, ["train.steps=1.5e0"])
 
 
+def test_a_dotted_key_in_a_yaml_file_is_told_to_nest(tmp_path):
+    (tmp_path / "c.yaml").write_text("model.lora: {rank: 4}\n")
+    with pytest.raises(ConfigError, match=r"'model.lora' is a dotted key; in a YAML file nest it \(model: \{lora"):
+        load_config(tmp_path / "c.yaml")
+
+
 def test_unknown_key_inside_a_source_names_the_nearest_source_key():
     with pytest.raises(ConfigError, match=r"data.sources\[0\].wieght.*did you mean 'data.sources\[0\].weight'"):
         load_config(None, ["data.sources=[{path: a.jsonl, wieght: 2}]"])

@@ -18,10 +18,17 @@ from jaxfin.model.lora import has_adapters, merge_adapters, without_lora
 from jaxfin.model.params import ADAPTER_LEAVES
 
 
+_MERGE: dict = {}
+
+
 def plain(params, cfg: ModelConfig):
-    """(params to sample with, their config): the adapters merged into the kernels, on the devices."""
+    """(params to sample with, their config): the adapters merged into the kernels on the devices, by one compiled
+    program per model config (not an op dispatch per layer and kernel at every step)."""
     if cfg.lora.rank > 0 and has_adapters(params):
-        return merge_adapters(params, cfg)
+        k = repr(cfg)
+        if k not in _MERGE:
+            _MERGE[k] = jax.jit(lambda p: merge_adapters(p, cfg)[0])
+        return _MERGE[k](params), without_lora(cfg)
     return params, cfg
 
 
