@@ -38,7 +38,7 @@ def unknown_key_error(key: str, where: str, section_keys: list[str] | None = Non
     if "." in key and key in keys:  # `model.lora:` as one YAML key: valid dotted, but a file nests its sections
         head, rest = key.split(".", 1)
         return ConfigError(f"{where}: '{key}' is a dotted key; in a YAML file nest it ({head}: {{{rest}: ...}}); "
-                           f"dotted keys are for the command line (`{key}=...`) and a recipe stage's `set`")  # fmt: skip
+                           f"dotted keys are for the command line (`{key}=...`) and recipe stages' `set`")  # fmt: skip
     near = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
     if not near:  # e.g. `trian.stpes`: match the last part against the last part of every key
         last = {k.rsplit(".", 1)[-1]: k for k in reversed(keys)}

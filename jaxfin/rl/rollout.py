@@ -17,7 +17,6 @@ from jaxfin.eval.generate import bucket, decode_fn, left_pad
 from jaxfin.model.lora import has_adapters, merge_adapters, without_lora
 from jaxfin.model.params import ADAPTER_LEAVES
 
-
 _MERGE: dict = {}
 
 
