@@ -92,7 +92,10 @@ def sample(logits, key, temperature=0.0, top_k=0, top_p=1.0, *, greedy: bool | N
     if greedy if greedy is not None else temperature == 0:
         return jnp.argmax(logits, -1).astype(jnp.int32)
     scaled = logits.astype(jnp.float32) / temperature
-    return jax.random.categorical(key, filter_logits(scaled, top_k, top_p), -1).astype(jnp.int32)
+    # the filter sorts the vocabulary: skipped (at run time) when neither top-k nor top-p is on
+    on = (jnp.asarray(top_k) > 0) | (jnp.asarray(top_p) < 1.0)
+    scaled = jax.lax.cond(on, lambda x: filter_logits(x, top_k, top_p), lambda x: x, scaled)
+    return jax.random.categorical(key, scaled, -1).astype(jnp.int32)
 
 
 # --------------------------------------------------------------------------------------------- the model with a cache
