@@ -149,13 +149,41 @@ def test_stop_strings_and_lora_merge(tiny):
         model, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=10, stop=["@@", stop]), batch_size=4
     )[0]
     assert cut.text == base.text[: base.text.find(stop)] and cut.finish_reason == "stop"
-    assert cut.tokens == base.tokens
+    n = next(n for n in range(1, 11) if stop in tok.decode(base.tokens[:n]))  # the token completing the stop
+    assert cut.tokens == base.tokens[:n]
     lcfg = dataclasses.replace(model.config, lora=dataclasses.replace(model.config.lora, rank=4))
     lora = Model(lcfg, add_adapters(model.params, lcfg, jax.random.PRNGKey(1)))
     assert (
         generate_full(lora, tok, ["Revenue rose"], GenerationConfig(max_new_tokens=10), batch_size=4)[0].tokens
         == base.tokens
     )
+
+
+def test_stop_strings_end_rows_inside_the_loop(tiny, monkeypatch):
+    """Stop strings are looked for every STOP_CHECK_EVERY tokens while decoding: a row whose text holds one
+    generates nothing more from the next piece on, and the batch ends once every row has stopped, long before
+    max_new_tokens; the texts equal an unstopped run's, cut before the stop string."""
+    from jaxfin.eval import generate as G
+
+    _, _, model, tok = tiny
+    prompts = ["Revenue rose", "Profit fell", "The bank said"]
+    full = G.generate_full(model, tok, prompts, G.GenerationConfig(max_new_tokens=48), batch_size=4)
+    assert all(g.finish_reason == "length" for g in full)  # the tiny model runs on: a stop string must end it
+    stops = [g.text[4:6] for g in full]  # one per row, early in its text
+    cfg = G.GenerationConfig(max_new_tokens=48, stop=stops)
+    calls = []
+    real = G._decode_with_stops
+    monkeypatch.setattr(G, "_decode_with_stops", lambda *a: calls.append(r := real(*a)) or r)
+    cut = G.generate_full(model, tok, prompts, cfg, batch_size=4)
+    for g, c in zip(full, cut):
+        first = min(i for i in (g.text.find(s) for s in stops) if i >= 0)
+        assert c.finish_reason == "stop" and c.text == g.text[:first]
+    out, lengths, stopped = calls[0]
+    assert sorted(stopped) == [0, 1, 2]
+    assert lengths[:3].max() <= max(stopped.values()) + G.STOP_CHECK_EVERY < 48  # the loop ended early
+    fill = G.stop_token_ids(model, tok)[0]  # what a row that is done writes
+    for r in stopped:
+        assert (out[r, lengths[r] :] == fill).all()  # nothing generated after the row stopped
 
 
 CHATML = (

@@ -10,11 +10,15 @@ attends to a column < pad_b, so the padding changes nothing (tests check the log
     decode:   lax.while_loop: one token per row at column P+i, its k/v written there, until every row has stopped
               (EOS / an end-of-turn token) or max_new_tokens
 
-Stop strings are found on the decoded text after the loop, and the text is cut before the first one.
+Stop strings (text, not token ids) are looked for while decoding: the loop runs in pieces of STOP_CHECK_EVERY
+tokens, the host decodes each running row's text between pieces, a row whose text holds a stop string is marked
+done there (it generates nothing more) and the batch ends as soon as every row is done; the text is cut before the
+first stop string, the tokens after the one that completed it (as transformers' stop strings do).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -54,8 +58,8 @@ class GenerationConfig:
 
 @dataclass
 class Generation:
-    """One prompt's result: the text (cut at a stop string), the generated token ids (up to and including an EOS,
-    not cut at a stop string) and why it ended: "eos", "stop" (a stop string) or "length"."""
+    """One prompt's result: the text (cut before a stop string), the generated token ids (up to and including an
+    EOS, or the token that completed a stop string) and why it ended: "eos", "stop" (a stop string) or "length"."""
 
     text: str
     tokens: list[int]
@@ -155,36 +159,43 @@ def forward_cached(params, cfg, tokens, start, pad, k_cache, v_cache):
     return logits, (k_cache, v_cache)
 
 
-def _decode(params, tokens, pad, key, eos, temperature, top_k, top_p, *, cfg, max_new, greedy, keep_logits):
-    """tokens [B, P] left-padded prompts -> (generated [B, max_new] (EOS-padded after a row stops), number of
-    generated tokens per row [B], logits [B, max_new, V] of each generated position or None)."""
+def _prefill(params, tokens, pad, key, eos, temperature, top_k, top_p, *, cfg, max_new, greedy, keep_logits):
+    """The prompts through the model and the first token sampled: the decode state (i = 1, generated [B, max_new],
+    lengths [B], done [B], caches, logits [B, max_new, V] | None)."""
     b, p = tokens.shape
     dtype = compute_dtype(cfg)
     shape = (cfg.num_layers, b, p + max_new, cfg.num_kv_heads, cfg.head_size)
     caches = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
     fill = jnp.maximum(eos[0], 0)
-
-    def pick(logits, i):
-        return sample(logits, jax.random.fold_in(key, i), temperature, top_k, top_p, greedy=greedy)
-
     logits, caches = forward_cached(params, cfg, tokens, 0, pad, *caches)
     last = logits[:, -1]
-    first = pick(last, 0)
+    first = sample(last, jax.random.fold_in(key, 0), temperature, top_k, top_p, greedy=greedy)
     out = jnp.full((b, max_new), fill, jnp.int32).at[:, 0].set(first)
     done = pad >= p  # filler rows (no prompt) that only keep the batch shape fixed
     done = done | jnp.isin(first, eos)
     lengths = jnp.ones((b,), jnp.int32)
     all_logits = jnp.zeros((b, max_new, last.shape[-1]), jnp.float32).at[:, 0].set(last) if keep_logits else None
+    return jnp.int32(1), out, lengths, done, caches, all_logits
+
+
+def _continue(params, state, pad, key, eos, temperature, top_k, top_p, until, *, cfg, max_new, greedy,
+              keep_logits):  # fmt: skip
+    """Decode from `state` one token per row at a time until token index `until` (at most max_new) or until every
+    row is done; a row that is done generates nothing more (its slots stay filled with eos[0])."""
+    p = state[4][0].shape[2] - max_new  # the padded prompt length, from the cache
+    fill = jnp.maximum(eos[0], 0)
+    until = jnp.minimum(until, max_new)
 
     def cond(state):
         i, _, _, done, *_ = state
-        return (i < max_new) & ~jnp.all(done)
+        return (i < until) & ~jnp.all(done)
 
     def body(state):
         i, out, lengths, done, caches, all_logits = state
         prev = jax.lax.dynamic_index_in_dim(out, i - 1, 1, keepdims=True)
         logits, caches = forward_cached(params, cfg, prev, p + i - 1, pad, *caches)
-        tok = jnp.where(done, fill, pick(logits[:, 0], i))
+        pick = sample(logits[:, 0], jax.random.fold_in(key, i), temperature, top_k, top_p, greedy=greedy)
+        tok = jnp.where(done, fill, pick)
         out = jax.lax.dynamic_update_index_in_dim(out, tok, i, 1)
         lengths = lengths + (~done).astype(jnp.int32)
         if keep_logits:
@@ -192,8 +203,16 @@ def _decode(params, tokens, pad, key, eos, temperature, top_k, top_p, *, cfg, ma
         done = done | jnp.isin(tok, eos)
         return i + 1, out, lengths, done, caches, all_logits
 
-    state = (jnp.int32(1), out, lengths, done, caches, all_logits)
-    _, out, lengths, _, _, all_logits = jax.lax.while_loop(cond, body, state)
+    return jax.lax.while_loop(cond, body, state)
+
+
+def _decode(params, tokens, pad, key, eos, temperature, top_k, top_p, *, cfg, max_new, greedy, keep_logits):
+    """tokens [B, P] left-padded prompts -> (generated [B, max_new] (EOS-padded after a row stops), number of
+    generated tokens per row [B], logits [B, max_new, V] of each generated position or None)."""
+    static = dict(cfg=cfg, max_new=max_new, greedy=greedy, keep_logits=keep_logits)
+    knobs = (eos, temperature, top_k, top_p)
+    state = _prefill(params, tokens, pad, key, *knobs, **static)
+    _, out, lengths, _, _, all_logits = _continue(params, state, pad, key, *knobs, max_new, **static)
     return out, lengths, all_logits
 
 
@@ -207,12 +226,21 @@ def decode_fn(cfg, max_new: int, greedy: bool, keep_logits: bool = False):
     as an EOS id that never matches; rows stop at any of `eos`, and are filled with eos[0] after."""
     k = (repr(cfg), max_new, greedy, keep_logits)
     if k not in _COMPILED:
-        _COMPILED[k] = jax.jit(
-            lambda params, tokens, pad, key, eos, temperature, top_k, top_p: _decode(
-                params, tokens, pad, key, eos, temperature, top_k, top_p, cfg=cfg, max_new=max_new, greedy=greedy,
-                keep_logits=keep_logits,
-            )
-        )  # fmt: skip
+        _COMPILED[k] = jax.jit(functools.partial(_decode, cfg=cfg, max_new=max_new, greedy=greedy,
+                                                 keep_logits=keep_logits))  # fmt: skip
+    return _COMPILED[k]
+
+
+def chunked_decode_fns(cfg, max_new: int, greedy: bool):
+    """(prefill, continue_): the same decoding as `decode_fn` in pieces, so the host can look at the text between
+    pieces (stop strings) and end rows early. `prefill(params, tokens, pad, key, eos, temperature, top_k, top_p)
+    -> state`; `continue_(params, state, pad, key, eos, temperature, top_k, top_p, until) -> state`, state = (i,
+    generated, lengths, done, caches, None); the caches stay on the devices (donated from piece to piece)."""
+    k = ("chunked", repr(cfg), max_new, greedy)
+    if k not in _COMPILED:
+        static = dict(cfg=cfg, max_new=max_new, greedy=greedy, keep_logits=False)
+        _COMPILED[k] = (jax.jit(functools.partial(_prefill, **static)),
+                        jax.jit(functools.partial(_continue, **static), donate_argnums=1))  # fmt: skip
     return _COMPILED[k]
 
 
@@ -317,9 +345,11 @@ def generate_full(model, tokenizer, prompts, cfg: GenerationConfig | None = None
         if not x:
             raise ValueError(f"prompt {i} is empty")
     eos = stop_token_ids(model, tokenizer, chat_template)
-    fn = decode_fn(mcfg, cfg.max_new_tokens, cfg.temperature == 0)
     eos_arr = np.asarray(eos or (-1,), np.int32)
-    knobs = (np.float32(cfg.temperature or 1.0), np.int32(cfg.top_k), np.float32(cfg.top_p))
+    knobs = (eos_arr, np.float32(cfg.temperature or 1.0), np.int32(cfg.top_k), np.float32(cfg.top_p))
+    stops = [s for s in cfg.stop if s]
+    if stops and tokenizer is None:
+        raise ValueError("stop strings need a tokenizer (to read the generated text)")
     limit = mcfg.max_position_embeddings
     key = jax.random.PRNGKey(cfg.seed)
     results: list[Generation] = []
@@ -332,17 +362,51 @@ def generate_full(model, tokenizer, prompts, cfg: GenerationConfig | None = None
                 f"model's context ({limit} positions)"
             )
         tokens, pad = left_pad(chunk, length, batch_size)
-        out, lengths, _ = fn(params, tokens, pad, jax.random.fold_in(key, start), eos_arr, *knobs)
-        out, lengths = np.asarray(out), np.asarray(lengths)
+        args = (params, tokens, pad, jax.random.fold_in(key, start), *knobs)
+        if stops:
+            out, lengths, stopped = _decode_with_stops(mcfg, cfg, args, len(chunk), eos, tokenizer, stops)
+        else:
+            fn = decode_fn(mcfg, cfg.max_new_tokens, cfg.temperature == 0)
+            out, lengths = (np.asarray(a) for a in fn(*args)[:2])
+            stopped = {}
         for r, prompt_ids in enumerate(chunk):
-            gen = out[r, : lengths[r]].tolist()
+            gen = out[r, : stopped.get(r, lengths[r])].tolist()
             reason = "eos" if gen and gen[-1] in eos else "length"
             text = tokenizer.decode([t for t in gen if t not in eos]) if tokenizer is not None else ""
-            cut = min((i for i in (text.find(s) for s in cfg.stop if s) if i >= 0), default=-1)
+            cut = min((i for i in (text.find(s) for s in stops) if i >= 0), default=-1)
             if cut >= 0:
                 text, reason = text[:cut], "stop"
             results.append(Generation(text, gen, prompt_ids, reason))
     return results
+
+
+STOP_CHECK_EVERY = 8  # with stop strings: tokens decoded between two looks at the text
+
+
+def _decode_with_stops(mcfg, cfg: GenerationConfig, args, n_rows: int, eos, tokenizer, stops):
+    """Decode in pieces of STOP_CHECK_EVERY tokens; after each, every running row whose text now holds a stop
+    string is marked done (it generates nothing more, and the batch ends as soon as all rows are done). Returns
+    (generated [B, max_new], lengths [B], {row: tokens up to the one that completed its first stop string})."""
+    prefill, continue_ = chunked_decode_fns(mcfg, cfg.max_new_tokens, cfg.temperature == 0)
+    params, tokens, pad, key, *knobs = args
+    state = prefill(*args)
+    stopped: dict[int, int] = {}
+    ended: set[int] = set()  # rows already looked at after they ended (EOS or a stop string)
+    while True:
+        i, out, lengths, done = (np.asarray(a) for a in state[:4])
+        done = done.copy()
+        for r in set(range(n_rows)) - ended:
+            body = [t for t in out[r, : lengths[r]].tolist() if t not in eos]
+            if any(s in tokenizer.decode(body) for s in stops):
+                stopped[r] = next(n for n in range(1, len(body) + 1)
+                                  if any(s in tokenizer.decode(body[:n]) for s in stops))  # fmt: skip
+                done[r] = True
+            if done[r]:
+                ended.add(r)
+        if int(i) >= cfg.max_new_tokens or done.all():
+            return out, lengths, stopped
+        state = (state[0], state[1], state[2], jnp.asarray(done), *state[4:])
+        state = continue_(params, state, pad, key, *knobs, np.int32(int(i) + STOP_CHECK_EVERY))
 
 
 def generate(model, tokenizer, prompts, cfg: GenerationConfig | None = None, *, batch_size: int = 8,
