@@ -131,6 +131,40 @@ def test_top_p_and_top_k_filters_on_a_hand_made_distribution():
     np.testing.assert_allclose(freq, [2 / 3, 0, 1 / 3, 0], atol=0.03)  # 4 binomial sd (sqrt(2/9/4000) = 0.0075)
 
 
+def test_prefill_runs_through_the_attention_backend(monkeypatch):
+    """The prefill attends through jaxfin.kernels.attention with model.attention_backend: the Pallas kernel
+    (interpreted on CPU) gives the xla backend's logits and tokens, left padding (segment 0) and GQA included; and
+    the backend is really called with the padding as segment 0."""
+    import dataclasses
+    import importlib
+
+    from jaxfin.eval import generate as G
+
+    A = importlib.import_module("jaxfin.kernels.attention")  # the module (the package exports the function)
+
+    import jax
+
+    from jaxfin.config.schema import ModelConfig
+    from jaxfin.model import init_params
+
+    # the Pallas kernel needs a power-of-two head dim >= 16: 64 / 4 heads, 2 kv heads
+    base = ModelConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                       num_kv_heads=2, max_position_embeddings=128, compute_dtype="float32")  # fmt: skip
+    params = init_params(base, jax.random.PRNGKey(0))
+    tokens, pad = G.left_pad(PROMPTS, G.bucket(max(map(len, PROMPTS))), 4)
+    args = (tokens, pad, KEY, np.array([-1], np.int32), np.float32(1.0), np.int32(0), np.float32(1.0))
+    seen = []
+    real = A.resolve_backend
+    monkeypatch.setattr(A, "resolve_backend", lambda q, k, b="auto": seen.append(b) or real(q, k, b))
+    runs = {}
+    for backend in ("xla", "pallas"):
+        cfg = dataclasses.replace(base, attention_backend=backend)
+        runs[backend] = [np.asarray(x) for x in G.decode_fn(cfg, 4, True, keep_logits=True)(params, *args)]
+    assert seen == ["xla", "pallas"]  # one prefill trace each
+    np.testing.assert_allclose(runs["pallas"][2][:3], runs["xla"][2][:3], atol=1e-4, rtol=1e-4)
+    np.testing.assert_array_equal(runs["pallas"][0][:3], runs["xla"][0][:3])
+
+
 def test_stop_strings_and_lora_merge(tiny):
     """A stop string cuts the text before it; a model with zero-initialised LoRA adapters generates as its base."""
     import dataclasses

@@ -6,7 +6,8 @@ keys and values per layer, [L, B, S_max, Hkv, Dh] each (GQA: only the kv heads),
 Row b's prompt occupies columns [pad_b, P); its token at column c has RoPE position c - pad_b, and no query ever
 attends to a column < pad_b, so the padding changes nothing (tests check the logits against a full forward pass).
 
-    prefill:  the whole padded prompt through every layer, k/v written to columns [0, P); logits at column P-1
+    prefill:  the whole padded prompt through every layer, k/v written to columns [0, P), attention by the model's
+              attention backend (the padding as segment 0, as in a packed training batch); logits at column P-1
     decode:   lax.while_loop: one token per row at column P+i, its k/v written there, until every row has stopped
               (EOS / an end-of-turn token) or max_new_tokens
 
@@ -26,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxfin.kernels.attention import attention
 from jaxfin.model.config import compute_dtype
 from jaxfin.model.llama import apply_rope, matmul, mlp_block, output_kernel, rms_norm, rope_frequencies, rope_tables
 
@@ -127,10 +129,14 @@ def _cached_attention(q, k_cache, v_cache, q_cols, pad):
 
 def forward_cached(params, cfg, tokens, start, pad, k_cache, v_cache):
     """Run tokens [B, T] at cache columns start..start+T-1 through the model, writing their keys and values into the
-    caches [L, B, S, Hkv, Dh]. pad [B]: the left padding of each row. Returns (logits [B, T, V] float32, caches)."""
+    caches [L, B, S, Hkv, Dh]. pad [B]: the left padding of each row. Returns (logits [B, T, V] float32, caches).
+    The prefill (start 0) attends through `jaxfin.kernels.attention` with model.attention_backend, as training
+    does (a flash kernel where there is one); a decode step attends over the cache."""
     b, t = tokens.shape
     dtype = compute_dtype(cfg)
+    prefill = isinstance(start, int) and start == 0  # the whole prompt at once, into an empty cache
     cols = start + jnp.arange(t)
+    segments = (cols[None, :] >= pad[:, None]).astype(jnp.int32)
     positions = jnp.maximum(cols[None, :] - pad[:, None], 0)
     rope = rope_tables(positions, rope_frequencies(cfg))
     h = jnp.take(params["embed_tokens"]["embedding"], tokens, axis=0).astype(dtype)
@@ -146,7 +152,10 @@ def forward_cached(params, cfg, tokens, start, pad, k_cache, v_cache):
         # only the new columns are written, into the carried cache (updated in place, not copied per step)
         k_cache = jax.lax.dynamic_update_slice(k_cache, k[None].astype(k_cache.dtype), (i, 0, start, 0, 0))
         v_cache = jax.lax.dynamic_update_slice(v_cache, v[None].astype(v_cache.dtype), (i, 0, start, 0, 0))
-        o = _cached_attention(q, k_cache[i], v_cache[i], cols, pad)
+        if prefill:  # the prompts alone: the model's own attention (its backend; the left padding is segment 0)
+            o = attention(q, k, v, segment_ids=segments, causal=True, backend=cfg.attention_backend)
+        else:
+            o = _cached_attention(q, k_cache[i], v_cache[i], cols, pad)
         h = h + _proj(o, a["o_proj"], dtype, contract=2)
         x = rms_norm(h, lp["post_attention_layernorm"]["scale"], cfg.rms_norm_eps)
         h = h + mlp_block(cfg, lp["mlp"], x)[0]
