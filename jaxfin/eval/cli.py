@@ -32,10 +32,11 @@ def add_eval_parser(sub) -> None:
         help="raw-text loss / perplexity / bits per byte, tasks, forgetting report",
         description="Evaluate every model of the config (jaxfin checkpoints, training run dirs or Hugging Face "
         "folders) on every raw-text set (loss in nats per token, token perplexity, bits per byte of UTF-8 text: "
-        "comparable across tokenizers) and task. With several models, deltas against the first (the base) per "
-        "set, grouped into domain and general sets, and a plot. Writes OUTPUT_DIR/eval.json, eval.md and "
-        "forgetting.png, and prints the tables. Config keys: jaxfin/eval/config.py; sample: "
-        "configs/eval/forgetting.yaml.",
+        "comparable across tokenizers) and task, and lm-evaluation-harness tasks by name (the `lm_eval` section: "
+        "the `jaxfin` lm-eval model, jaxfin/eval/harness.py; needs pip install jaxfin[eval]). With several "
+        "models, deltas against the first (the base) per set, grouped into domain and general sets, and a plot. "
+        "Writes OUTPUT_DIR/eval.json, eval.md and forgetting.png, and prints the tables. Config keys: "
+        "jaxfin/eval/config.py; sample: configs/eval/forgetting.yaml.",
     )
     p.add_argument("config", help="eval YAML config")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. max_docs=100 output_dir=out")

@@ -11,6 +11,11 @@ pairs:                       # preference pairs: how often chosen is more likely
   - {name: hh_dev, path: data/hh.jsonl, fields: {chosen: chosen_response, rejected: rejected_response},
      records: [2000, null]}
 tasks: []                    # task YAML paths or built-in names (jaxfin.eval.tasks)
+lm_eval:                     # lm-evaluation-harness tasks by name, through the `jaxfin` lm-eval model (eval/harness.py)
+  tasks: [fpb_lm, hellaswag] # lm-eval task names, tags or groups; [] = none
+  include_path: configs/eval/lm_eval   # extra task YAML folder ("" = lm-eval's own tasks only)
+  num_fewshot: null          # null = each task's default
+  limit: 0                   # examples per task; 0 = all
 seq_len: 1024
 batch_size: 8
 max_docs: 0                  # per text set; 0 = all
@@ -67,11 +72,24 @@ class PairSet:
 
 
 @dataclass
+class LmEvalSection:
+    """lm-evaluation-harness tasks run by name with the `jaxfin` lm-eval model (jaxfin/eval/harness.py): lm-eval's
+    own task registry plus `include_path` (e.g. configs/eval/lm_eval: FPB, FiQA-SA, FOMC on the shared data)."""
+
+    tasks: list[str] = field(default_factory=list)
+    include_path: str = ""
+    num_fewshot: int | None = None
+    limit: int = 0  # examples per task; 0 = all
+    max_length: int = 0  # context tokens; 0 = the model's max_position_embeddings (as lm-eval's hf backend)
+
+
+@dataclass
 class EvalConfig:
     models: list[ModelEntry] = field(default_factory=list)
     text: list[TextSet] = field(default_factory=list)
     pairs: list[PairSet] = field(default_factory=list)  # preference accuracy (chosen more likely than rejected)
     tasks: list[str] = field(default_factory=list)
+    lm_eval: LmEvalSection = field(default_factory=LmEvalSection)  # lm-eval tasks by name (see LmEvalSection)
     seq_len: int = 1024  # tokens per packed row (longer documents are scored in overlapping windows)
     batch_size: int = 8  # rows per forward pass
     max_docs: int = 0  # first documents of each text set; 0 = all
@@ -86,6 +104,10 @@ def _check_top(data: dict, where: str) -> None:
     for k in data:
         if k not in keys:
             raise unknown_key_error(str(k), where, keys)
+    if isinstance(data.get("lm_eval"), dict):  # nested keys against this config's own, not the training config's
+        for k in data["lm_eval"]:
+            if f"lm_eval.{k}" not in keys:
+                raise unknown_key_error(f"lm_eval.{k}", where, keys)
 
 
 def _derive_names(cfg: EvalConfig) -> None:
@@ -117,8 +139,14 @@ def _derive_names(cfg: EvalConfig) -> None:
 def validate_eval(cfg: EvalConfig) -> None:
     if not cfg.models:
         raise ConfigError("'models' is empty: give at least one model path (the first is the base)")
-    if not cfg.text and not cfg.tasks and not cfg.pairs:
-        raise ConfigError("nothing to evaluate: set 'text' (raw-text sets), 'pairs' and/or 'tasks'")
+    if not cfg.text and not cfg.tasks and not cfg.pairs and not cfg.lm_eval.tasks:
+        raise ConfigError("nothing to evaluate: set 'text' (raw-text sets), 'pairs', 'tasks' and/or 'lm_eval.tasks'")
+    if cfg.lm_eval.limit < 0 or cfg.lm_eval.max_length < 0:
+        raise ConfigError("'lm_eval.limit' and 'lm_eval.max_length' must be >= 0 (0 = all / the model's)")
+    if cfg.lm_eval.num_fewshot is not None and cfg.lm_eval.num_fewshot < 0:
+        raise ConfigError("'lm_eval.num_fewshot' must be >= 0 (or null: each task's default)")
+    if cfg.lm_eval.include_path and not Path(cfg.lm_eval.include_path).is_dir():
+        raise ConfigError(f"'lm_eval.include_path': no folder at {cfg.lm_eval.include_path}")
     if cfg.seq_len < 2:
         raise ConfigError("'seq_len' must be at least 2")
     if cfg.batch_size < 1:

@@ -1,13 +1,15 @@
 """Generative finance tasks: the model writes an answer (jaxfin/eval/generate.py), we parse it and score it.
 
 `run_generative_task(model, tokenizer, task, *, batch_size=8, limit=None)` ->
-`{"task": name, "metrics": {...}, "n": count, "examples": [one record per example]}`.
+`{"task": name, "protocol": "generative", "metrics": {...}, "n": count, "examples": [one record per example]}`.
+Every generation is greedy (`generate_answers`: jaxfin's batched KV-cache generator, `generate_full`); the
+multiple-choice tasks' generative protocol (jaxfin/eval/tasks.py) uses the same function.
 
-Task YAML (configs/eval/tasks/ner.yaml, tatqa.yaml)::
+Task YAML (configs/eval/tasks/ner.yaml, tatqa.yaml, edtsum.yaml, finqa.yaml, convfinqa.yaml)::
 
     name: ner
     type: generative
-    metric: ner_f1 | tatqa              # which reader, prompt, parser and metric
+    metric: ner_f1 | tatqa | rouge | finqa   # which reader, prompt, parser and metric
     data_dir: null                      # default: $JAXFIN_SHARED_DATA, else <repo>/../shared/data
     data: {path: finance_ner_alvarado/FIN3_test.conll.txt}     # relative to data_dir (or absolute)
     few_shot: 0                         # solved examples put before each prompt (the same ones for every example)
@@ -19,6 +21,11 @@ Task YAML (configs/eval/tasks/ner.yaml, tatqa.yaml)::
     max_length: null                    # prompt + generation tokens (default: the model's context); longer prompts
                                         # lose tokens on the left (after BOS), as the harness does
     limit: null                         # the first N examples only (run_generative_task's `limit` wins)
+    description: null                   # the instruction put first (default: the metric's own)
+    # rouge and finqa only (JSONL, or a JSON list, of records):
+    fields: {text: document}            # canonical field -> the file's column (default: the same name)
+    prompt: "Text: {text}\\nSummary:"   # str.format template over the fields and columns (default: the metric's)
+    use_stemmer: false                  # rouge only: Porter stemming in rouge-score (FinBen's EDTSUM: false)
 
 **Finance NER** (`metric: ner_f1`; Salinas Alvarado et al. 2015, CoNLL, IO tags PER/ORG/LOC/MISC). An entity is a
 maximal run of tokens with the same I-TYPE tag (IO tags cannot separate two adjacent entities of one type); its text
@@ -34,11 +41,25 @@ the predicted scale, and splits spans at `;`. Scoring follows the official evalu
 multiplied by their scale before they are compared, so the answer `1.2` with scale `million` equals `1,200,000`, and
 a wrong scale is a wrong answer; exact match and a DROP-style bag-of-tokens F1 (F1 = EM for arithmetic and count
 questions).
+
+**Summarisation** (`metric: rouge`, e.g. EDTSUM; fields `text`, `answer`). ROUGE-1, ROUGE-2 and ROUGE-L F-measures
+by Google's `rouge-score` (`RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=False)`, as FinBen scores
+EDTSUM through Hugging Face `evaluate`'s rouge, whose default is no stemming), averaged over examples (a plain mean;
+`evaluate` reports the bootstrap `mid`, an estimate of the same mean).
+
+**FinQA / ConvFinQA** (`metric: finqa`; fields `question`, `context`, `answer`; the official FinQA layout with `qa`,
+`pre_text`, `table`, `post_text` is read as is). Execution accuracy of the numeric answer (`exe_acc`), the rule of
+czyssrs/FinQA `code/evaluate/evaluate.py`: numbers are read by its `str_to_num` (commas dropped; '12.5%' = 0.125)
+and compared after `round(x, 5)` (its only tolerance), 'yes' / 'no' answers as words. The prediction is the
+generation's first line: 'yes' / 'no', else the whole line as a number, else its first number
+(`parse_numeric_answer`); `unparsed` is the share of generations without one. For ConvFinQA the record's question
+holds the conversation so far (the earlier turns with their gold answers) and `answer` the last turn's.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import string
@@ -49,7 +70,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxfin.eval.generate import GenerationConfig, generate_full
-from jaxfin.eval.task_base import TaskError, default_data_dir
+from jaxfin.eval.task_base import TaskError, default_data_dir, read_rows
 
 # ----------------------------------------------------------------------------------------------------------------
 # TAT-QA metric (semantics of the official NExTplusplus/TAT-QA tatqa_metric.py / tatqa_utils.py)
@@ -283,6 +304,94 @@ def ner_f1(predicted: list[list[tuple[str, str]]], gold: list[list[tuple[str, st
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# FinQA / ConvFinQA execution accuracy (czyssrs/FinQA code/evaluate/evaluate.py)
+
+
+def str_to_num(text: str) -> float | None:
+    """The official FinQA `str_to_num`: commas removed, then float(text); failing that, a text with '%' is the
+    float without the '%' divided by 100, a 'const_N' is N ('const_m1' is -1); None where the official returns
+    'n/a'."""
+    text = str(text).replace(",", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    if "%" in text:
+        try:
+            return float(text.replace("%", "")) / 100.0
+        except ValueError:
+            return None
+    if "const" in text:
+        text = text.replace("const_", "")
+        try:
+            return float("-1" if text == "m1" else text)
+        except ValueError:
+            return None
+    return None
+
+
+_NUM_RE = re.compile(r"[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)\s*%?")
+
+
+def parse_numeric_answer(text: str) -> float | str | None:
+    """The answer in a generation: its first non-empty line (an 'Answer:' prefix dropped); 'yes' / 'no' when the
+    line starts with one; else the whole line (without '$' and a final '.') read by `str_to_num`; else the first
+    number in the line (a '%' right after it kept: '12.5%' -> 0.125); None when there is none."""
+    line = next((x.strip() for x in str(text).splitlines() if x.strip()), "")
+    line = re.sub(r"^answer\s*:\s*", "", line, flags=re.I).strip()
+    word = re.match(r"(yes|no)\b", line, re.I)
+    if word:
+        return word.group(1).lower()
+    whole = str_to_num(line.replace("$", "").strip().rstrip(".").strip())
+    if whole is not None and math.isfinite(whole):
+        return whole
+    m = _NUM_RE.search(line)
+    return str_to_num(m.group(0).replace(" ", "")) if m else None
+
+
+def finqa_match(pred: float | str | None, gold) -> float:
+    """1.0 when the prediction equals the gold answer as the official evaluator compares execution results: numbers
+    rounded to 5 decimals (`round(x, 5)`, the evaluator's only tolerance) and then equal; 'yes' / 'no' answers
+    equal as words. A string gold is read with `str_to_num` ('$' dropped), so '12.5%' is 0.125, as the official
+    evaluator reads percent constants; a prediction of None (no number) is wrong."""
+    if pred is None:
+        return 0.0
+    if isinstance(gold, str):
+        g = gold.strip().lower()
+        if g in ("yes", "no"):
+            return float(pred == g)
+        gold = str_to_num(g.replace("$", "").strip())
+        if gold is None:
+            return 0.0
+    if isinstance(pred, str) or isinstance(gold, bool):
+        return 0.0
+    return float(round(float(pred), 5) == round(float(gold), 5))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# ROUGE (summarisation)
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL")
+
+
+def rouge_per_example(predictions: list[str], references: list[str], *, use_stemmer: bool = False) -> list[dict]:
+    """{rouge1, rouge2, rougeL} F-measures of each (prediction, reference) pair by Google's `rouge-score`
+    (`RougeScorer(["rouge1", "rouge2", "rougeL"], use_stemmer=...)`, its default tokenizer: lower-cased, non
+    alphanumerics as spaces). use_stemmer defaults to False: FinBen/PIXIU's EDTSUM scores with Hugging Face
+    `evaluate.load("rouge")`, whose default is use_stemmer=False."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise ImportError("ROUGE tasks need rouge-score: pip install rouge-score==0.1.2") from None
+    scorer = rouge_scorer.RougeScorer(list(ROUGE_TYPES), use_stemmer=use_stemmer)
+    out = []
+    for pred, ref in zip(predictions, references, strict=True):
+        sc = scorer.score(ref, pred)  # (target, prediction)
+        out.append({k: float(sc[k].fmeasure) for k in ROUGE_TYPES})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Data
 
 
@@ -333,6 +442,46 @@ def read_tatqa(path: str | Path) -> list[dict]:
     return out
 
 
+def read_jsonl_records(path: str | Path, fields: Mapping[str, str], canonical: tuple[str, ...]) -> list[dict]:
+    """Records of a JSONL file (or a JSON list): each row with the canonical fields added from their columns
+    (`fields`: canonical name -> column) and an "id" (the row's `id`, else file:line). A row in the official FinQA
+    layout (a `qa` object, `pre_text`, `table`, `post_text`) gives question = qa.question, answer = qa.exe_ans and
+    context = the pre-text, the table rows (cells joined by ' | ') and the post-text, unless mapped otherwise; in
+    the official ConvFinQA layout (`annotation.dialogue_break`, `annotation.exe_ans_list`) the question is the
+    earlier turns with their gold answers ('Q: ...\\nA: ...') then the last turn, and the answer the last turn's."""
+    path = Path(path)
+    rows = read_rows(path, "json" if path.suffix == ".json" else "jsonl")
+    out = []
+    for i, row in rows:
+        where = f"{path}:{i}"
+        if not isinstance(row, dict):
+            raise TaskError(f"{where}: a record must be an object")
+        row = dict(row)
+        ann = row.get("annotation")
+        if isinstance(ann, dict) and ann.get("dialogue_break") and ann.get("exe_ans_list"):  # official ConvFinQA
+            turns, answers = ann["dialogue_break"], ann["exe_ans_list"]
+            history = "".join(f"Q: {q}\nA: {a}\n" for q, a in zip(turns[:-1], answers[:-1]))
+            row.setdefault("question", history + f"Q: {turns[-1]}")
+            row.setdefault("answer", answers[-1])
+        if isinstance(row.get("qa"), dict):  # the official FinQA layout
+            row.setdefault("question", row["qa"].get("question", ""))
+            row.setdefault("answer", row["qa"].get("exe_ans", row["qa"].get("answer")))
+        if isinstance(row.get("qa"), dict) or isinstance(ann, dict):  # FinQA / ConvFinQA: report text and table
+            table = "\n".join(" | ".join(str(c) for c in r) for r in row.get("table") or [])
+            row.setdefault("context", "\n".join(
+                x for x in (" ".join(row.get("pre_text") or []), table, " ".join(row.get("post_text") or [])) if x
+            ))  # fmt: skip
+        ex = {k: v for k, v in row.items()}
+        for name in canonical:
+            col = fields.get(name, name)
+            if col not in row:
+                raise TaskError(f"{where}: column '{col}' (fields.{name}) not in the record ({', '.join(row)})")
+            ex[name] = row[col]
+        ex["id"] = str(row.get("id", where))
+        out.append(ex)
+    return out
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Prompts
 
@@ -369,13 +518,52 @@ def tatqa_answer(ex: dict) -> str:
     return " " + "; ".join(spans) + (f" {ex['scale']}" if ex["scale"] else "")
 
 
-METRICS = {
-    "ner_f1": (read_conll, NER_INSTRUCTION, ner_prompt, ner_answer, ["\n\n"], 64),
-    "tatqa": (read_tatqa, TATQA_INSTRUCTION, tatqa_prompt, tatqa_answer, ["\n"], 32),
-}
+NUMERIC_INSTRUCTION = (
+    "Answer the question using the financial report (text and table). Reply with the numeric answer only (or yes "
+    "or no)."
+)
+SUMMARY_INSTRUCTION = "Summarize the text."
+
+
+def _jsonl_spec(task: dict, default_prompt: str, canonical: tuple[str, ...]):
+    """(read, prompt_fn, answer_fn) for a task over a JSONL (or JSON list) file: `fields` maps the canonical names
+    (`canonical`, e.g. text and answer) to the file's columns (default: the same name); `prompt` is a str.format
+    template over the mapped fields and the row's columns."""
+    fields = {k: k for k in canonical} | dict(task.get("fields") or {})
+    template = task.get("prompt") or default_prompt
+
+    def read(path):
+        return read_jsonl_records(path, fields, canonical)
+
+    def prompt_fn(ex):
+        try:
+            return template.format_map(ex)
+        except KeyError as e:
+            raise TaskError(f"{ex['id']}: key 'prompt': field {e} not in the example ({', '.join(ex)})") from None
+
+    return read, prompt_fn, lambda ex: " " + str(ex["answer"])
+
+
+def _spec(task: dict):
+    """(read, instruction, prompt_fn, answer_fn, default stop, default max_new_tokens) of the task's metric."""
+    metric = task["metric"]
+    if metric == "ner_f1":
+        return read_conll, NER_INSTRUCTION, ner_prompt, ner_answer, ["\n\n"], 64
+    if metric == "tatqa":
+        return read_tatqa, TATQA_INSTRUCTION, tatqa_prompt, tatqa_answer, ["\n"], 32
+    if metric == "rouge":
+        read, prompt_fn, answer_fn = _jsonl_spec(task, "Text: {text}\nSummary:", ("text", "answer"))
+        return read, SUMMARY_INSTRUCTION, prompt_fn, answer_fn, ["\n\n"], 64
+    read, prompt_fn, answer_fn = _jsonl_spec(
+        task, "{context}\n\nQuestion: {question}\nAnswer:", ("question", "context", "answer")
+    )
+    return read, NUMERIC_INSTRUCTION, prompt_fn, answer_fn, ["\n"], 16
+
+
+METRICS = ("ner_f1", "tatqa", "rouge", "finqa")
 KEYS = {
     "name", "type", "metric", "data_dir", "data", "few_shot", "few_shot_split", "seed", "max_new_tokens", "stop",
-    "chat_template", "max_length", "limit", "description", "_where",
+    "chat_template", "max_length", "limit", "description", "fields", "prompt", "use_stemmer", "_where",
 }  # fmt: skip
 
 
@@ -398,10 +586,41 @@ def _check(task: dict) -> None:
         raise TaskError(f"{where}: key 'metric' must be one of {', '.join(METRICS)}; got {task.get('metric')!r}")
     if "data" not in task:
         raise TaskError(f"{where}: key 'data' is required")
+    if task.get("fields") is not None and not isinstance(task["fields"], Mapping):
+        raise TaskError(f"{where}: key 'fields' must be a mapping name -> column")
+    if task.get("prompt") is not None and not isinstance(task["prompt"], str):
+        raise TaskError(f"{where}: key 'prompt' must be a string template")
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Runner
+
+
+def generate_answers(model, tokenizer, texts: list[str], *, max_new_tokens: int, stop: list[str], seed: int = 0,
+                     batch_size: int = 8, chat_template: str | None = None, max_length: int | None = None,
+                     add_bos: bool = True):  # fmt: skip
+    """Greedy generations for prompt strings -> (generations, truncated flags). Without a chat template a prompt is
+    [BOS] + its tokens, cut on the left (after BOS) to `max_length` (default: the model's context) minus
+    `max_new_tokens`; prompts are generated sorted by length (similar lengths share a bucket)."""
+    budget = int(max_length or model.config.max_position_embeddings) - max_new_tokens
+    bos = [tokenizer.bos_id] if add_bos and tokenizer.bos_id is not None else []
+    prompts, truncated = [], []
+    for text in texts:
+        if chat_template:  # a chat turn: rendered by generate; no truncation
+            prompts.append(text)
+            truncated.append(False)
+            continue
+        ids = tokenizer.encode(text)
+        cut = len(bos) + len(ids) > budget
+        prompts.append(bos + (ids[len(ids) - (budget - len(bos)) :] if cut else ids))
+        truncated.append(cut)
+    cfg = GenerationConfig(max_new_tokens=max_new_tokens, stop=list(stop), seed=seed)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    gens = [None] * len(prompts)
+    for i, g in zip(order, generate_full(model, tokenizer, [prompts[i] for i in order], cfg, batch_size=batch_size,
+                                         chat_template=chat_template)):  # fmt: skip
+        gens[i] = g
+    return gens, truncated
 
 
 def run_generative_task(model, tokenizer, task: Mapping, *, batch_size: int = 8, limit: int | None = None) -> dict:
@@ -411,7 +630,7 @@ def run_generative_task(model, tokenizer, task: Mapping, *, batch_size: int = 8,
     task = dict(task)
     _check(task)
     metric = task["metric"]
-    read, instruction, prompt_fn, answer_fn, stop, max_new = METRICS[metric]
+    read, instruction, prompt_fn, answer_fn, stop, max_new = _spec(task)
     exs = read(_data_path(task, task["data"]))
     n = limit if limit is not None else task.get("limit")
     evaluated = exs[:n] if n is not None else exs
@@ -428,28 +647,12 @@ def run_generative_task(model, tokenizer, task: Mapping, *, batch_size: int = 8,
         shots = "".join(prompt_fn(e) + answer_fn(e) + "\n\n" for e in chosen)
     head = (task.get("description") or instruction) + "\n\n" + shots
 
-    template = task.get("chat_template")
     max_new = int(task.get("max_new_tokens") or max_new)
-    budget = int(task.get("max_length") or model.config.max_position_embeddings) - max_new
-    prompts, truncated = [], []
-    for ex in evaluated:
-        text = head + prompt_fn(ex)
-        if template:  # a chat turn: rendered by generate; no truncation
-            prompts.append(text)
-            truncated.append(False)
-            continue
-        bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
-        ids = tokenizer.encode(text)
-        cut = len(bos) + len(ids) > budget
-        prompts.append(bos + (ids[len(ids) - (budget - len(bos)) :] if cut else ids))
-        truncated.append(cut)
-
-    cfg = GenerationConfig(max_new_tokens=max_new, stop=list(task.get("stop", stop)), seed=int(task.get("seed", 0)))
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))  # similar lengths share a bucket
-    gens = [None] * len(prompts)
-    for i, g in zip(order, generate_full(model, tokenizer, [prompts[i] for i in order], cfg, batch_size=batch_size,
-                                         chat_template=template)):  # fmt: skip
-        gens[i] = g
+    gens, truncated = generate_answers(
+        model, tokenizer, [head + prompt_fn(ex) for ex in evaluated], max_new_tokens=max_new,
+        stop=list(task.get("stop", stop)), seed=int(task.get("seed", 0)), batch_size=batch_size,
+        chat_template=task.get("chat_template"), max_length=task.get("max_length"),
+    )  # fmt: skip
 
     records = []
     if metric == "ner_f1":
@@ -461,7 +664,7 @@ def run_generative_task(model, tokenizer, task: Mapping, *, batch_size: int = 8,
             records.append({"id": ex["id"], "prompt_tokens": len(g.prompt_tokens), "truncated": cut,
                             "generation": g.text, "prediction": [list(x) for x in p],
                             "gold": [list(x) for x in gold], "tp": m["tp"]})  # fmt: skip
-    else:
+    elif metric == "tatqa":
         ems, f1s = [], []
         for ex, g, cut in zip(evaluated, gens, truncated):
             spans, scale = parse_tatqa_answer(g.text)
@@ -473,12 +676,34 @@ def run_generative_task(model, tokenizer, task: Mapping, *, batch_size: int = 8,
                             "gold_scale": ex["scale"], "answer_type": ex["answer_type"],
                             "em": em, "f1": f1})  # fmt: skip
         metrics = {"exact_match": float(np.mean(ems)) if ems else 0.0, "f1": float(np.mean(f1s)) if f1s else 0.0}
+    elif metric == "rouge":
+        per = rouge_per_example([g.text for g in gens], [str(e["answer"]) for e in evaluated],
+                                use_stemmer=bool(task.get("use_stemmer", False)))  # fmt: skip
+        metrics = {k: float(np.mean([r[k] for r in per])) if per else 0.0 for k in ROUGE_TYPES}
+        for ex, g, r, cut in zip(evaluated, gens, per, truncated):
+            records.append({"id": ex["id"], "prompt_tokens": len(g.prompt_tokens), "truncated": cut,
+                            "generation": g.text, "gold": ex["answer"], **r})  # fmt: skip
+    else:  # finqa
+        hits = []
+        for ex, g, cut in zip(evaluated, gens, truncated):
+            pred = parse_numeric_answer(g.text)
+            ok = finqa_match(pred, ex["answer"])
+            hits.append(ok)
+            records.append({"id": ex["id"], "prompt_tokens": len(g.prompt_tokens), "truncated": cut,
+                            "generation": g.text, "prediction": pred, "gold": ex["answer"],
+                            "correct": ok})  # fmt: skip
+        metrics = {
+            "exe_acc": float(np.mean(hits)) if hits else 0.0,
+            "unparsed": float(np.mean([r["prediction"] is None for r in records])) if records else 0.0,
+        }
     metrics["truncated"] = int(sum(truncated))
-    return {"task": task.get("name", metric), "metrics": metrics, "n": len(records), "examples": records}
+    return {"task": task.get("name", metric), "protocol": "generative", "metrics": metrics, "n": len(records),
+            "examples": records}  # fmt: skip
 
 
 __all__ = [
-    "run_generative_task", "tatqa_em_f1", "parse_tatqa_answer", "answer_string", "normalize_answer", "to_number",
-    "is_number", "scale_to_num", "em_f1", "ner_f1", "parse_entities", "conll_entities", "normalize_entity",
-    "read_conll", "read_tatqa",
+    "run_generative_task", "generate_answers", "tatqa_em_f1", "parse_tatqa_answer", "answer_string",
+    "normalize_answer", "to_number", "is_number", "scale_to_num", "em_f1", "ner_f1", "parse_entities",
+    "conll_entities", "normalize_entity", "read_conll", "read_tatqa", "read_jsonl_records", "rouge_per_example",
+    "str_to_num", "parse_numeric_answer", "finqa_match",
 ]  # fmt: skip

@@ -6,6 +6,10 @@ import math
 from pathlib import Path
 
 DELTA_KEYS = ("loss", "bits_per_byte")
+PROTOCOL_NOTE = (
+    "Protocols: `loglik` = the choice with the highest log-likelihood (lm-evaluation-harness conventions); "
+    "`generative` = greedy generation scored FinBen-style (first label found, missing rate; or the task's metric)."
+)
 
 
 def forgetting(results: dict, models: list[str], sets: list[dict]) -> dict:
@@ -41,7 +45,8 @@ def _f(x, digits=4, signed=False) -> str:
 
 
 def markdown(report: dict) -> str:
-    """The whole report as markdown: text metrics, forgetting deltas, task metrics."""
+    """The whole report as markdown: text metrics, forgetting deltas, task metrics (each with the protocol that
+    produced it)."""
     lines = []
     sets = report["text_sets"]
     if sets:
@@ -86,13 +91,15 @@ def markdown(report: dict) -> str:
     tasks = report.get("tasks") or {}
     rows = [(m, t) for m in tasks for t in tasks[m]]
     if rows:
-        lines += ["## Tasks", "", "| model | task | metric | value | n |", "| --- | --- | --- | ---: | ---: |"]
+        lines += ["## Tasks", "", "| model | task | protocol | metric | value | n |",
+                  "| --- | --- | --- | --- | ---: | ---: |"]  # fmt: skip
         for m, t in rows:
             r = tasks[m][t]
+            protocol = r.get("protocol", "")
             for k, v in (r.get("metrics") or {}).items():
                 value = _f(float(v)) if isinstance(v, (int, float)) else str(v)
-                lines.append(f"| {m} | {t} | {k} | {value} | {r.get('n', '')} |")
-        lines.append("")
+                lines.append(f"| {m} | {t} | {protocol} | {k} | {value} | {r.get('n', '')} |")
+        lines += ["", PROTOCOL_NOTE, ""]
     return "\n".join(lines)
 
 

@@ -95,6 +95,12 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
                 r = run_task(model, tok, task, batch_size=cfg.batch_size, limit=cfg.task_limit or None)
                 tasks[m.name][r.get("task", task)] = r
                 log(f"  {m.name} / {r.get('task', task)}: {json.dumps(r.get('metrics', {}), default=_jsonable)}")
+        if cfg.lm_eval.tasks:  # lm-evaluation-harness tasks by name, the `jaxfin` lm-eval model on this model
+            from jaxfin.eval.harness import run_lm_eval
+
+            log(f"  {m.name}: lm-eval tasks {', '.join(cfg.lm_eval.tasks)}")
+            lm_tasks = run_lm_eval(model, tok, cfg.lm_eval, batch_size=cfg.batch_size, log=log)
+            tasks.setdefault(m.name, {}).update(lm_tasks)
         log(f"model {m.name}: done in {time.time() - t0:.1f}s")
         del model
         gc.collect()

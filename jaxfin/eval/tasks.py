@@ -1,9 +1,13 @@
-"""Finance tasks scored by log-likelihood (lm-evaluation-harness conventions), and the task dispatcher.
+"""Finance tasks scored by log-likelihood (lm-evaluation-harness conventions) or by generation (FinBen
+conventions), and the task dispatcher.
 
 `run_task(model, tokenizer, task, batch_size=8, limit=None)` evaluates one task and returns
-`{"task": name, "metrics": {...}, "n": count, "examples": [...], "per_class": {...}}`.
+`{"task": name, "protocol": "loglik" | "generative", "metrics": {...}, "n": count, "examples": [...],
+"per_class": {...}}`.
 `task` is a YAML path, a built-in name (`fpb`, `fiqa_sa`, `fomc`, or any other `configs/eval/tasks/NAME.yaml`) or a
-dict.
+dict. A name or path followed by `/generative` (`fpb/generative`) runs a multiple-choice task by the generative
+protocol, and its result is named `NAME/generative`; `/loglik` (`fpb/loglik`) forces the log-likelihood one
+(the default). Listing both `fpb` and `fpb/generative` in an eval config gives both numbers, each labelled.
 `type: generative` tasks go to `jaxfin.eval.gen_tasks.run_generative_task` (same arguments, same result shape; the
 task dict is passed as loaded, with `_where` = its file for error messages);
 `type: multiple_choice` (the default) are scored here.
@@ -32,6 +36,11 @@ Task YAML (multiple_choice)::
     limit: null                        # evaluate the first N examples only (run_task's `limit` wins)
     add_bos: true                      # put the tokenizer's BOS first (Llama models are trained with it)
     max_length: null                   # tokens per request (default: the model's max_position_embeddings)
+    protocol: loglik                   # loglik | generative (a `/generative` suffix on the name sets it)
+    max_new_tokens: 10                 # generative protocol: tokens generated per example at most
+    stop: ["\\n"]                      # generative protocol: the generation is cut before the first stop string
+    chat_template: null                # generative protocol: null = plain prompt after BOS; tokenizer | llama3 |
+                                       # chatml = the context as one user turn
 
 Scoring. For each example the context is
 `description + shot_1 + fewshot_delimiter + ... + shot_k + fewshot_delimiter + prompt`, where a shot is
@@ -45,6 +54,15 @@ the left, as in the harness. A choice's log-likelihood is the sum over its conti
 log p(token | everything before it); `is_greedy` says whether all of those tokens are the argmax.
 Metrics: see `jaxfin.eval.metrics` (acc, acc_norm by characters of the choice, macro and weighted F1 of the acc
 prediction).
+
+Generative protocol (FinBen / PIXIU: The-FinAI/PIXIU `src/tasks/flare.py`, class `Classification`). The same
+context as above (few-shot shots included) is the prompt, [BOS] first with `add_bos`; it is generated greedily by
+`jaxfin.eval.gen_tasks.generate_answers` (left-truncated to `max_length` minus `max_new_tokens`). The prediction is
+the first choice, in the order of `choices`, whose lower-cased string occurs in the stripped, lower-cased
+generation; none = missing. Metrics (`jaxfin.eval.metrics.generative_classification_metrics`): acc (missing =
+wrong), missing (their share), f1_weighted and f1_macro (scikit-learn over the gold classes only, as PIXIU does:
+a missing prediction costs its gold class recall), mcc (missing mapped to a class of its own, -1), and truncated
+(prompts cut on the left).
 
 Few-shot examples are drawn per evaluated example with `random.Random(f"{seed}:{index}")` (deterministic, and
 independent of `limit` and of the batch size) from the few-shot pool: the same file without the evaluated row, or
@@ -62,7 +80,6 @@ positive) already applied in the file; FOMC `label` ints are 0=dovish 1=hawkish 
 
 from __future__ import annotations
 
-import csv
 import json
 import random
 import re
@@ -72,9 +89,16 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxfin.eval.gen_tasks import run_generative_task
-from jaxfin.eval.metrics import argmax_first, multiple_choice_metrics, per_class_f1
-from jaxfin.eval.task_base import REPO, TaskError, default_data_dir
+from jaxfin.eval.gen_tasks import generate_answers, run_generative_task
+from jaxfin.eval.metrics import (
+    MISSING,
+    argmax_first,
+    first_label_match,
+    generative_classification_metrics,
+    multiple_choice_metrics,
+    per_class_f1,
+)
+from jaxfin.eval.task_base import REPO, TaskError, default_data_dir, read_rows
 
 BUILTIN_DIR = REPO / "configs" / "eval" / "tasks"
 BUILTIN = ("fpb", "fiqa_sa", "fomc")
@@ -82,7 +106,9 @@ BUILTIN = ("fpb", "fiqa_sa", "fomc")
 KEYS = {
     "name", "type", "data_dir", "data", "description", "prompt", "choices", "answer", "label_map",
     "target_delimiter", "fewshot_delimiter", "few_shot", "few_shot_split", "seed", "limit", "add_bos", "max_length",
+    "protocol", "max_new_tokens", "stop", "chat_template",
 }  # fmt: skip
+PROTOCOLS = ("loglik", "generative")
 DATA_KEYS = {"path", "format", "fields"}
 
 
@@ -100,6 +126,17 @@ def load_task(task: str | Path | Mapping) -> dict:
         return d
     text = str(task)
     path = Path(text)
+    for protocol in PROTOCOLS:
+        suffix = f"/{protocol}"
+        if text.endswith(suffix) and not path.exists() and len(text) > len(suffix):
+            d = load_task(text[: -len(suffix)])
+            if d.get("type", "multiple_choice") == "multiple_choice":
+                d["protocol"] = protocol
+                if protocol == "generative":
+                    d["name"] = f"{d.get('name', text[: -len(suffix)])}{suffix}"
+            elif protocol != "generative":
+                raise TaskError(f"{d['_where']}: a generative task has no '{protocol}' protocol")
+            return d
     if text in BUILTIN or (not path.exists() and (BUILTIN_DIR / f"{text}.yaml").is_file()):
         path = BUILTIN_DIR / f"{text}.yaml"  # a built-in name
     if not path.is_file():
@@ -132,7 +169,7 @@ def validate_task(d: dict) -> dict:
     t = dict(
         type="multiple_choice", data_dir=None, description="", label_map=None, target_delimiter=" ",
         fewshot_delimiter="\n\n", few_shot=0, few_shot_split=None, seed=1234, limit=None, add_bos=True,
-        max_length=None,
+        max_length=None, protocol="loglik", max_new_tokens=10, stop=["\n"], chat_template=None,
     )  # fmt: skip
     t.update({k: v for k, v in d.items() if v is not None or k not in t})
     t["_where"] = where
@@ -172,6 +209,17 @@ def validate_task(d: dict) -> dict:
             bad(key, f"must be a positive integer or null, got {t[key]!r}")
     if not isinstance(t["add_bos"], bool):
         bad("add_bos", "must be true or false")
+    if t["protocol"] not in PROTOCOLS:
+        bad("protocol", f"must be one of {', '.join(PROTOCOLS)}, got {t['protocol']!r}")
+    mnt = t["max_new_tokens"]
+    if not isinstance(mnt, int) or isinstance(mnt, bool) or mnt < 1:
+        bad("max_new_tokens", f"must be a positive integer, got {mnt!r}")
+    if isinstance(t["stop"], str):
+        t["stop"] = [t["stop"]]
+    if not isinstance(t["stop"], list) or not all(isinstance(x, str) and x for x in t["stop"]):
+        bad("stop", "must be a list of non-empty strings")
+    if t["chat_template"] is not None and t["chat_template"] not in ("tokenizer", "llama3", "chatml"):
+        bad("chat_template", f"must be null, tokenizer, llama3 or chatml, got {t['chat_template']!r}")
     if t["data_dir"] is not None and not isinstance(t["data_dir"], str):
         bad("data_dir", "must be a path string")
     return t
@@ -214,25 +262,10 @@ def _validate_data(v, key: str, where: str) -> dict:
 
 def _read_rows(path: Path, fmt: str) -> list[tuple[int, dict]]:
     """[(line number, row)]; a malformed line raises TaskError with file:line."""
-    if not path.is_file():
-        raise TaskError(f"data file not found: {path} (set data_dir or $JAXFIN_SHARED_DATA)")
-    rows = []
-    with path.open(encoding="utf-8", newline="") as f:
-        if fmt == "csv":
-            reader = csv.DictReader(f)
-            for row in reader:
-                rows.append((reader.line_num, row))
-        else:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise TaskError(f"{path}:{i}: not valid JSON: {e.msg}") from None
-                if not isinstance(row, dict):
-                    raise TaskError(f"{path}:{i}: a JSONL line must be an object")
-                rows.append((i, row))
+    rows = read_rows(path, fmt)
+    for i, row in rows:
+        if not isinstance(row, dict):
+            raise TaskError(f"{path}:{i}: a JSONL line must be an object")
     return rows
 
 
@@ -449,12 +482,17 @@ def run_task(model, tokenizer, task: str | Path | Mapping, *, batch_size: int = 
     """Evaluate one task; see the module docstring for the task format and the result."""
     d = load_task(task)
     if d.get("type", "multiple_choice") == "generative":
+        d.pop("protocol", None)  # `ner/generative`: generative already
         return run_generative_task(model, tokenizer, d, batch_size=batch_size, limit=limit)
-    return run_multiple_choice(model, tokenizer, validate_task(d), batch_size=batch_size, limit=limit)
+    t = validate_task(d)
+    if t["protocol"] == "generative":
+        return run_multiple_choice_generative(model, tokenizer, t, batch_size=batch_size, limit=limit)
+    return run_multiple_choice(model, tokenizer, t, batch_size=batch_size, limit=limit)
 
 
-def build_requests(task: dict, tokenizer, limit: int | None = None) -> list[dict]:
-    """The evaluated examples with their context, choices, gold, few-shot indices and token requests."""
+def build_contexts(task: dict, limit: int | None = None) -> list[dict]:
+    """The evaluated examples with their context (description, few-shot shots, prompt), choices, gold and few-shot
+    indices."""
     exs = _examples(task, task["data"])
     for ex in exs:
         ex["_prompt"] = _render(task, ex)
@@ -465,7 +503,6 @@ def build_requests(task: dict, tokenizer, limit: int | None = None) -> list[dict
             ex["_prompt"] = _render(task, ex)
     n = limit if limit is not None else task["limit"]
     evaluated = exs[:n] if n is not None else exs
-    bos = [tokenizer.bos_id] if task["add_bos"] and tokenizer.bos_id is not None else []
     items = []
     for i, ex in enumerate(evaluated):
         choices = _choices(task, ex)
@@ -476,17 +513,26 @@ def build_requests(task: dict, tokenizer, limit: int | None = None) -> list[dict
             sc = _choices(task, pool[j])
             parts.append(pool[j]["_prompt"] + task["target_delimiter"] + sc[_gold(task, pool[j], sc)])
         context = task["description"] + "".join(p + task["fewshot_delimiter"] for p in parts) + ex["_prompt"]
-        reqs = []
-        for c in choices:
+        items.append(
+            {"index": i, "where": ex["_where"], "context": context, "choices": choices, "gold": gold,
+             "few_shot_ids": shot_ids}
+        )  # fmt: skip
+    return items
+
+
+def build_requests(task: dict, tokenizer, limit: int | None = None) -> list[dict]:
+    """The evaluated examples with their context, choices, gold, few-shot indices and token requests."""
+    bos = [tokenizer.bos_id] if task["add_bos"] and tokenizer.bos_id is not None else []
+    items = build_contexts(task, limit)
+    for it in items:
+        context, reqs = it["context"], []
+        for c in it["choices"]:
             ctx, cont = encode_pair(tokenizer, context, task["target_delimiter"] + c)
             ctx = bos + ctx
             if not ctx:  # nothing to condition on (add_bos false, empty context): the harness's prefix token
                 ctx = [tokenizer.bos_id if tokenizer.bos_id is not None else tokenizer.eos_id]
             reqs.append((ctx, cont))
-        items.append(
-            {"index": i, "where": ex["_where"], "context": context, "choices": choices, "gold": gold,
-             "few_shot_ids": shot_ids, "requests": reqs}
-        )  # fmt: skip
+        it["requests"] = reqs
     return items
 
 
@@ -517,4 +563,33 @@ def run_multiple_choice(model, tokenizer, task: dict, *, batch_size: int = 8, li
     per_class = per_class_f1(
         [e["choices"][e["gold"]] for e in examples], [e["choices"][e["prediction"]] for e in examples]
     )
-    return {"task": task["name"], "metrics": metrics, "n": n, "examples": examples, "per_class": per_class}
+    return {"task": task["name"], "protocol": "loglik", "metrics": metrics, "n": n, "examples": examples,
+            "per_class": per_class}  # fmt: skip
+
+
+def run_multiple_choice_generative(model, tokenizer, task: dict, *, batch_size: int = 8, limit: int | None = None):
+    """A validated multiple-choice task by the generative protocol (see the module docstring)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    items = build_contexts(task, limit)
+    gens, truncated = generate_answers(
+        model, tokenizer, [it["context"] for it in items], max_new_tokens=task["max_new_tokens"], stop=task["stop"],
+        seed=task["seed"], batch_size=batch_size, chat_template=task["chat_template"], max_length=task["max_length"],
+        add_bos=task["add_bos"],
+    )  # fmt: skip
+    examples = []
+    for it, g, cut in zip(items, gens, truncated, strict=True):
+        pred = first_label_match(g.text, it["choices"])
+        examples.append(
+            {"index": it["index"], "where": it["where"], "context": it["context"], "choices": it["choices"],
+             "generation": g.text, "prediction": MISSING if pred is None else pred,
+             "gold": it["choices"][it["gold"]], "missing": pred is None, "truncated": cut,
+             "few_shot_ids": it["few_shot_ids"]}
+        )  # fmt: skip
+    golds = [e["gold"] for e in examples]
+    metrics = generative_classification_metrics(golds, [None if e["missing"] else e["prediction"] for e in examples])
+    n = metrics.pop("n")
+    metrics["truncated"] = int(sum(truncated))
+    per_class = per_class_f1(golds, [e["prediction"] for e in examples])
+    return {"task": task["name"], "protocol": "generative", "metrics": metrics, "n": n, "examples": examples,
+            "per_class": per_class}  # fmt: skip
