@@ -21,6 +21,7 @@ batch_size: 8
 max_docs: 0                  # per text set; 0 = all
 output_dir: eval_out
 tokenizer: ""                # "" = each model's own tokenizer
+mesh: {data: -1, fsdp: 1, tensor: 1, expert: 1}   # as training's `mesh`; e.g. {data: 1, fsdp: -1}: weights split
 ```
 """
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from jaxfin.config import (
     ConfigError,
+    MeshConfig,
     build_section,
     merge_trees,
     parse_overrides,
@@ -97,6 +99,10 @@ class EvalConfig:
     output_dir: str = "eval_out"
     tokenizer: str = ""  # "" = each model's own tokenizer; else a .model file or HF tokenizer folder for all
     compute_dtype: str = "auto"  # auto (float32 on CPU, bfloat16 on accelerators) | float32 | bfloat16
+    # the device mesh, as training's `mesh` (jaxfin/parallel): params laid out by the training rules (fsdp / tensor
+    # split the weights), batches split over data x fsdp x expert. Default: every device on `data` (weights
+    # replicated); a model too big for one device: {data: 1, fsdp: -1}
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
 
 def _check_top(data: dict, where: str) -> None:
@@ -104,10 +110,10 @@ def _check_top(data: dict, where: str) -> None:
     for k in data:
         if k not in keys:
             raise unknown_key_error(str(k), where, keys)
-    if isinstance(data.get("lm_eval"), dict):  # nested keys against this config's own, not the training config's
-        for k in data["lm_eval"]:
-            if f"lm_eval.{k}" not in keys:
-                raise unknown_key_error(f"lm_eval.{k}", where, keys)
+    for section in ("lm_eval", "mesh"):  # nested keys against this config's own, not the training config's
+        for k in data.get(section) if isinstance(data.get(section), dict) else ():
+            if f"{section}.{k}" not in keys:
+                raise unknown_key_error(f"{section}.{k}", where, keys)
 
 
 def _derive_names(cfg: EvalConfig) -> None:

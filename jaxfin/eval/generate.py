@@ -30,8 +30,10 @@ import numpy as np
 from jaxfin.kernels.attention import attention
 from jaxfin.model.config import compute_dtype
 from jaxfin.model.llama import apply_rope, matmul, mlp_block, output_kernel, rms_norm, rope_frequencies, rope_tables
+from jaxfin.parallel.rules import constrain
 
 NEG = -1e30  # a finite "minus infinity": fully masked rows (left padding) stay NaN-free
+CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")  # logical axes of a KV cache [L, B, S, Hkv, Dh]
 
 
 @dataclass
@@ -174,7 +176,8 @@ def _prefill(params, tokens, pad, key, eos, temperature, top_k, top_p, *, cfg, m
     b, p = tokens.shape
     dtype = compute_dtype(cfg)
     shape = (cfg.num_layers, b, p + max_new, cfg.num_kv_heads, cfg.head_size)
-    caches = (jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+    # on a mesh (traced under jax.set_mesh): the cache rows split like the batch, the kv heads like the k/v kernels
+    caches = tuple(constrain(jnp.zeros(shape, dtype), CACHE_AXES) for _ in range(2))
     fill = jnp.maximum(eos[0], 0)
     logits, caches = forward_cached(params, cfg, tokens, 0, pad, *caches)
     last = logits[:, -1]
@@ -345,10 +348,16 @@ def stop_token_ids(model, tokenizer, chat_template: str | None = None) -> tuple[
 
 def generate_full(model, tokenizer, prompts, cfg: GenerationConfig | None = None, *, batch_size: int = 8,
                   chat_template: str | None = None) -> list[Generation]:  # fmt: skip
-    """Like `generate`, but one Generation (text, token ids, prompt ids, finish reason) per prompt."""
+    """Like `generate`, but one Generation (text, token ids, prompt ids, finish reason) per prompt. A model whose
+    params lie on a mesh (`jaxfin.eval.sharding.shard_model`) generates there: each batch's rows split over the
+    mesh's batch axes (padded with filler rows to a multiple of them), the weights as they are laid out."""
+    from jaxfin.eval.sharding import on_mesh, padded_rows, params_mesh, put_rows
+
     cfg = cfg or GenerationConfig()
     params, mcfg = plain_params(model)
     params = device_params(params)
+    mesh = params_mesh(params)
+    rows = padded_rows(mesh, batch_size)
     ids = [render_prompt(p, tokenizer, chat_template) for p in prompts]
     for i, x in enumerate(ids):
         if not x:
@@ -370,14 +379,15 @@ def generate_full(model, tokenizer, prompts, cfg: GenerationConfig | None = None
                 f"a prompt of {max(len(x) for x in chunk)} tokens + max_new_tokens {cfg.max_new_tokens} exceeds the "
                 f"model's context ({limit} positions)"
             )
-        tokens, pad = left_pad(chunk, length, batch_size)
-        args = (params, tokens, pad, jax.random.fold_in(key, start), *knobs)
-        if stops:
-            out, lengths, stopped = _decode_with_stops(mcfg, cfg, args, len(chunk), eos, tokenizer, stops)
-        else:
-            fn = decode_fn(mcfg, cfg.max_new_tokens, cfg.temperature == 0)
-            out, lengths = (np.asarray(a) for a in fn(*args)[:2])
-            stopped = {}
+        tokens, pad = left_pad(chunk, length, rows)
+        args = (params, put_rows(mesh, tokens), put_rows(mesh, pad), jax.random.fold_in(key, start), *knobs)
+        with on_mesh(mesh):
+            if stops:
+                out, lengths, stopped = _decode_with_stops(mcfg, cfg, args, len(chunk), eos, tokenizer, stops)
+            else:
+                fn = decode_fn(mcfg, cfg.max_new_tokens, cfg.temperature == 0)
+                out, lengths = (np.asarray(a) for a in fn(*args)[:2])
+                stopped = {}
         for r, prompt_ids in enumerate(chunk):
             gen = out[r, : stopped.get(r, lengths[r])].tolist()
             reason = "eos" if gen and gen[-1] in eos else "length"
@@ -414,7 +424,7 @@ def _decode_with_stops(mcfg, cfg: GenerationConfig, args, n_rows: int, eos, toke
                 ended.add(r)
         if int(i) >= cfg.max_new_tokens or done.all():
             return out, lengths, stopped
-        state = (state[0], state[1], state[2], jnp.asarray(done), *state[4:])
+        state = (*state[:3], jax.device_put(done, state[3].sharding), *state[4:])  # laid out as it was
         state = continue_(params, state, pad, key, *knobs, np.int32(int(i) + STOP_CHECK_EVERY))
 
 

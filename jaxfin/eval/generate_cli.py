@@ -39,17 +39,36 @@ def read_prompts(path: str | Path) -> list:
     return prompts
 
 
+def parse_mesh(items: list[str]):
+    """`--mesh data=1 fsdp=-1` (or mesh.fsdp=-1) -> the training MeshConfig; unset axes keep its defaults."""
+    import dataclasses
+
+    from jaxfin.config import ConfigError, MeshConfig
+
+    sizes = {}
+    names = [f.name for f in dataclasses.fields(MeshConfig)]
+    for item in items:
+        key, _, value = item.partition("=")
+        key = key.strip().removeprefix("mesh.")
+        if key not in names or not value.strip().lstrip("-").isdigit():
+            raise ConfigError(f"--mesh '{item}': expected AXIS=SIZE with AXIS one of {', '.join(names)} (e.g. fsdp=8)")
+        sizes[key] = int(value)
+    return MeshConfig(**sizes)
+
+
 def run_generate_cli(args) -> int:
     import jaxfin
     from jaxfin.data.tokenizer import load_tokenizer
     from jaxfin.eval.generate import GenerationConfig, generate_full
+    from jaxfin.eval.sharding import eval_mesh, shard_model
 
+    mesh = eval_mesh(parse_mesh(args.mesh))  # before loading anything: a bad mesh fails at once
     prompts = read_prompts(args.prompts)
     if (args.chat_template is None) and any(not isinstance(p, str) for p in prompts):
         raise ValueError(
             f"{args.prompts}: prompts given as 'messages' need --chat-template (tokenizer, llama3, chatml)"
         )
-    model = jaxfin.load_model(args.model)
+    model = shard_model(jaxfin.load_model(args.model, mesh), mesh)
     tok_path = args.tokenizer or model.tokenizer_dir
     if not tok_path:
         raise FileNotFoundError(f"no tokenizer files in {args.model}; pass --tokenizer PATH")
@@ -93,5 +112,8 @@ def add_generate_parser(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--chat-template", choices=CHAT_TEMPLATES, default=None,
                    help="render each prompt as a user turn (or the messages) with this chat template")  # fmt: skip
+    p.add_argument("--mesh", nargs="+", action="extend", default=[], metavar="AXIS=N",
+                   help="device mesh as training's `mesh` (data, fsdp, tensor, expert; -1 = the remaining devices), "
+                   "e.g. --mesh data=1 fsdp=-1 to split the weights; default: every device on data")  # fmt: skip
     p.add_argument("--out", metavar="FILE.jsonl", help="write here instead of stdout")
     p.set_defaults(func=run_generate_cli)

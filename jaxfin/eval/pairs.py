@@ -37,19 +37,23 @@ def sequence_logps(model, seqs: list[tuple[list[int], list[int]]], seq_len: int,
     """(sums, counts) of the masked target tokens' log-probs of each (tokens, mask) sequence, one per row (left
     truncated to seq_len, right padded to the longest, a multiple of 16)."""
     from jaxfin.eval.generate import device_params
+    from jaxfin.eval.sharding import on_mesh, padded_rows, params_mesh, put_rows
 
     width = min(seq_len, -(-max(len(t) for t, _ in seqs) // 16) * 16)
     f, params = _logp_fn(model.config), device_params(model.params)
+    mesh = params_mesh(params)  # on a mesh: rows split over its batch axes, padded to a multiple of them
+    rows = padded_rows(mesh, batch_size)
     sums, counts = [], []
     for i in range(0, len(seqs), batch_size):
         chunk = seqs[i : i + batch_size]
         n = len(chunk)
-        tokens, seg, mask = (np.zeros((batch_size, width), np.int32) for _ in range(3))
+        tokens, seg, mask = (np.zeros((rows, width), np.int32) for _ in range(3))
         for r, (t, m) in enumerate(chunk):
             t, m = t[-width:], m[-width:]
             tokens[r, : len(t)], seg[r, : len(t)], mask[r, : len(t)] = t, 1, m
-        pos = np.broadcast_to(np.arange(width, dtype=np.int32), (batch_size, width))
-        s, c = f(params, jnp.asarray(tokens), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(mask))
+        pos = np.broadcast_to(np.arange(width, dtype=np.int32), (rows, width))
+        with on_mesh(mesh):
+            s, c = f(params, *(put_rows(mesh, a) for a in (tokens, seg, pos, mask)))
         sums.append(np.asarray(s)[:n])
         counts.append(np.asarray(c)[:n])
     return np.concatenate(sums).astype(np.float64), np.concatenate(counts)

@@ -52,11 +52,15 @@ def _jsonable(x):
 def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     """Run everything the config asks for; write and return the report (see module docstring)."""
     import jaxfin
+    from jaxfin.eval.sharding import eval_mesh, shard_model
 
     out_dir = Path(cfg.output_dir)
     for m in cfg.models:  # fail before hours of work on the first models
         if not Path(m.path).is_dir():
             raise FileNotFoundError(f"model '{m.name}': no model directory at {m.path}")
+    mesh = eval_mesh(cfg.mesh)  # None on one device
+    if mesh is not None:
+        log(f"mesh {dict(mesh.shape)}: params laid out by the training rules, batches split over data x fsdp x expert")
     texts = {}
     for ts in cfg.text:  # read (and check) the data before loading any model
         texts[ts.name] = read_texts(ts, cfg.max_docs)
@@ -71,7 +75,7 @@ def evaluate(cfg: EvalConfig, log: Callable[[str], None] = print) -> dict:
     for m in cfg.models:
         t0 = time.time()
         log(f"model {m.name}: loading {m.path}")
-        model = jaxfin.load_model(m.path, **runtime)
+        model = shard_model(jaxfin.load_model(m.path, mesh, **runtime), mesh)  # each device gets only its shards
         tok = _tokenizer(cfg, model, m.name)
         results[m.name] = {}
         for ts in cfg.text:

@@ -433,11 +433,12 @@ def _pack(lengths: list[int], row_len: int) -> list[list[int]]:
 def score_requests(model, requests: list[tuple[list[int], list[int]]], *, batch_size: int = 8, max_length: int):
     """[(context ids, continuation ids)] -> [(summed log-likelihood, all tokens greedy)], one forward per
     `batch_size` packed rows."""
-    import jax.numpy as jnp
-
     from jaxfin.eval.generate import device_params
+    from jaxfin.eval.sharding import on_mesh, padded_rows, params_mesh, put_rows
 
     params = device_params(model.params)
+    mesh = params_mesh(params)  # on a mesh: rows split over its batch axes, padded to a multiple of them
+    n_rows = padded_rows(mesh, batch_size)
     seqs, n_conts = [], []
     for ctx, cont in requests:
         full = (ctx + cont)[-(max_length + 1) :]
@@ -450,10 +451,10 @@ def score_requests(model, requests: list[tuple[list[int], list[int]]], *, batch_
     pending = []  # dispatch every batch before reading any result back: the host packs while the device computes
     for b0 in range(0, len(rows), batch_size):
         chunk = rows[b0 : b0 + batch_size]
-        tok = np.zeros((batch_size, row_len), np.int32)
-        seg = np.zeros((batch_size, row_len), np.int32)
-        pos = np.zeros((batch_size, row_len), np.int32)
-        tgt = np.zeros((batch_size, row_len), np.int32)
+        tok = np.zeros((n_rows, row_len), np.int32)
+        seg = np.zeros((n_rows, row_len), np.int32)
+        pos = np.zeros((n_rows, row_len), np.int32)
+        tgt = np.zeros((n_rows, row_len), np.int32)
         spans = []
         for r, row in enumerate(chunk):
             o = 0
@@ -465,7 +466,8 @@ def score_requests(model, requests: list[tuple[list[int], list[int]]], *, batch_
                 pos[r, o : o + n] = np.arange(n)
                 spans.append((i, r, o + n - n_conts[i], o + n))
                 o += n
-        pending.append((fn(params, jnp.asarray(tok), jnp.asarray(seg), jnp.asarray(pos), jnp.asarray(tgt)), spans))
+        with on_mesh(mesh):
+            pending.append((fn(params, *(put_rows(mesh, a) for a in (tok, seg, pos, tgt))), spans))
     out: list[tuple[float, bool]] = [(0.0, True)] * len(requests)
     for (lp, greedy), spans in pending:
         lp, greedy = np.asarray(lp, np.float64), np.asarray(greedy)

@@ -23,7 +23,6 @@ import time
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxfin.config.schema import SourceConfig
@@ -78,14 +77,16 @@ def windows(lengths: list[int], seq_len: int):
             start = stop - 1
 
 
-def packed_batches(docs: list[np.ndarray], seq_len: int, batch_size: int):
-    """[batch_size, seq_len] batches (tokens, segment_ids, positions, loss_mask); padding rows have no targets."""
+def packed_batches(docs: list[np.ndarray], seq_len: int, batch_size: int, pad_to: int = 0):
+    """[pad_to or batch_size, seq_len] batches (tokens, segment_ids, positions, loss_mask) of batch_size packed rows
+    each; padding rows (up to pad_to: a multiple of the mesh's batch axes) have no targets."""
     cache = _Docs(docs)
     plans = list(plan_rows(windows([len(d) for d in docs], seq_len), seq_len, "best_fit", window=10_000))
     rows = [gather_row(p, cache, seq_len) for p in plans]
+    width = max(pad_to, batch_size)
     for i in range(0, len(rows), batch_size):
         part = rows[i : i + batch_size]
-        part += [{k: np.zeros_like(v) for k, v in part[0].items()}] * (batch_size - len(part))
+        part += [{k: np.zeros_like(v) for k, v in part[0].items()}] * (width - len(part))
         yield {k: np.stack([r[k] for r in part]) for k in part[0]}, len(rows)
 
 
@@ -128,13 +129,16 @@ def text_metrics(
         )
     seq_len = min(seq_len, max(16, -(-max(len(d) for d in docs) // 16) * 16))  # short sets: shorter rows
     from jaxfin.eval.generate import device_params
+    from jaxfin.eval.sharding import on_mesh, padded_rows, params_mesh, put_rows
 
     f = _loss_fn(model.config)
     params = device_params(model.params)
+    mesh = params_mesh(params)  # params laid out on a mesh (jaxfin.eval.sharding.shard_model): rows split over it
     nll, count = 0.0, 0.0
     t0 = last = time.time()
-    for i, (batch, n_rows) in enumerate(packed_batches(docs, seq_len, batch_size)):
-        s, c = f(params, {k: jnp.asarray(v) for k, v in batch.items()})
+    for i, (batch, n_rows) in enumerate(packed_batches(docs, seq_len, batch_size, padded_rows(mesh, batch_size))):
+        with on_mesh(mesh):
+            s, c = f(params, {k: put_rows(mesh, v) for k, v in batch.items()})
         nll += float(s)
         count += float(c)
         done = min((i + 1) * batch_size, n_rows)

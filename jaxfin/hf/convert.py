@@ -426,8 +426,13 @@ def _check_names(names, specs: list[_Spec], cfg: ModelConfig, where: str) -> Non
         )
 
 
-def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: str = "checkpoint") -> dict:
-    """HF tensors -> the param pytree in cfg.param_dtype, one tensor at a time (`tensors` may be lazy)."""
+def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: str = "checkpoint",
+                   shardings: dict | None = None) -> dict:  # fmt: skip
+    """HF tensors -> the param pytree in cfg.param_dtype, one tensor at a time (`tensors` may be lazy); with
+    `shardings` (a NamedSharding per param) each leaf goes straight onto its shards, never whole onto one device."""
+    from jaxfin.parallel import put_sharded
+
+    place = traverse_util.flatten_dict(shardings) if shardings else {}
     specs = _specs(cfg)
     if moe_layout(tensors.keys()) == "fused":
         tensors = _PerExpertView(tensors, cfg)
@@ -448,7 +453,7 @@ def params_from_hf(tensors: Mapping[str, np.ndarray], cfg: ModelConfig, where: s
                 )
             part = spec.part(buf)
             part[...] = _from_hf(w, spec, part.shape)
-        out[path] = jax.device_put(buf)
+        out[path] = put_sharded(buf, place[path]) if place else jax.device_put(buf)
         del buf
     return traverse_util.unflatten_dict(out)
 
@@ -503,10 +508,12 @@ def stored_dtype(path: str | Path) -> str:
     return dtype
 
 
-def load_hf(path: str | Path, **runtime) -> Model:
+def load_hf(path: str | Path, mesh=None, **runtime) -> Model:
     """Load an HF dir (config.json + safetensors). `runtime` sets ModelConfig runtime knobs; params are cast
-    to param_dtype (default float32)."""
+    to param_dtype (default float32). `mesh`: put each weight straight onto its shards, laid out by the training
+    sharding rules (jaxfin.model.params.param_layout)."""
     from jaxfin.hf.tokenizer import has_tokenizer_files
+    from jaxfin.model.params import param_layout
 
     path = Path(path)
     hf = _read_json(path / "config.json")
@@ -514,7 +521,7 @@ def load_hf(path: str | Path, **runtime) -> Model:
     if runtime:
         cfg = model_config(dataclasses.asdict(cfg), str(path / "config.json"), **runtime)
     tensors = SafetensorsReader(path)
-    params = params_from_hf(tensors, cfg, tensors.where)
+    params = params_from_hf(tensors, cfg, tensors.where, param_layout(cfg, mesh))
     gen = path / "generation_config.json"
     extra = _extras(hf, _read_json(gen) if gen.is_file() else None, moe_layout(tensors.keys()))
     return Model(cfg, params, str(path) if has_tokenizer_files(path) else None, hf_extra=extra)

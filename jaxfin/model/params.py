@@ -182,3 +182,20 @@ def param_shapes(cfg: ModelConfig) -> dict:
 def param_count(cfg: ModelConfig) -> int:
     """All parameters of this config, adapters included (a tied embedding is one matrix, counted once)."""
     return sum(math.prod(AXIS_SIZES[a](cfg) for a in axes) for axes in param_axes(cfg).values())
+
+
+def param_layout(cfg: ModelConfig, mesh) -> dict | None:
+    """NamedSharding per parameter of model config `cfg` on `mesh` by the training sharding rules (the nested
+    param dict), for loaders that place each weight straight onto its shards (`jaxfin.load_model(path,
+    mesh=...)`); None without a mesh of several devices."""
+    if mesh is None or mesh.size == 1:
+        return None
+    import jax
+
+    from jaxfin.model.config import param_dtype
+    from jaxfin.parallel import param_shardings
+
+    dtype = param_dtype(cfg)
+    shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s, dtype), param_shapes(cfg),
+                          is_leaf=lambda x: isinstance(x, tuple))  # fmt: skip
+    return param_shardings(shapes, mesh, param_axes(cfg))

@@ -10,7 +10,7 @@ from jaxfin.parallel.mesh import (
     replicated,
     target_platform,
 )
-from jaxfin.parallel.rules import constrain, constrain_params, like_params, param_shardings
+from jaxfin.parallel.rules import constrain, constrain_params, like_params, param_shardings, put_sharded
 
 __all__ = [
     "AXES",
@@ -23,6 +23,7 @@ __all__ = [
     "make_mesh",
     "param_shardings",
     "process_rows",
+    "put_sharded",
     "replicated",
     "target_platform",
 ]

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxfin.config.errors import ConfigError
@@ -107,6 +108,15 @@ def param_shardings(params, mesh: Mesh, axes: Mapping[str, tuple[str, ...]]) -> 
         return NamedSharding(mesh, spec(names))
 
     return jax.tree_util.tree_map_with_path(one, params)
+
+
+def put_sharded(x, sharding):
+    """Host (numpy) or device array -> a global array with this sharding; each process only copies its shards
+    (never a whole copy per device): training's state, evaluation's params and batches."""
+    if isinstance(x, jax.Array):
+        return jax.device_put(x, sharding)
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
 def like_params(tree, params_shardings: dict, mesh: Mesh):

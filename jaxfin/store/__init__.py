@@ -15,16 +15,18 @@ from jaxfin.store.jaxfin_dir import load_jaxfin, save_jaxfin
 FORMATS = ("jaxfin", "hf")
 
 
-def load_model(path: str | Path, **runtime) -> Model:
+def load_model(path: str | Path, mesh=None, **runtime) -> Model:
     """Load a jaxfin checkpoint dir, a training run dir (latest checkpoint) or a Hugging Face dir.
 
     `runtime` may set ModelConfig runtime knobs (param_dtype, compute_dtype, scan_layers, remat,
-    attention_backend); the architecture always comes from the checkpoint.
+    attention_backend); the architecture always comes from the checkpoint. `mesh` (a jax Mesh of several devices):
+    the weights go straight onto their shards, laid out by the training sharding rules (HF and checkpoint dirs;
+    a run dir's params come back as saved), for evaluation on the mesh (jaxfin/eval/sharding.py).
     """
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"no model directory at {path}")
-    return load_hf(path, **runtime) if is_hf_dir(path) else load_jaxfin(path, **runtime)
+    return load_hf(path, mesh, **runtime) if is_hf_dir(path) else load_jaxfin(path, mesh, **runtime)
 
 
 def save_model(model: Model, path: str | Path, format: str = "jaxfin") -> None:

@@ -57,15 +57,16 @@ def _read_desc(path: Path) -> dict:
     return desc
 
 
-def _restore(params_dir: Path, cfg: ModelConfig) -> dict:
-    """Restore the param pytree saved in cfg.param_dtype onto the default device."""
+def _restore(params_dir: Path, cfg: ModelConfig, shardings: dict | None = None) -> dict:
+    """Restore the param pytree saved in cfg.param_dtype onto the default device, or straight onto the shards of
+    `shardings` (a NamedSharding per param)."""
     dtype = DTYPES[cfg.param_dtype]
-    sharding = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s, dtype, sharding=sharding),
-        param_shapes(cfg),
-        is_leaf=lambda x: isinstance(x, tuple),
-    )
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    shapes = param_shapes(cfg)
+    is_shape = lambda x: isinstance(x, tuple)  # noqa: E731
+    shardings = shardings or jax.tree.map(lambda s: one, shapes, is_leaf=is_shape)
+    target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s, dtype, sharding=sh), shapes, shardings,
+                          is_leaf=is_shape)  # fmt: skip
     ckptr = ocp.StandardCheckpointer()
     try:
         return ckptr.restore(params_dir, target)
@@ -73,8 +74,12 @@ def _restore(params_dir: Path, cfg: ModelConfig) -> dict:
         ckptr.close()
 
 
-def load_jaxfin(path: str | Path, **runtime) -> Model:
-    """Load a jaxfin checkpoint dir or a training run dir (its newest readable checkpoint)."""
+def load_jaxfin(path: str | Path, mesh=None, **runtime) -> Model:
+    """Load a jaxfin checkpoint dir or a training run dir (its newest readable checkpoint). `mesh`: restore a
+    checkpoint dir's params straight onto their shards, laid out by the training sharding rules (a run dir's come
+    back as saved; `jaxfin.eval.sharding.shard_model` lays them out)."""
+    from jaxfin.model.params import param_layout
+
     path = Path(path).absolute()
     if not (path / MODEL_JSON).is_file() or not ((path / "params").is_dir() or (path / "checkpoints").is_dir()):
         raise FileNotFoundError(
@@ -87,7 +92,7 @@ def load_jaxfin(path: str | Path, **runtime) -> Model:
     stored = model_config(desc["model"], where)
     cfg = model_config(desc["model"], where, **runtime)
     if (path / "params").is_dir():
-        params = _restore(path / "params", stored)
+        params = _restore(path / "params", stored, param_layout(stored, mesh))
     else:
         params = restore_params(path)
     tokenizer_dir = str(path) if has_tokenizer_files(path) else None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import Mesh
 
 from jaxfin.config.errors import ConfigError
@@ -17,7 +16,7 @@ from jaxfin.model.batch import BATCH_DTYPE, BATCH_KEYS
 from jaxfin.model.config import param_dtype
 from jaxfin.model.init import traced_init_params
 from jaxfin.model.params import param_axes, param_shapes
-from jaxfin.parallel import batch_sharding, like_params, param_shardings, replicated
+from jaxfin.parallel import batch_sharding, like_params, param_shardings, put_sharded, replicated
 from jaxfin.parallel.rules import check_divisible
 
 
@@ -58,14 +57,6 @@ def keeps_reference(objective: ObjectiveConfig, model: ModelConfig | None = None
     return objective.type == "dpo" and objective.reference == "frozen"
 
 
-def _put(x, sharding):
-    """Host (numpy) or device array -> a global array with this sharding; each process only copies its shards."""
-    if isinstance(x, jax.Array):
-        return jax.device_put(x, sharding)
-    x = np.asarray(x)
-    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
-
-
 def init_state(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: Mesh, seed: int, params=None):
     """The initial state, created directly in its sharded layout: from `params` (e.g. loaded from Hugging Face)
     or freshly initialised from `seed` (train.seed; random numbers do not depend on the layout)."""
@@ -75,7 +66,7 @@ def init_state(model: ModelConfig, objective: ObjectiveConfig, optimizer, mesh: 
             jax.random.key(seed)
         )
     else:
-        params = jax.tree.map(_put, params, shardings["params"])
+        params = jax.tree.map(put_sharded, params, shardings["params"])
 
     make = jax.jit(_state_from(objective, optimizer, seed, model), out_shardings=shardings, donate_argnums=0)
     return make(params)
