@@ -1,4 +1,4 @@
-"""`jaxfin bench train | rl | attention | merge`: the benchmarks, each a subcommand of `bench`."""
+"""`jaxfin bench train | rl | attention | merge | eval`: the benchmarks, each a subcommand of `bench`."""
 
 from __future__ import annotations
 
@@ -79,10 +79,10 @@ Examples:
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    """Add `bench` with its subcommands (train, rl, attention, merge)."""
+    """Add `bench` with its subcommands (train, rl, attention, merge, eval)."""
     p = subparsers.add_parser(
         "bench",
-        help="benchmarks: train-step throughput / MFU (vs transformers + torch), GRPO step (vs TRL)",
+        help="benchmarks: train step (vs torch), GRPO step (vs TRL), eval speed (vs lm-eval hf), attention, merge",
         description=BENCH_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -93,6 +93,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     from jaxfin.bench.merge import add_merge_bench
 
     add_merge_bench(sub)
+    from jaxfin.bench.eval import add_eval_bench
+
+    add_eval_bench(sub)
     return p
 
 

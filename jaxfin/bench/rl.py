@@ -14,7 +14,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxfin.bench.output import emit
+from jaxfin.bench.worker import Worker
 from jaxfin.config.schema import Config, RewardConfig
 
 BENCH_REWARD = "jaxfin.bench.torch_rl:letter_share"
@@ -311,54 +311,12 @@ def trl_spec(cfg: Config, stream, hf_dir: Path, steps: int, warmup: int, rounds:
     }
 
 
-class TRLWorker:
-    """The TRL side in a subprocess (its own thread pools and memory), built and warmed up at start; `round()` times
-    one round of spec["steps"] GRPO steps, `result()` lets it finish and returns its whole JSON. Run by path, not
-    as a module, so that it does not import jaxfin (and JAX)."""
+class TRLWorker(Worker):
+    """The TRL side (jaxfin/bench/torch_rl.py), built and warmed up at start; `round()` times one round of
+    spec["steps"] GRPO steps, `result()` lets it finish (its trainer winds down only after "end") and returns its
+    whole JSON."""
 
-    def __init__(self, spec: dict):
-        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (open while the worker lives)
-        script = Path(__file__).with_name("torch_rl.py")
-        self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True)  # fmt: skip
-        self._send(json.dumps({**spec, "cue": True}))
-
-    def _send(self, line: str) -> None:
-        try:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            self._failed()
-
-    def _json_line(self, key: str) -> dict:
-        for line in self.proc.stdout:  # libraries may print too; the worker's lines are JSON objects
-            try:
-                out = json.loads(line) if line.startswith("{") else None
-            except json.JSONDecodeError:
-                out = None
-            if isinstance(out, dict) and key in out:
-                return out
-        self._failed()
-
-    def round(self, r: int = 0) -> dict:
-        self._send("go")
-        return self._json_line("round")
-
-    def result(self) -> dict:
-        self._send("end")  # the trainer winds down only now, after the caller's last round
-        out = self._json_line("params")  # the whole result is the only line with "params"
-        self.proc.wait()
-        self.stderr.close()
-        return out
-
-    def _failed(self):
-        code = self.proc.wait()
-        self.stderr.seek(0)
-        lines = self.stderr.read().strip().splitlines()
-        if code == 2 and lines and lines[-1].startswith("error: "):
-            raise ValueError(lines[-1][len("error: ") :])
-        tail = "\n".join(lines[-20:])
-        raise ValueError(f"the TRL side failed (exit {code}); its last output:\n{tail}")
+    SCRIPT, SIDE, END = "torch_rl.py", "TRL", True
 
 
 # ---------------------------------------------------------------------------------------------- both

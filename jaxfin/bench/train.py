@@ -9,21 +9,17 @@ tokens, one document per row. One warm-up step, then `steps` timed steps, each w
 from __future__ import annotations
 
 import importlib.util
-import json
 import math
 import os
 import platform
 import resource
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
 from jaxfin.bench.output import emit
+from jaxfin.bench.worker import Worker
 from jaxfin.config.schema import Config, ModelConfig
 from jaxfin.model.batch import Batch
 
@@ -244,51 +240,11 @@ def torch_spec(
     }
 
 
-class TorchWorker:
-    """The torch side in a subprocess (its own peak RSS, thread pools and GPU memory), built and warmed up at
-    start, then timing one round of spec["steps"] steps at each `round()`; `result()` is its whole JSON.
+class TorchWorker(Worker):
+    """The torch side (jaxfin/bench/torch_train.py): built and warmed up at start, then timing one round of
+    spec["steps"] steps at each `round()`; `result()` is its whole JSON."""
 
-    The script is run by path, not as `-m jaxfin.bench.torch_train`, so that importing the jaxfin package (and
-    with it JAX) does not count in torch's memory."""
-
-    def __init__(self, spec: dict):
-        self.stderr = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 (open while the worker lives)
-        script = Path(__file__).with_name("torch_train.py")
-        self.proc = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.stderr, text=True)  # fmt: skip
-        self._send(json.dumps({**spec, "cue": True}))
-
-    def _send(self, line: str) -> None:
-        try:
-            self.proc.stdin.write(line + "\n")
-            self.proc.stdin.flush()
-        except BrokenPipeError:
-            self._failed()
-
-    def _json_line(self, key: str) -> dict:
-        for line in self.proc.stdout:
-            if line.startswith("{") and key in (out := json.loads(line)):
-                return out
-        self._failed()
-
-    def round(self, r: int = 0) -> dict:
-        self._send("go")
-        return self._json_line("round")
-
-    def result(self) -> dict:
-        out = self._json_line("params")  # the whole result is the only line with "params"
-        self.proc.wait()
-        self.stderr.close()
-        return out
-
-    def _failed(self):
-        code = self.proc.wait()
-        self.stderr.seek(0)
-        lines = self.stderr.read().strip().splitlines()
-        if code == 2 and lines and lines[-1].startswith("error: "):
-            raise ValueError(lines[-1][len("error: ") :])
-        tail = "\n".join(lines[-20:])
-        raise ValueError(f"the torch side failed (exit {code}); its last output:\n{tail}")
+    SCRIPT = "torch_train.py"
 
 
 def bench_torch(spec: dict) -> dict:
