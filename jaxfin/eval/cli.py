@@ -35,8 +35,11 @@ def add_eval_parser(sub) -> None:
         "comparable across tokenizers) and task, and lm-evaluation-harness tasks by name (the `lm_eval` section: "
         "the `jaxfin` lm-eval model, jaxfin/eval/harness.py; needs pip install jaxfin[eval]). With several "
         "models, deltas against the first (the base) per set, grouped into domain and general sets, and a plot. "
+        "Each task result says its protocol: loglik (lm-eval conventions) or generative (FinBen: greedy, first "
+        "label found; a classification task as NAME/generative, e.g. fpb/generative). `mesh` (training's mesh "
+        "section, e.g. mesh.data=1 mesh.fsdp=-1) shards the weights and batches over the devices. "
         "Writes OUTPUT_DIR/eval.json, eval.md and forgetting.png, and prints the tables. Config keys: "
-        "jaxfin/eval/config.py; sample: configs/eval/forgetting.yaml.",
+        "jaxfin/eval/config.py; samples: configs/eval/forgetting.yaml, configs/eval/finben.yaml.",
     )
     p.add_argument("config", help="eval YAML config")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. max_docs=100 output_dir=out")
