@@ -93,20 +93,20 @@ class RLStep:
 
     def __call__(self, state, step: int):
         cfg, r = self.cfg, self.cfg.objective.rollout
-        t0 = time.time()
+        t0 = time.perf_counter()
         idx = np.repeat(self.stream.indices(step), r.num_generations)
         prompts = [self.stream.ids[i] for i in idx]
         out, lengths = sample(cfg.model, state["params"], prompts, self.rows, rollout_key(cfg.train.seed, step),
                               self.eos, r)  # fmt: skip
         comps = [cut(out[i, : lengths[i]].tolist(), self.eos, self.tok, r.stop) for i in range(len(prompts))]
-        t_gen = time.time() - t0
+        t_gen = time.perf_counter() - t0
         records = [self.stream.records[i] for i in idx]
         total, means = score(cfg, records, [self.stream.texts[i] for i in idx], [c.text for c in comps])
         rows = train_rows(prompts, [c.ids for c in comps], cfg.data.seq_len)
         update = self._grpo if cfg.objective.type == "grpo" else self._ppo
         state, metrics = update(state, step, rows, total, comps)
         jax.block_until_ready(metrics["loss"])
-        elapsed = time.time() - t0
+        elapsed = time.perf_counter() - t0
         n_gen = int(sum(len(c.ids) for c in comps))
         scorable = ~np.isnan(total)
         metrics = {
