@@ -258,7 +258,7 @@ def trl_spec(cfg: Config, stream, hf_dir: Path, steps: int, warmup: int, rounds:
     from jaxfin.train.optimizer import warmup_steps
     from jaxfin.train.rl import updates_per_step
 
-    o, r, opt = cfg.objective, cfg.objective.rollout, cfg.optimizer
+    o, opt = cfg.objective, cfg.optimizer
     records, ids = [], []
     for step in range(1, warmup + rounds * steps + 1):
         for i in stream.indices(step):
@@ -271,21 +271,7 @@ def trl_spec(cfg: Config, stream, hf_dir: Path, steps: int, warmup: int, rounds:
         "hf_dir": str(hf_dir),
         "records": records,
         "prompt_ids": ids,
-        "grpo": {
-            "num_generations": r.num_generations,
-            "max_new_tokens": r.max_new_tokens,
-            "temperature": r.temperature or 1.0,
-            "top_k": r.top_k,
-            "top_p": r.top_p,
-            "beta": o.beta or 0.0,
-            "num_iterations": o.num_iterations,
-            "loss_type": o.loss_type,
-            "scale_rewards": o.scale_rewards,
-            "epsilon": o.epsilon,
-            "epsilon_high": o.epsilon_high,
-            "stop_at_eos": stop_at_eos,
-            "eos_token_id": cfg.model.eos_token_id,
-        },
+        "grpo": {**grpo_settings(cfg), "stop_at_eos": stop_at_eos, "eos_token_id": cfg.model.eos_token_id},
         "rewards": [dataclasses.asdict(rw) for rw in o.rewards],
         "optimizer": {
             "lr": opt.lr,
@@ -322,16 +308,13 @@ class TRLWorker(Worker):
 # ---------------------------------------------------------------------------------------------- both
 
 
-def grpo_summary(cfg: Config, stream, stop_at_eos: bool) -> dict:
+def grpo_settings(cfg: Config) -> dict:
+    """The sampling and loss settings both sides run with (the TRL spec and the reported summary)."""
     o, r = cfg.objective, cfg.objective.rollout
-    lengths = [len(x) for x in stream.ids]
     return {
         "num_generations": r.num_generations,
-        "prompts_per_step": cfg.train.batch_size // r.num_generations,
-        "completions_per_step": cfg.train.batch_size,
         "max_new_tokens": r.max_new_tokens,
-        "stop_at_eos": stop_at_eos,
-        "temperature": r.temperature,
+        "temperature": r.temperature or 1.0,
         "top_k": r.top_k,
         "top_p": r.top_p,
         "beta": o.beta or 0.0,
@@ -340,6 +323,17 @@ def grpo_summary(cfg: Config, stream, stop_at_eos: bool) -> dict:
         "scale_rewards": o.scale_rewards,
         "epsilon": o.epsilon,
         "epsilon_high": o.epsilon_high,
+    }
+
+
+def grpo_summary(cfg: Config, stream, stop_at_eos: bool) -> dict:
+    o, r = cfg.objective, cfg.objective.rollout
+    lengths = [len(x) for x in stream.ids]
+    return {
+        **grpo_settings(cfg),
+        "prompts_per_step": cfg.train.batch_size // r.num_generations,
+        "completions_per_step": cfg.train.batch_size,
+        "stop_at_eos": stop_at_eos,
         "lr": cfg.optimizer.lr,
         "micro_batches": cfg.train.micro_batches,
         "seq_len": cfg.data.seq_len,

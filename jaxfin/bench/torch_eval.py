@@ -139,16 +139,9 @@ def run(spec: dict, cue=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv:
-        with open(argv[0]) as f:
-            spec = json.load(f)
-    else:
-        spec = json.loads(sys.stdin.readline())
-    cue = sys.stdin.readline if spec.get("cue") else None
-    out = run(spec, cue)
-    print(json.dumps(out), flush=True)
-    return 0
+    from side import serve  # the sibling module: this script runs by path, without the jaxfin package
+
+    return serve(run, argv)
 
 
 if __name__ == "__main__":

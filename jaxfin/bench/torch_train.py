@@ -154,20 +154,9 @@ def run(spec: dict, cue=None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    if argv:
-        with open(argv[0]) as f:
-            spec = json.load(f)
-    else:
-        spec = json.loads(sys.stdin.readline())
-    cue = sys.stdin.readline if spec.get("cue") else None  # the caller writes one line per round
-    try:
-        result = run(spec, cue)
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps(result))
-    return 0
+    from side import serve  # the sibling module: this script runs by path, without the jaxfin package
+
+    return serve(run, argv)
 
 
 if __name__ == "__main__":
